@@ -1,0 +1,1 @@
+"""Small shared utilities: distributed helpers, logging, atomic file writes."""
