@@ -1,0 +1,31 @@
+"""Optimizers, gradient clipping and learning-rate schedules."""
+
+from .lr_scheduler import (
+    LRMultiplier,
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+    WarmupParamScheduler,
+    WarmupPolyLR,
+    build_lr_scheduler,
+    warmup_factor_at_iter,
+)
+from .optimizer import (
+    GradientClipper,
+    build_gradient_clipper,
+    build_optimizer,
+    get_default_optimizer_params,
+)
+
+__all__ = [
+    "GradientClipper",
+    "LRMultiplier",
+    "WarmupCosineLR",
+    "WarmupMultiStepLR",
+    "WarmupParamScheduler",
+    "WarmupPolyLR",
+    "build_gradient_clipper",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "get_default_optimizer_params",
+    "warmup_factor_at_iter",
+]

@@ -1,0 +1,149 @@
+"""SGD with detectron2's per-parameter hyper-parameters, and gradient clipping.
+
+Parameter groups follow detectron2's `get_default_optimizer_params`: parameters of normalisation
+layers get ``SOLVER.WEIGHT_DECAY_NORM``; biases get ``BASE_LR * SOLVER.BIAS_LR_FACTOR`` and
+``SOLVER.WEIGHT_DECAY_BIAS`` (the bias rule wins for a norm layer's bias when set); groups with
+equal hyper-parameters are merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "NORM_MODULE_TYPES",
+    "GradientClipper",
+    "build_gradient_clipper",
+    "build_optimizer",
+    "get_default_optimizer_params",
+]
+
+NORM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def get_default_optimizer_params(
+    model: nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float | None = None,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: float | None = None,
+) -> list[dict]:
+    """Parameter groups for an optimizer, one per distinct (lr, weight_decay).
+
+    Args:
+        model: the model; frozen parameters (``requires_grad=False``) are left out.
+        base_lr: LR of ordinary parameters.
+        weight_decay: weight decay of ordinary parameters.
+        weight_decay_norm: weight decay of normalisation layers' parameters (None: same as
+            `weight_decay`).
+        bias_lr_factor: LR multiplier of parameters named ``bias``.
+        weight_decay_bias: weight decay of parameters named ``bias`` (None: no special rule).
+
+    Returns:
+        A list of ``{"params": [...], "lr": float, "weight_decay": float}``, in the order
+        parameters are first met, each parameter exactly once.
+    """
+    bias_overrides: dict[str, float] = {}
+    if bias_lr_factor != 1.0:
+        bias_overrides["lr"] = base_lr * bias_lr_factor
+    if weight_decay_bias is not None:
+        bias_overrides["weight_decay"] = weight_decay_bias
+
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            lr, wd = base_lr, weight_decay
+            if isinstance(module, NORM_MODULE_TYPES) and weight_decay_norm is not None:
+                wd = weight_decay_norm
+            if name == "bias":
+                lr = bias_overrides.get("lr", lr)
+                wd = bias_overrides.get("weight_decay", wd)
+            groups.setdefault((lr, wd), []).append(param)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD over `model`'s trainable parameters with the hyper-parameters in ``cfg.SOLVER``."""
+    s = cfg.SOLVER
+    params = get_default_optimizer_params(
+        model,
+        base_lr=s.BASE_LR,
+        weight_decay=s.WEIGHT_DECAY,
+        weight_decay_norm=s.WEIGHT_DECAY_NORM,
+        bias_lr_factor=s.BIAS_LR_FACTOR,
+        weight_decay_bias=s.WEIGHT_DECAY_BIAS,
+    )
+    if not params:
+        raise ValueError("The model has no trainable parameters; check MODEL.BACKBONE.FREEZE_AT.")
+    return torch.optim.SGD(
+        params,
+        lr=s.BASE_LR,
+        momentum=s.MOMENTUM,
+        nesterov=s.NESTEROV,
+        weight_decay=s.WEIGHT_DECAY,
+    )
+
+
+class GradientClipper:
+    """Clips gradients in place before the optimizer step.
+
+    Args:
+        clip_type: "value" (clamp every gradient element to ``[-clip_value, clip_value]``),
+            "norm" (rescale each parameter's gradient to norm at most `clip_value`, detectron2's
+            per-parameter rule) or "full_model" (one norm over all gradients together).
+        clip_value: the bound.
+        norm_type: the p of the p-norm for "norm" and "full_model".
+    """
+
+    _TYPES = ("value", "norm", "full_model")
+
+    def __init__(self, *, clip_type: str, clip_value: float, norm_type: float = 2.0) -> None:
+        if clip_type not in self._TYPES:
+            raise ValueError(
+                f"Unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip_type!r}; use one of {self._TYPES}."
+            )
+        if clip_value <= 0:
+            raise ValueError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE must be positive, got {clip_value}."
+            )
+        self.clip_type = clip_type
+        self.clip_value = clip_value
+        self.norm_type = norm_type
+
+    def __call__(self, params: Iterable[torch.Tensor]) -> None:
+        params = [p for p in params if p.grad is not None]
+        if self.clip_type == "value":
+            torch.nn.utils.clip_grad_value_(params, self.clip_value)
+        elif self.clip_type == "norm":
+            for p in params:
+                torch.nn.utils.clip_grad_norm_(p, self.clip_value, self.norm_type)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_value, self.norm_type)
+
+
+def build_gradient_clipper(cfg) -> Callable[[Iterable[torch.Tensor]], None] | None:
+    """The clipper configured by ``cfg.SOLVER.CLIP_GRADIENTS``, or None when disabled."""
+    c = cfg.SOLVER.CLIP_GRADIENTS
+    if not c.ENABLED:
+        return None
+    return GradientClipper(clip_type=c.CLIP_TYPE, clip_value=c.CLIP_VALUE, norm_type=c.NORM_TYPE)
