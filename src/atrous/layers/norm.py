@@ -1,0 +1,150 @@
+"""Normalisation layers selected by name, as in detectron2's `get_norm`.
+
+"SyncBN" builds `NaiveSyncBatchNorm`: a `BatchNorm2d` (same state-dict layout) that averages batch
+statistics over all ranks with an all-reduce when a process group exists. Unlike
+`nn.SyncBatchNorm` it works on CPU with gloo; on CUDA the trainer swaps it for
+`nn.SyncBatchNorm` (NCCL kernels) before wrapping the model in DDP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["FrozenBatchNorm2d", "NaiveSyncBatchNorm", "get_norm"]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers.
+
+    Computes ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``. Used for frozen
+    backbone stages (`FREEZE_AT`) and the "FrozenBN" norm.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W)."""
+        if x.requires_grad:
+            # F.batch_norm would also build gradients for the frozen weight and bias.
+            scale = self.weight * (self.running_var + self.eps).rsqrt()
+            shift = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(
+                x.dtype
+            )
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written from a trainable BatchNorm carry a step counter we have no use for.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Replace every BatchNorm in `module` (recursively) by a FrozenBatchNorm2d.
+
+        Returns the converted module (a new object when `module` itself is a BatchNorm).
+        """
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = cls(module.num_features, eps=module.eps)
+            if module.affine:
+                frozen.weight.data.copy_(module.weight.detach())
+                frozen.bias.data.copy_(module.bias.detach())
+            frozen.running_mean.data.copy_(module.running_mean)
+            frozen.running_var.data.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            converted = cls.convert_frozen_batchnorm(child)
+            if converted is not child:
+                module.add_module(name, converted)
+        return module
+
+
+class NaiveSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics synchronised across ranks by one all-reduce.
+
+    Each rank computes the per-channel mean and mean of squares of its batch; one all-reduce
+    averages them (gradients flow back through the all-reduce), so every rank normalises with
+    the global statistics. Assumes the same per-rank batch size, as the trainer guarantees.
+    Without a process group of more than one rank, or in eval mode, it is plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W)."""
+        if not self.training or not (
+            dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
+            return super().forward(x)
+
+        from torch.distributed.nn.functional import all_reduce
+
+        world_size = dist.get_world_size()
+        channels = x.shape[1]
+        compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xf = x.to(compute_dtype)
+        mean = xf.mean(dim=(0, 2, 3))
+        mean_sq = (xf * xf).mean(dim=(0, 2, 3))
+        stats = all_reduce(torch.cat([mean, mean_sq])) / world_size
+        mean, mean_sq = torch.split(stats, channels)
+        var = mean_sq - mean * mean
+
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            momentum = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+            count = x.shape[0] * x.shape[2] * x.shape[3] * world_size
+            # Running variance is unbiased, as in nn.BatchNorm2d and nn.SyncBatchNorm.
+            unbiased_var = var.detach() * (count / max(count - 1, 1))
+            self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            self.running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
+
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        out = xf * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        return out.to(x.dtype)
+
+
+def get_norm(norm: str | None, num_channels: int) -> nn.Module | None:
+    """Build a normalisation layer by name.
+
+    Args:
+        norm: "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN" (32 groups) or ""/None
+            for no normalisation.
+        num_channels: number of channels of the normalised feature map.
+
+    Returns:
+        The module, or None for "".
+    """
+    if not norm:
+        return None
+    builders = {
+        "BN": nn.BatchNorm2d,
+        "SyncBN": NaiveSyncBatchNorm,
+        "naiveSyncBN": NaiveSyncBatchNorm,
+        "nnSyncBN": nn.SyncBatchNorm,
+        "FrozenBN": FrozenBatchNorm2d,
+        "GN": lambda channels: nn.GroupNorm(32, channels),
+    }
+    if norm not in builders:
+        raise ValueError(
+            f"Unknown norm {norm!r}; use one of {sorted(builders)} or '' for no normalisation."
+        )
+    return builders[norm](num_channels)

@@ -1,0 +1,21 @@
+"""Backbones."""
+
+from .resnet import (
+    BasicStem,
+    BottleneckBlock,
+    DeepLabStem,
+    ResNet,
+    blocks_per_stage,
+    make_stage,
+    stage_dilations,
+)
+
+__all__ = [
+    "BasicStem",
+    "BottleneckBlock",
+    "DeepLabStem",
+    "ResNet",
+    "blocks_per_stage",
+    "make_stage",
+    "stage_dilations",
+]

@@ -1,0 +1,181 @@
+"""Config -> modules. The only place that reads the config; modules take explicit arguments."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..config import CfgNode
+from ..layers import ShapeSpec
+from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
+from .heads import DeepLabV3Head, DeepLabV3PlusHead
+from .losses import build_sem_seg_loss
+from .segmentor import SemanticSegmentor
+
+__all__ = ["aspp_pool_kernel_size", "build_backbone", "build_model", "build_sem_seg_head"]
+
+logger = logging.getLogger(__name__)
+
+_STAGE_INDEX = {"res2": 2, "res3": 3, "res4": 4, "res5": 5}
+
+
+def build_backbone(cfg: CfgNode) -> ResNet:
+    """ResNet from MODEL.BACKBONE and MODEL.RESNETS, frozen up to MODEL.BACKBONE.FREEZE_AT.
+
+    "build_resnet_deeplab_backbone" honours STEM_TYPE, RES4_DILATION and RES5_MULTI_GRID;
+    "build_resnet_backbone" is detectron2's plain ResNet (basic stem, RES5_DILATION only).
+    """
+    r = cfg.MODEL.RESNETS
+    name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_resnet_deeplab_backbone":
+        stem_type, res4_dilation, multi_grid = r.STEM_TYPE, r.RES4_DILATION, r.RES5_MULTI_GRID
+    elif name == "build_resnet_backbone":
+        stem_type, res4_dilation, multi_grid = "basic", 1, None
+    else:
+        raise ValueError(
+            f"Unknown MODEL.BACKBONE.NAME {name!r}; use 'build_resnet_deeplab_backbone' or "
+            "'build_resnet_backbone'."
+        )
+    stems = {"basic": BasicStem, "deeplab": DeepLabStem}
+    if stem_type not in stems:
+        raise ValueError(f"Unknown MODEL.RESNETS.STEM_TYPE {stem_type!r}; use 'basic' or 'deeplab'.")
+    stem = stems[stem_type](in_channels=3, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
+
+    dilations = stage_dilations(
+        depth=r.DEPTH,
+        res4_dilation=res4_dilation,
+        res5_dilation=r.RES5_DILATION,
+        res5_multi_grid=multi_grid,
+    )
+    unknown = [f for f in r.OUT_FEATURES if f != "stem" and f not in _STAGE_INDEX]
+    if unknown:
+        raise ValueError(f"Unknown MODEL.RESNETS.OUT_FEATURES {unknown}; use stem, res2..res5.")
+    last_stage = max((_STAGE_INDEX[f] for f in r.OUT_FEATURES if f != "stem"), default=1)
+    counts = blocks_per_stage(r.DEPTH)
+
+    in_channels = r.STEM_OUT_CHANNELS
+    out_channels = r.RES2_OUT_CHANNELS
+    bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    stages, strides = [], []
+    for index in range(2, last_stage + 1):
+        name_i = f"res{index}"
+        dilation = dilations[name_i]
+        # res2 keeps the stem's stride; a dilated stage replaces its stride by dilation.
+        first_stride = 1 if index == 2 or dilation[0] > 1 else 2
+        stages.append(
+            (
+                name_i,
+                make_stage(
+                    num_blocks=counts[index - 2],
+                    in_channels=in_channels,
+                    out_channels=out_channels,
+                    bottleneck_channels=bottleneck_channels,
+                    first_stride=first_stride,
+                    dilation_per_block=dilation,
+                    num_groups=r.NUM_GROUPS,
+                    norm=r.NORM,
+                    stride_in_1x1=r.STRIDE_IN_1X1,
+                ),
+            )
+        )
+        strides.append(first_stride)
+        in_channels = out_channels
+        out_channels *= 2
+        bottleneck_channels *= 2
+    backbone = ResNet(stem=stem, stages=stages, out_features=r.OUT_FEATURES, stage_strides=strides)
+    return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+def aspp_pool_kernel_size(cfg: CfgNode, encoder_stride: int) -> tuple[int, int] | None:
+    """The original's ASPP pooling window: training crop / encoder stride, or None (global).
+
+    Raises:
+        ValueError: the crop is not absolute or not divisible by the encoder stride.
+    """
+    crop = cfg.INPUT.CROP
+    if not crop.ENABLED:
+        return None
+    if crop.TYPE != "absolute":
+        raise ValueError(
+            "The DeepLab heads size ASPP's image pooling from the training crop and need "
+            f"INPUT.CROP.TYPE 'absolute', got {crop.TYPE!r}."
+        )
+    crop_h, crop_w = (int(v) for v in crop.SIZE)
+    if crop_h % encoder_stride or crop_w % encoder_stride:
+        raise ValueError(
+            f"INPUT.CROP.SIZE {tuple(crop.SIZE)} must be divisible by the output stride "
+            f"{encoder_stride} of the ASPP input."
+        )
+    return crop_h // encoder_stride, crop_w // encoder_stride
+
+
+def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+    """DeepLabV3Head or DeepLabV3PlusHead from MODEL.SEM_SEG_HEAD."""
+    h = cfg.MODEL.SEM_SEG_HEAD
+    missing = [f for f in h.IN_FEATURES if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not produced by the backbone "
+            f"(MODEL.RESNETS.OUT_FEATURES gives {list(input_shape)})."
+        )
+    shapes = {f: input_shape[f] for f in h.IN_FEATURES}
+    encoder_stride = max(s.stride for s in shapes.values())
+    common = dict(
+        num_classes=h.NUM_CLASSES,
+        aspp_channels=h.ASPP_CHANNELS,
+        aspp_dilations=list(h.ASPP_DILATIONS),
+        aspp_dropout=h.ASPP_DROPOUT,
+        norm=h.NORM,
+        pool_kernel_size=aspp_pool_kernel_size(cfg, encoder_stride),
+        use_depthwise_separable_conv=h.USE_DEPTHWISE_SEPARABLE_CONV,
+    )
+    if h.NAME == "DeepLabV3Head":
+        return DeepLabV3Head(input_shape=shapes, **common)
+    if h.NAME == "DeepLabV3PlusHead":
+        return DeepLabV3PlusHead(
+            input_shape=shapes,
+            project_channels=list(h.PROJECT_CHANNELS),
+            decoder_channels=h.CONVS_DIM,
+            **common,
+        )
+    raise ValueError(
+        f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use 'DeepLabV3Head' or 'DeepLabV3PlusHead'."
+    )
+
+
+def build_model(cfg: CfgNode) -> SemanticSegmentor:
+    """Build the segmentor described by `cfg`, initialised as the original, on MODEL.DEVICE.
+
+    Weights are not loaded here; use `atrous.checkpoint.Checkpointer(model).load(...)`.
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported; atrous "
+            "builds 'SemanticSegmentor' models."
+        )
+    if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
+        raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need three values each.")
+    backbone = build_backbone(cfg)
+    head = build_sem_seg_head(cfg, backbone.output_shape())
+    h = cfg.MODEL.SEM_SEG_HEAD
+    if h.COMMON_STRIDE != head.output_stride:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE is {h.COMMON_STRIDE} but the head's logits have "
+            f"stride {head.output_stride}; set COMMON_STRIDE {head.output_stride}."
+        )
+    model = SemanticSegmentor(
+        backbone=backbone,
+        sem_seg_head=head,
+        loss=build_sem_seg_loss(
+            h.LOSS_TYPE, ignore_label=h.IGNORE_VALUE, top_k_percent_pixels=h.TOP_K_PERCENT_PIXELS
+        ),
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+        common_stride=h.COMMON_STRIDE,
+        num_classes=h.NUM_CLASSES,
+        ignore_value=h.IGNORE_VALUE,
+        loss_weight=h.LOSS_WEIGHT,
+    )
+    return model.to(torch.device(cfg.MODEL.DEVICE))

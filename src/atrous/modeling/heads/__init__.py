@@ -1,0 +1,6 @@
+"""Segmentation heads: features -> logits."""
+
+from .deeplabv3 import DeepLabV3Head
+from .deeplabv3plus import DeepLabV3PlusHead
+
+__all__ = ["DeepLabV3Head", "DeepLabV3PlusHead"]

@@ -1,0 +1,156 @@
+"""The segmentor: normalise and pad images, run backbone and head, then loss or post-processing.
+
+This is the one place where training and inference differ; backbone and head are pure functions
+of their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["SemanticSegmentor", "pad_to_batch", "sem_seg_postprocess"]
+
+
+def pad_to_batch(tensors: Sequence[torch.Tensor], pad_value: float) -> torch.Tensor:
+    """Stack tensors of shape (..., H_i, W_i), padding bottom/right to the largest H and W.
+
+    Returns:
+        (N, ..., H_max, W_max).
+    """
+    max_h = max(t.shape[-2] for t in tensors)
+    max_w = max(t.shape[-1] for t in tensors)
+    if all(t.shape[-2:] == (max_h, max_w) for t in tensors):
+        return torch.stack(list(tensors))
+    batch = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], max_h, max_w), pad_value)
+    for i, t in enumerate(tensors):
+        batch[i, ..., : t.shape[-2], : t.shape[-1]].copy_(t)
+    return batch
+
+
+def sem_seg_postprocess(
+    logits: torch.Tensor, image_size: tuple[int, int], height: int, width: int
+) -> torch.Tensor:
+    """Crop padded logits to the image and resize them to the requested output size.
+
+    Args:
+        logits: (C, H_pad, W_pad).
+        image_size: (h, w) of the image inside the padded batch.
+        height, width: output size (usually the original image size before test-time resizing).
+
+    Returns:
+        (C, height, width).
+    """
+    result = logits[:, : image_size[0], : image_size[1]]
+    if result.shape[-2:] == (height, width):
+        return result  # bilinear resizing to the same size is the identity
+    return F.interpolate(
+        result[None], size=(height, width), mode="bilinear", align_corners=False
+    )[0]
+
+
+class SemanticSegmentor(nn.Module):
+    """Backbone + segmentation head + loss, with detectron2's input and output conventions.
+
+    Input: a list of dicts, each with "image" (uint8 (3, H, W) in the model's channel order),
+    optionally "height"/"width" (output size at inference) and "sem_seg" (int64 (H, W) labels,
+    training). Training returns ``{"loss_sem_seg": scalar}``; inference returns a list of
+    ``{"sem_seg": (num_classes, height, width) logits}``.
+
+    Args:
+        backbone: module returning ``dict[str, Tensor]``.
+        sem_seg_head: module mapping the backbone's features to logits at ``common_stride``.
+        loss: module (logits (N, C, H, W), labels (N, H, W)) -> scalar.
+        pixel_mean, pixel_std: per-channel normalisation on the 0-255 scale.
+        common_stride: stride of the head's logits; they are upsampled by it.
+        ignore_value: label value ignored by the loss (also the label padding value).
+        loss_weight: factor applied to the loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        loss: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        common_stride: int,
+        num_classes: int,
+        ignore_value: int = 255,
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.loss = loss
+        self.common_stride = common_stride
+        self.num_classes = num_classes
+        self.ignore_value = ignore_value
+        self.loss_weight = loss_weight
+        # Not saved in checkpoints: model-zoo files do not carry them, the config does.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(
+        self, images: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Normalise images and pad them into one batch.
+
+        Args:
+            images: N tensors (3, H_i, W_i), uint8 or float on the 0-255 scale.
+
+        Returns:
+            (N, 3, H_max, W_max) float batch, padded with 0 after normalisation, and the (H_i, W_i)
+            of every image.
+        """
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+        normalised = [
+            (x.to(device=self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+            for x in images
+        ]
+        return pad_to_batch(normalised, 0.0), sizes
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits upsampled by the head's stride.
+
+        Args:
+            images: (N, 3, H, W) normalised batch.
+
+        Returns:
+            (N, num_classes, ceil(H / s) * s, ceil(W / s) * s) for stride s, i.e. (N, C, H, W)
+            when H and W are multiples of s.
+        """
+        y = self.sem_seg_head(self.backbone(images))
+        return F.interpolate(
+            y, scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        )
+
+    def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
+        images, sizes = self.preprocess([x["image"] for x in batched_inputs])
+        logits = self.logits(images)
+        if self.training:
+            if "sem_seg" not in batched_inputs[0]:
+                raise ValueError("Training inputs need a 'sem_seg' label map per image.")
+            targets = pad_to_batch(
+                [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs],
+                self.ignore_value,
+            )
+            # Sizes that are not multiples of the stride give slightly larger logits; cropping
+            # them is what inference does too.
+            logits = logits[..., : targets.shape[-2], : targets.shape[-1]]
+            return {"loss_sem_seg": self.loss(logits, targets) * self.loss_weight}
+        results = []
+        for result, inputs, size in zip(logits, batched_inputs, sizes):
+            height = int(inputs.get("height", size[0]))
+            width = int(inputs.get("width", size[1]))
+            results.append({"sem_seg": sem_seg_postprocess(result, size, height, width)})
+        return results

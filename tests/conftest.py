@@ -1,0 +1,73 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from atrous.config import CfgNode, get_cfg
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs" / "Cityscapes-SemanticSegmentation"
+V3_CONFIG = CONFIG_DIR / "deeplab_v3_R_103_os16_mg124_poly_90k_bs16.yaml"
+V3PLUS_CONFIG = CONFIG_DIR / "deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
+
+# The overrides under which the reference outputs of the original were produced
+# (shared/reference/detectron2/README.md), applied on top of the V3+ R103 config.
+SMALL_REFERENCE_OVERRIDES = [
+    "MODEL.RESNETS.DEPTH", "50",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19",
+    "INPUT.CROP.ENABLED", "False",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.SEM_SEG_HEAD.NORM", "BN",
+    "MODEL.WEIGHTS", "",
+]  # fmt: skip
+
+
+def _find_reference_dir() -> Path:
+    candidates = [
+        os.environ.get("ATROUS_REFERENCE_DIR", ""),
+        REPO_ROOT.parent / "shared" / "reference" / "detectron2",
+        REPO_ROOT / "shared" / "reference" / "detectron2",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "small_v3plus.pkl").is_file():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "The detectron2 reference outputs were not found; they live in "
+        "../shared/reference/detectron2 next to the repository (or set ATROUS_REFERENCE_DIR)."
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Directory with the original implementation's reference outputs."""
+    return _find_reference_dir()
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> CfgNode:
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(overrides or [])
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> CfgNode:
+    """A small-width DeepLabV3+ R50 (the reference's overrides): 19 classes, BN, no crop."""
+    return load_config(V3PLUS_CONFIG, SMALL_REFERENCE_OVERRIDES)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
