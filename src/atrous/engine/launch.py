@@ -1,0 +1,208 @@
+"""Start one training process per device, on one or several machines.
+
+Three ways in, one code path for the training function:
+
+* ``--num-gpus N`` (N > 1) spawns N local processes (NCCL on CUDA, gloo on CPU, where each
+  process stands for a "GPU" and gets its share of the cores);
+* ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` does the same on each of M
+  machines;
+* under ``torchrun`` (or SLURM wrappers that set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``), the
+  already-started process joins the group through the ``env://`` rendezvous.
+
+Every process group gets a timeout, so when a rank dies the others fail with an error in bounded
+time instead of waiting forever in a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from atrous.utils import comm
+
+__all__ = ["DEFAULT_TIMEOUT", "find_free_port", "launch"]
+
+logger = logging.getLogger(__name__)
+
+# Long enough for a slow evaluation on rank 0 while the others wait at a barrier; overridable
+# with ATROUS_DIST_TIMEOUT (seconds) for clusters and tests.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def _timeout_from_env(default: timedelta) -> timedelta:
+    value = os.environ.get("ATROUS_DIST_TIMEOUT")
+    if not value:
+        return default
+    try:
+        return timedelta(seconds=float(value))
+    except ValueError:
+        raise ValueError(
+            f"ATROUS_DIST_TIMEOUT must be a number of seconds, got {value!r}."
+        ) from None
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) when started by torchrun or a similar launcher."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return rank, world_size, local_rank
+
+
+def _backend(use_cuda: bool) -> str:
+    return "nccl" if use_cuda else "gloo"
+
+
+def launch(
+    main_fn: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str | None = None,
+    args: Sequence[Any] = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> Any:
+    """Run ``main_fn(*args)`` in every process of a (possibly distributed) job.
+
+    Args:
+        main_fn: the per-process entry point; must be picklable (a module-level function) when
+            processes are spawned.
+        num_gpus_per_machine: processes per machine (GPUs on CUDA; on CPU, processes that share
+            the cores).
+        num_machines: number of machines.
+        machine_rank: this machine's index in [0, num_machines).
+        dist_url: rendezvous address, ``tcp://HOST:PORT``; "auto" (or None) picks a free local port
+            and is valid on one machine only.
+        args: positional arguments for `main_fn`.
+        timeout: how long a collective may wait for a missing rank before failing
+            (``ATROUS_DIST_TIMEOUT`` in seconds overrides it).
+
+    Returns:
+        What `main_fn` returns in a single process (spawned processes' results are not returned).
+
+    Raises:
+        torch.multiprocessing.ProcessRaisedException / ProcessExitedException: a spawned process
+            failed; the others are terminated.
+    """
+    timeout = _timeout_from_env(timeout)
+    env = _torchrun_env()
+    if env is not None and env[1] > 1:
+        rank, world_size, local_rank = env
+        return _run_in_group(
+            main_fn,
+            args,
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            init_method="env://",
+            timeout=timeout,
+        )
+
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(
+            f"--num-gpus and --num-machines must be at least 1, got {num_gpus_per_machine} and "
+            f"{num_machines}."
+        )
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(f"--machine-rank must lie in [0, {num_machines}), got {machine_rank}.")
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        return main_fn(*args)
+
+    if dist_url in (None, "auto"):
+        if num_machines > 1:
+            raise ValueError(
+                "--dist-url auto only works on one machine; pass tcp://HOST:PORT of machine 0 "
+                "to every machine."
+            )
+        dist_url = f"tcp://127.0.0.1:{find_free_port()}"
+    if num_machines > 1 and dist_url.startswith("file://"):
+        logger.warning("file:// rendezvous across machines needs a shared filesystem.")
+
+    mp.start_processes(
+        _spawned_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_fn, args, world_size, num_gpus_per_machine, machine_rank, dist_url, timeout),
+        daemon=False,
+        start_method="spawn",
+    )
+    return None
+
+
+def _spawned_worker(
+    local_rank: int,
+    main_fn: Callable[..., Any],
+    args: Sequence[Any],
+    world_size: int,
+    num_gpus_per_machine: int,
+    machine_rank: int,
+    dist_url: str,
+    timeout: timedelta,
+) -> None:
+    _run_in_group(
+        main_fn,
+        args,
+        rank=machine_rank * num_gpus_per_machine + local_rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        init_method=dist_url,
+        timeout=timeout,
+        local_world_size=num_gpus_per_machine,
+    )
+
+
+def _run_in_group(
+    main_fn: Callable[..., Any],
+    args: Sequence[Any],
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    init_method: str,
+    timeout: timedelta,
+    local_world_size: int | None = None,
+) -> Any:
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"Local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible. "
+                "Lower --num-gpus or set CUDA_VISIBLE_DEVICES."
+            )
+        torch.cuda.set_device(local_rank)
+    else:
+        # Processes on one CPU must share its cores, or they slow each other down by
+        # oversubscription.
+        local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    dist.init_process_group(
+        backend=_backend(use_cuda),
+        init_method=init_method,
+        world_size=world_size,
+        rank=rank,
+        timeout=timeout,
+    )
+    comm.set_local_rank(local_rank)
+    try:
+        comm.synchronize()
+        return main_fn(*args)
+    finally:
+        dist.destroy_process_group()

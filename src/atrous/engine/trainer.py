@@ -1,0 +1,537 @@
+"""The training loop: a small step (load, forward, backward, update) and hooks for the rest.
+
+`SimpleTrainer` is the loop; `Trainer` builds one from a config (model, optimizer, scheduler,
+data, checkpointing, evaluation, writers) the way detectron2's ``DefaultTrainer`` does, and adds
+exact resume: model, optimizer, scheduler, grad scaler, iteration, every RNG and the data position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from atrous.utils import comm
+
+from . import hooks as hooks_mod
+from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
+
+__all__ = [
+    "SimpleTrainer",
+    "Trainer",
+    "TrainerBase",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TrainerBase:
+    """Runs registered hooks around `run_step` for iterations ``[start_iter, max_iter)``.
+
+    After a completed run ``self.iter == max_iter``; after a failure it is the failing iteration.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: list[hooks_mod.HookBase] = []
+        self.iter = 0
+        self.start_iter = 0
+        self.max_iter = 0
+        self.storage = EventStorage()
+
+    def register_hooks(self, hooks: Iterable[hooks_mod.HookBase | None]) -> None:
+        for hook in hooks:
+            if hook is None:
+                continue
+            hook.trainer = self
+            self._hooks.append(hook)
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        logger.info("Starting training from iteration %d", start_iter)
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        self.storage = EventStorage(start_iter)
+        try:
+            for h in self._hooks:
+                h.before_train()
+            for self.iter in range(start_iter, max_iter):
+                self.storage.iter = self.iter
+                for h in self._hooks:
+                    h.before_step()
+                self.run_step()
+                for h in self._hooks:
+                    h.after_step()
+            # Tells after_train hooks that the run completed.
+            self.iter = max_iter
+            self.storage.iter = max_iter
+        except Exception:
+            logger.exception("Exception during training at iteration %d:", self.iter)
+            raise
+        finally:
+            for h in self._hooks:
+                h.after_train()
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """One step = next batch, forward, backward, (clip), optimizer step.
+
+    Args:
+        model: returns a dict of scalar losses in train mode (DDP-wrapped in multi-process runs).
+        data_loader: an iterator of batches (list of dicts) that never ends.
+        optimizer: the optimizer.
+        grad_clipper: called with the parameters after backward (after unscaling with AMP).
+        amp_dtype: autocast dtype (torch.float16 or torch.bfloat16), or None for fp32.
+        grad_scaler: a `torch.amp.GradScaler`, used with float16.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        data_loader: Iterator[Any],
+        optimizer: torch.optim.Optimizer,
+        grad_clipper: Any = None,
+        amp_dtype: torch.dtype | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        super().__init__()
+        model.train()
+        self.model = model
+        self.data_loader = data_loader
+        self.optimizer = optimizer
+        self.grad_clipper = grad_clipper
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = grad_scaler
+        self._device_type = _device_type(model)
+
+    def run_step(self) -> None:
+        start = time.perf_counter()
+        data = next(self.data_loader)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(
+            self._device_type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(loss_dict.values())
+
+        # Checked (and averaged over ranks) before backward, so that every rank stops together
+        # and no update is made from a non-finite loss.
+        values = self._reduce_losses(loss_dict, losses)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            if self.grad_clipper is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+                self.grad_clipper(params)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            losses.backward()
+            if self.grad_clipper is not None:
+                self.grad_clipper(params)
+            self.optimizer.step()
+
+        self.storage.put_scalar("data_time", data_time)
+        self.storage.put_scalars(**values)
+
+    def _reduce_losses(
+        self, loss_dict: Mapping[str, torch.Tensor], total: torch.Tensor
+    ) -> dict[str, float]:
+        names = [*loss_dict.keys(), "total_loss"]
+        stacked = torch.stack(
+            [v.detach().float() for v in loss_dict.values()] + [total.detach().float()]
+        )
+        if comm.is_distributed():
+            stacked = (
+                comm.all_reduce_sum(stacked.cpu() if _gloo() else stacked) / comm.get_world_size()
+            )
+        values = dict(zip(names, stacked.tolist()))
+        if not all(np.isfinite(v) for v in values.values()):
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={self.iter}! "
+                f"losses = {values}. Training stopped; the last checkpoint in the output "
+                "directory is the last good state (lower SOLVER.BASE_LR, enable "
+                "SOLVER.CLIP_GRADIENTS, or check the data)."
+            )
+        return values
+
+
+def _gloo() -> bool:
+    import torch.distributed as dist
+
+    return dist.get_backend() == "gloo"
+
+
+def _device_type(model: nn.Module) -> str:
+    try:
+        return next(model.parameters()).device.type
+    except StopIteration:
+        return "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state: stored as tensors and plain containers so checkpoints load with weights_only=True.
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy, torch (and CUDA) generator states."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    py = state["python"]
+    random.setstate(
+        (int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"])
+    )
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Config-driven trainer.
+# ---------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _convert_naive_sync_bn(module: nn.Module) -> nn.Module:
+    """Replace the CPU-capable NaiveSyncBatchNorm by CUDA's SyncBatchNorm, keeping the state."""
+    from atrous.layers import NaiveSyncBatchNorm
+
+    if isinstance(module, NaiveSyncBatchNorm):
+        sync = nn.SyncBatchNorm(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        ).to(next(iter(module.state_dict().values())).device)
+        sync.load_state_dict(module.state_dict())
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        new = _convert_naive_sync_bn(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+class Trainer:
+    """Everything a training run needs, built from a config.
+
+    Usage (what `atrous train` does)::
+
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+
+    Args:
+        cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
+            OUTPUT_DIR and LOG_PERIOD.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        from atrous.checkpoint import Checkpointer
+        from atrous.modeling import build_model
+        from atrous.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+
+        self.cfg = cfg
+        model = build_model(cfg)
+        if cfg.SOLVER.CHANNELS_LAST:
+            model = model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.grad_clipper = build_gradient_clipper(cfg)
+        self.amp_dtype = _amp_dtype(cfg)
+        self.grad_scaler = (
+            torch.amp.GradScaler(model.device.type if hasattr(model, "device") else "cpu")
+            if self.amp_dtype == torch.float16
+            else None
+        )
+        checkpointables: dict[str, Any] = {}
+        if self.grad_scaler is not None:
+            checkpointables["grad_scaler"] = self.grad_scaler
+        self.model = model
+        self.checkpointer = Checkpointer(
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            **checkpointables,
+        )
+        self.start_iter = 0
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self._resume_state: Mapping[str, Any] | None = None
+        self._data_position = 0
+        self._trainer: SimpleTrainer | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With `resume` and a checkpoint in OUTPUT_DIR, continue from it; else load MODEL.WEIGHTS.
+
+        Raises:
+            ValueError: the checkpoint was written by a run with a different number of processes
+                (its per-rank RNG and data positions cannot be mapped).
+        """
+        extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume) or {}
+        if resume and self.checkpointer.has_checkpoint() and "iteration" in extra:
+            self.start_iter = int(extra["iteration"]) + 1
+            ranks = extra.get("ranks")
+            if ranks is not None:
+                if len(ranks) != comm.get_world_size():
+                    logger.warning(
+                        "The checkpoint was saved by %d processes, this run has %d: the model, "
+                        "optimizer and schedule resume exactly, the RNG and data order do not.",
+                        len(ranks),
+                        comm.get_world_size(),
+                    )
+                else:
+                    self._resume_state = ranks[comm.get_rank()]
+            logger.info("Resuming from iteration %d", self.start_iter)
+        else:
+            self.start_iter = 0
+
+    def _wrap_model(self) -> nn.Module:
+        model = self.model
+        if comm.get_world_size() > 1:
+            if model.device.type == "cuda":
+                model = _convert_naive_sync_bn(model)
+                model = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[comm.get_local_rank()], broadcast_buffers=False
+                )
+            else:
+                model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        return model
+
+    def _data_iterator(self) -> Iterator[Any]:
+        """The training batches from `start_iter` on.
+
+        The iterator is created before the RNG states are restored, exactly as in an
+        uninterrupted run, so that whatever creating it draws from the global generators is the
+        same in both.
+        """
+        from atrous.data import build_train_loader
+
+        loader = build_train_loader(self.cfg)
+        iterator = iter(loader)
+        if self.start_iter > 0:
+            # Deterministic fast-forward: the sampler and augmentation sequence replay exactly.
+            for _ in range(self.start_iter):
+                next(iterator)
+        self._data_position = self.start_iter
+        return _CountingIterator(iterator, self)
+
+    def build_hooks(self) -> list[hooks_mod.HookBase]:
+        cfg = self.cfg
+        out: list[hooks_mod.HookBase] = [
+            hooks_mod.IterationTimer(),
+            hooks_mod.LRScheduler(self.scheduler),
+            hooks_mod.PeriodicCheckpointer(
+                self.checkpointer,
+                period=int(cfg.SOLVER.CHECKPOINT_PERIOD),
+                max_iter=self.max_iter,
+                max_to_keep=int(cfg.SOLVER.MAX_TO_KEEP),
+                extra_state=self._extra_state,
+            ),
+        ]
+        if cfg.DATASETS.TEST:
+            out.append(
+                hooks_mod.EvalHook(int(cfg.TEST.EVAL_PERIOD), self._evaluate_during_training)
+            )
+        if comm.is_main_process():
+            metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+            out.append(hooks_mod.PeriodicWriter(self.build_writers(), period=int(cfg.LOG_PERIOD)))
+            out.append(
+                hooks_mod.TrainingCurvePlotter(
+                    metrics, os.path.join(cfg.OUTPUT_DIR, "training_curves.png")
+                )
+            )
+        return out
+
+    def build_writers(self) -> list[Any]:
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardWriter(self.cfg.OUTPUT_DIR),
+        ]
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"rng": capture_rng_state(), "data_position": self._data_position}
+
+    # -- running ---------------------------------------------------------------------------
+
+    def train(self) -> Mapping[str, Any]:
+        """Train from `start_iter` to SOLVER.MAX_ITER; returns the last evaluation's results."""
+        data = self._data_iterator()
+        if self._resume_state is not None:
+            restore_rng_state(self._resume_state["rng"])
+        model = self._wrap_model()
+        trainer = SimpleTrainer(
+            model=model,
+            data_loader=data,
+            optimizer=self.optimizer,
+            grad_clipper=self.grad_clipper,
+            amp_dtype=self.amp_dtype,
+            grad_scaler=self.grad_scaler,
+        )
+        trainer.register_hooks(self.build_hooks())
+        self._trainer = trainer
+        trainer.train(self.start_iter, self.max_iter)
+        results: Mapping[str, Any] = {}
+        for h in trainer._hooks:
+            if isinstance(h, hooks_mod.EvalHook):
+                results = h.latest_results
+        return results
+
+    def _evaluate_during_training(self) -> Mapping[str, Any]:
+        # Evaluation must not change the training's random sequence: a run resumed from the
+        # checkpoint written just before an evaluation would otherwise diverge.
+        rng = capture_rng_state()
+        try:
+            return self.test(self.cfg, self.model)
+        finally:
+            self.model.train()
+            restore_rng_state(rng)
+
+    @classmethod
+    def test(cls, cfg: Any, model: nn.Module) -> dict[str, Any]:
+        """Evaluate `model` on every dataset in DATASETS.TEST.
+
+        Returns:
+            ``{dataset_name: {"sem_seg": {"mIoU": ..., ...}}}`` for several datasets, or the
+            single dataset's result dict when there is one (as detectron2 does).
+        """
+        results: dict[str, Any] = {}
+        for name in cfg.DATASETS.TEST:
+            results[name] = evaluate_dataset(cfg, model, name)
+            if comm.is_main_process():
+                logger.info("Evaluation results for %s: %s", name, _brief(results[name]))
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+
+class _CountingIterator:
+    """Counts the batches handed out, so a checkpoint knows the data position."""
+
+    def __init__(self, iterator: Iterator[Any], owner: Trainer) -> None:
+        self._iterator = iterator
+        self._owner = owner
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._iterator)
+        self._owner._data_position += 1
+        return batch
+
+
+def _amp_dtype(cfg: Any) -> torch.dtype | None:
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    name = cfg.SOLVER.AMP.DTYPE
+    if name not in _AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(_AMP_DTYPES)}, got {name!r}.")
+    return _AMP_DTYPES[name]
+
+
+def _brief(result: Mapping[str, Any]) -> str:
+    flat = hooks_mod.flatten_results(result)
+    keys = [k for k in flat if k.split("/")[-1] in ("mIoU", "fwIoU", "mACC", "pACC")]
+    return ", ".join(f"{k}={flat[k]:.2f}" for k in keys) or str(result)
+
+
+def evaluate_dataset(cfg: Any, model: nn.Module, dataset_name: str) -> dict[str, Any]:
+    """Run `model` over one test dataset and score it with the dataset's evaluator."""
+    from atrous.data import build_test_loader
+
+    output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    loader = build_test_loader(cfg, dataset_name)
+    try:
+        from atrous.evaluation import build_evaluator, inference_on_dataset
+    except ImportError:  # evaluation package not available: plain mIoU
+        return _plain_miou(cfg, model, loader)
+    evaluator = build_evaluator(cfg, dataset_name, output_dir)
+    return inference_on_dataset(model, loader, evaluator)
+
+
+@torch.no_grad()
+def _plain_miou(cfg: Any, model: nn.Module, loader: Iterable[Sequence[dict]]) -> dict[str, Any]:
+    """mIoU over a loader whose dicts carry ``sem_seg`` ground truth (ignore value excluded)."""
+    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    ignore = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        outputs = model(batch)
+        for inp, out in zip(batch, outputs):
+            pred = out["sem_seg"].argmax(0).cpu()
+            gt = inp["sem_seg"].cpu()
+            keep = gt != ignore
+            idx = gt[keep] * num_classes + pred[keep]
+            conf += torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+    model.train(was_training)
+    conf = comm.all_reduce_sum(conf)
+    tp = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - tp
+    present = conf.sum(1) > 0
+    iou = tp[present] / union[present]
+    return {"sem_seg": {"mIoU": 100.0 * float(iou.mean()) if present.any() else float("nan")}}
