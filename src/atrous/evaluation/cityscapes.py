@@ -1,0 +1,315 @@
+"""The official Cityscapes pixel-level evaluation, run in-process through cityscapesscripts.
+
+Predictions (trainIds 0-18) are converted to labelIds with cityscapesscripts' own label table and
+written as PNGs; the library then finds them for each ``*_gtFine_labelIds.png`` with its own
+`getPrediction` and scores them with `evaluateImgLists`. The numbers are therefore the library's:
+IoU and iIoU over classes and categories. Unlike `SemSegEvaluator`, a class that is predicted but
+absent from the ground truth scores IoU 0 here (the script's definition), not NaN.
+
+Two incompatibilities of cityscapesscripts 2.3 with current libraries are handled here, without
+environment variables and without changing the library's arithmetic:
+
+* It reads its settings from a module-global ``args`` object that it fills from environment
+  variables at import time. We pass a private copy with our paths instead.
+* Its instance-level path (iIoU) calls ``np.in1d``, which numpy 2.4 removed. When numpy lacks it,
+  ``np.in1d`` is defined for the duration of the call as the function numpy documented as its
+  replacement, ``np.isin(ar1, ar2, ...).ravel()``, so the instance statistics are still the
+  library's own. When the ground truth has no ``*_gtFine_instanceIds.png`` files the instance
+  score is switched off and iIoU is reported as NaN (the library would print 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atrous.utils import comm
+
+from ._io import atomic_write_json
+from .evaluator import DatasetEvaluator
+from .metadata import EvalMetadata, resolve_metadata
+
+__all__ = [
+    "CityscapesSemSegEvaluator",
+    "cityscapes_prediction_name",
+    "evaluate_cityscapes_files",
+    "train_id_to_label_id_lut",
+]
+
+logger = logging.getLogger(__name__)
+
+_CITYSCAPES_STEM = re.compile(r"^([A-Za-z\-]+)_(\d{6})_(\d{6})")
+
+
+def train_id_to_label_id_lut(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Lookup table from our class index to the Cityscapes labelId, from cityscapesscripts.
+
+    Classes are matched by name, so a dataset whose classes are not Cityscapes' evaluated
+    classes (or are in another order) is caught instead of being scored against wrong labels.
+
+    Returns:
+        uint8 array ``(C,)``.
+
+    Raises:
+        ValueError: a class name is not one of Cityscapes' evaluated labels.
+    """
+    from cityscapesscripts.helpers.labels import name2label
+
+    lut = np.zeros(len(class_names), dtype=np.uint8)
+    for i, name in enumerate(class_names):
+        label = name2label.get(name)
+        if label is None or label.ignoreInEval:
+            raise ValueError(
+                f"class {i} '{name}' is not an evaluated Cityscapes label; the official "
+                "evaluation needs the 19 Cityscapes classes (use evaluator_type 'sem_seg' for "
+                "other datasets)"
+            )
+        lut[i] = label.id
+    return lut
+
+
+def cityscapes_prediction_name(file_name: str | os.PathLike[str], suffix: str = "pred") -> str:
+    """PNG name for the prediction of a Cityscapes image, as the benchmark matches it.
+
+    The official script looks for ``<city>_<seq>_<frame>*.png`` for every ground-truth file, so
+    ``frankfurt_000000_000294_leftImg8bit.png`` becomes
+    ``frankfurt_000000_000294_leftImg8bit_<suffix>.png``.
+
+    Raises:
+        ValueError: the name does not start with ``<city>_<6 digits>_<6 digits>``.
+    """
+    stem = Path(file_name).stem
+    if not _CITYSCAPES_STEM.match(stem):
+        raise ValueError(
+            f"{file_name}: not a Cityscapes file name (<city>_<seq>_<frame>_leftImg8bit.png); "
+            "the benchmark matches predictions to ground truth by that prefix"
+        )
+    return f"{stem}_{suffix}.png"
+
+
+@contextlib.contextmanager
+def _numpy_in1d_for_cityscapesscripts():
+    if hasattr(np, "in1d"):
+        yield
+        return
+
+    def in1d(ar1, ar2, assume_unique=False, invert=False, *, kind=None):
+        return np.isin(
+            np.asarray(ar1), ar2, assume_unique=assume_unique, invert=invert, kind=kind
+        ).ravel()
+
+    np.in1d = in1d  # removed in numpy 2.4; see the module docstring
+    try:
+        yield
+    finally:
+        del np.in1d
+
+
+def evaluate_cityscapes_files(
+    prediction_dir: str | os.PathLike[str],
+    gt_files: list[str],
+    *,
+    instance_level: bool | None = None,
+    export_file: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Run cityscapesscripts' `evaluateImgLists` on labelIds prediction PNGs.
+
+    Args:
+        prediction_dir: searched recursively for ``<city>_<seq>_<frame>*.png`` per ground truth,
+            with the library's `getPrediction`.
+        gt_files: ``*_gtFine_labelIds.png`` paths.
+        instance_level: compute iIoU; None means "when every ``*_gtFine_instanceIds.png`` exists".
+        export_file: where to write the library's full result dictionary as JSON.
+
+    Returns:
+        The library's result dictionary (``averageScoreClasses``, ``classScores``, ...).
+
+    Raises:
+        RuntimeError: the library reported an error (missing or duplicate prediction, size
+            mismatch); its message is included.
+    """
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+    if not gt_files:
+        raise ValueError("no ground-truth files to evaluate")
+    instance_files = [f.replace("labelIds", "instanceIds") for f in gt_files]
+    have_instances = all(os.path.isfile(f) for f in instance_files)
+    if instance_level is None:
+        instance_level = have_instances
+        if not have_instances:
+            logger.warning(
+                "no *_gtFine_instanceIds.png next to the ground truth (e.g. %s); iIoU is not "
+                "computed",
+                instance_files[0],
+            )
+    elif instance_level and not have_instances:
+        missing = next(f for f in instance_files if not os.path.isfile(f))
+        raise FileNotFoundError(f"instance-level evaluation needs {missing}")
+
+    # A private copy of the library's settings: its module-global `args` stays untouched.
+    args = copy.copy(cs_eval.args)
+    args.predictionPath = os.path.abspath(prediction_dir)
+    args.predictionWalk = None
+    args.evalInstLevelScore = bool(instance_level)
+    args.evalPixelAccuracy = False
+    args.JSONOutput = False
+    args.colorized = False
+    args.bold = args.nocol = ""
+    args.quiet = True
+    args.evalLabels = []
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), _numpy_in1d_for_cityscapesscripts():
+            predictions = [cs_eval.getPrediction(args, gt) for gt in gt_files]
+            result = cs_eval.evaluateImgLists(predictions, list(gt_files), args)
+    except SystemExit as exc:  # the library reports errors with print + sys.exit
+        raise RuntimeError(
+            f"cityscapesscripts evaluation failed: {log.getvalue().strip()[-2000:]}"
+        ) from exc
+    if not instance_level:
+        for key in ("classInstScores", "categoryInstScores"):
+            result[key] = {k: math.nan for k in result[key]}
+        result["averageScoreInstClasses"] = math.nan
+        result["averageScoreInstCategories"] = math.nan
+    if export_file is not None:
+        atomic_write_json(export_file, result)
+    return result
+
+
+class CityscapesSemSegEvaluator(DatasetEvaluator):
+    """Official Cityscapes IoU / iIoU (classes and categories) through cityscapesscripts.
+
+    Every rank converts its predictions to labelIds PNGs in memory; `evaluate` gathers them to
+    rank 0 (so it works across machines without a shared disk), which writes them into a
+    temporary folder and runs the library. All ranks return the same results.
+
+    Ground truth: ``<gt_dir>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png`` when the metadata
+    (or `gt_dir`) names the folder, else the input's ``sem_seg_file_name`` with ``labelTrainIds``
+    replaced by ``labelIds``.
+    """
+
+    def __init__(
+        self,
+        metadata: Any,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+        distributed: bool = True,
+        gt_dir: str | os.PathLike[str] | None = None,
+        instance_level: bool | None = None,
+    ) -> None:
+        """
+        Args:
+            metadata: dataset name or metadata object with the 19 Cityscapes ``stuff_classes``
+                (and optionally ``gt_dir``).
+            output_dir: where ``cityscapes_evaluation.json`` (the library's full results) goes.
+            distributed: gather predictions from all ranks in `evaluate`.
+            gt_dir: folder with ``<city>/*_gtFine_labelIds.png``; overrides the metadata's.
+            instance_level: compute iIoU; None means when instanceIds ground truth exists.
+        """
+        raw = metadata
+        if isinstance(metadata, str):
+            from atrous.data import get_metadata
+
+            raw = get_metadata(metadata)
+        self.metadata: EvalMetadata = resolve_metadata(raw)
+        self._lut = train_id_to_label_id_lut(self.metadata.stuff_classes)
+        gt_dir = gt_dir if gt_dir is not None else getattr(raw, "gt_dir", None)
+        self._gt_dir = Path(gt_dir) if gt_dir else None
+        self._output_dir = Path(output_dir) if output_dir else None
+        self._distributed = distributed
+        self._instance_level = instance_level
+        self.reset()
+
+    def reset(self) -> None:
+        # (prediction file name, ground-truth labelIds path, PNG bytes)
+        self._predictions: list[tuple[str, str, bytes]] = []
+
+    def _gt_file(self, inp: dict[str, Any]) -> str:
+        file_name = inp.get("file_name", "")
+        stem = Path(file_name).stem
+        match = _CITYSCAPES_STEM.match(stem)
+        if self._gt_dir is not None and match:
+            city = match.group(1)
+            return str(self._gt_dir / city / f"{match.group(0)}_gtFine_labelIds.png")
+        sem_seg_file = inp.get("sem_seg_file_name")
+        if sem_seg_file and "labelTrainIds" in str(sem_seg_file):
+            return str(sem_seg_file).replace("labelTrainIds", "labelIds")
+        raise KeyError(
+            f"cannot locate the Cityscapes labelIds ground truth for {file_name!r}: give the "
+            "metadata a gt_dir or inputs a '*_gtFine_labelTrainIds.png' sem_seg_file_name"
+        )
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for inp, out in zip(inputs, outputs, strict=True):
+            scores = out["sem_seg"] if isinstance(out, dict) else out
+            pred = scores.argmax(dim=0).to(torch.device("cpu"), torch.int64).numpy()
+            label_ids = self._lut[pred]
+            buf = io.BytesIO()
+            Image.fromarray(label_ids).save(buf, format="PNG")
+            gt_file = self._gt_file(inp)
+            name = cityscapes_prediction_name(gt_file.replace("_gtFine_labelIds", ""))
+            self._predictions.append((name, gt_file, buf.getvalue()))
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Official metrics in percent: ``{"sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup"}}``."""
+        predictions = self._predictions
+        if self._distributed and comm.is_distributed():
+            gathered = comm.all_gather_object(self._predictions)
+            predictions = [p for rank_preds in gathered for p in rank_preds]
+        results: dict[str, dict[str, float]] | None = None
+        error: str | None = None
+        if comm.is_main_process():
+            try:
+                results = self._evaluate_on_main(predictions)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if not (self._distributed and comm.is_distributed()):
+                    raise
+        if self._distributed and comm.is_distributed():
+            # Every rank returns rank 0's numbers (or raises its error) instead of hanging.
+            results, error = comm.all_gather_object((results, error))[0]
+            if error is not None:
+                raise RuntimeError(f"Cityscapes evaluation failed on rank 0: {error}")
+        assert results is not None
+        return results
+
+    def _evaluate_on_main(self, predictions: list[tuple[str, str, bytes]]):
+        unique = {}
+        for name, gt_file, data in predictions:
+            unique.setdefault(gt_file, (name, data))  # a sampler may repeat an image
+        if not unique:
+            raise RuntimeError("Cityscapes evaluation: no prediction was processed")
+        with tempfile.TemporaryDirectory(prefix="cityscapes_eval_") as tmp:
+            for name, data in unique.values():
+                (Path(tmp) / name).write_bytes(data)
+            export = self._output_dir / "cityscapes_evaluation.json" if self._output_dir else None
+            logger.info("Evaluating %d images with cityscapesscripts ...", len(unique))
+            result = evaluate_cityscapes_files(
+                tmp, sorted(unique), instance_level=self._instance_level, export_file=export
+            )
+        res = {
+            "IoU": 100 * result["averageScoreClasses"],
+            "iIoU": 100 * result["averageScoreInstClasses"],
+            "IoU_sup": 100 * result["averageScoreCategories"],
+            "iIoU_sup": 100 * result["averageScoreInstCategories"],
+        }
+        lines = [f"{'class':<14} {'IoU':>7} {'iIoU':>7}"]
+        for name in self.metadata.stuff_classes:
+            iou = 100 * result["classScores"][name]
+            iiou = 100 * result["classInstScores"][name]
+            lines.append(f"{name:<14} {iou:7.2f} {iiou:7.2f}")
+        lines.append(" ".join(f"{k} {v:.2f}" for k, v in res.items()))
+        logger.info("Cityscapes official evaluation:\n%s", "\n".join(lines))
+        return {"sem_seg": res}
