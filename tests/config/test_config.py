@@ -60,7 +60,10 @@ def test_seed_configs_resolve_to_the_original_values(path):
 
 def test_v3_and_v3plus_differ_where_the_originals_do():
     v3, v3p = load_config(V3_CONFIG), load_config(V3PLUS_CONFIG)
-    assert (v3.MODEL.SEM_SEG_HEAD.NAME, v3.MODEL.SEM_SEG_HEAD.COMMON_STRIDE) == ("DeepLabV3Head", 16)
+    assert (v3.MODEL.SEM_SEG_HEAD.NAME, v3.MODEL.SEM_SEG_HEAD.COMMON_STRIDE) == (
+        "DeepLabV3Head",
+        16,
+    )
     assert v3.MODEL.RESNETS.OUT_FEATURES == ["res5"]
     assert (v3p.MODEL.SEM_SEG_HEAD.NAME, v3p.MODEL.SEM_SEG_HEAD.COMMON_STRIDE) == (
         "DeepLabV3PlusHead",
@@ -95,7 +98,9 @@ def test_overrides_are_parsed_as_yaml_literals():
 
 
 def test_unknown_override_key_names_the_closest_valid_key():
-    with pytest.raises(ConfigError, match=r"MODEL\.RESNET\.DEPTH.*Did you mean 'MODEL\.RESNETS\.DEPTH'"):
+    with pytest.raises(
+        ConfigError, match=r"MODEL\.RESNET\.DEPTH.*Did you mean 'MODEL\.RESNETS\.DEPTH'"
+    ):
         get_cfg().merge_from_list(["MODEL.RESNET.DEPTH", "50"])
 
 
@@ -116,12 +121,12 @@ def test_missing_base_file_names_the_including_file(tmp_path):
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         get_cfg().merge_from_file(tmp_path / "nope.yaml")
 
 
 def test_wrong_value_type_and_odd_override_count_are_errors():
-    with pytest.raises(ConfigError, match="MODEL.RESNETS.DEPTH"):
+    with pytest.raises(ConfigError, match=r"MODEL\.RESNETS\.DEPTH"):
         get_cfg().merge_from_list(["MODEL.RESNETS.DEPTH", "fifty"])
     with pytest.raises(ConfigError, match="KEY VALUE pairs"):
         get_cfg().merge_from_list(["SOLVER.BASE_LR"])

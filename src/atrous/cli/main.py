@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="atrous", description="DeepLabV3 / DeepLabV3+ semantic segmentation."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 

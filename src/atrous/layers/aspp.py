@@ -30,7 +30,9 @@ class ImagePooling(nn.Module):
 
     def __init__(self, kernel_size: tuple[int, int] | None) -> None:
         super().__init__()
-        self.kernel_size = None if kernel_size is None else (int(kernel_size[0]), int(kernel_size[1]))
+        self.kernel_size = (
+            None if kernel_size is None else (int(kernel_size[0]), int(kernel_size[1]))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, H', W'): (1, 1) when global, else H-kh+1, W-kw+1."""

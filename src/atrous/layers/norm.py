@@ -74,6 +74,22 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks (every rank used the sum)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class NaiveSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with batch statistics synchronised across ranks by one all-reduce.
 
@@ -90,15 +106,13 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         ):
             return super().forward(x)
 
-        from torch.distributed.nn.functional import all_reduce
-
         world_size = dist.get_world_size()
         channels = x.shape[1]
         compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         xf = x.to(compute_dtype)
         mean = xf.mean(dim=(0, 2, 3))
         mean_sq = (xf * xf).mean(dim=(0, 2, 3))
-        stats = all_reduce(torch.cat([mean, mean_sq])) / world_size
+        stats = _AllReduceSum.apply(torch.cat([mean, mean_sq])) / world_size
         mean, mean_sq = torch.split(stats, channels)
         var = mean_sq - mean * mean
 

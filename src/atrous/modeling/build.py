@@ -40,7 +40,9 @@ def build_backbone(cfg: CfgNode) -> ResNet:
         )
     stems = {"basic": BasicStem, "deeplab": DeepLabStem}
     if stem_type not in stems:
-        raise ValueError(f"Unknown MODEL.RESNETS.STEM_TYPE {stem_type!r}; use 'basic' or 'deeplab'.")
+        raise ValueError(
+            f"Unknown MODEL.RESNETS.STEM_TYPE {stem_type!r}; use 'basic' or 'deeplab'."
+        )
     stem = stems[stem_type](in_channels=3, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
 
     dilations = stage_dilations(

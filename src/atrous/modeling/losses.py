@@ -52,7 +52,7 @@ class _CrossEntropy(nn.Module):
 def build_sem_seg_loss(
     loss_type: str, *, ignore_label: int, top_k_percent_pixels: float = 0.2
 ) -> nn.Module:
-    """"cross_entropy" or "hard_pixel_mining" (top 20% by default, as the original)."""
+    """ "cross_entropy" or "hard_pixel_mining" (top 20% by default, as the original)."""
     if loss_type == "cross_entropy":
         return _CrossEntropy(ignore_label=ignore_label)
     if loss_type == "hard_pixel_mining":

@@ -48,9 +48,9 @@ def sem_seg_postprocess(
     result = logits[:, : image_size[0], : image_size[1]]
     if result.shape[-2:] == (height, width):
         return result  # bilinear resizing to the same size is the identity
-    return F.interpolate(
-        result[None], size=(height, width), mode="bilinear", align_corners=False
-    )[0]
+    return F.interpolate(result[None], size=(height, width), mode="bilinear", align_corners=False)[
+        0
+    ]
 
 
 class SemanticSegmentor(nn.Module):

@@ -73,9 +73,17 @@ class DeepLabStem(nn.Module):
         self.conv1 = Conv2d(
             in_channels, half, 3, stride=2, padding=1, bias=False, norm=get_norm(norm, half)
         )
-        self.conv2 = Conv2d(half, half, 3, stride=1, padding=1, bias=False, norm=get_norm(norm, half))
+        self.conv2 = Conv2d(
+            half, half, 3, stride=1, padding=1, bias=False, norm=get_norm(norm, half)
+        )
         self.conv3 = Conv2d(
-            half, out_channels, 3, stride=1, padding=1, bias=False, norm=get_norm(norm, out_channels)
+            half,
+            out_channels,
+            3,
+            stride=1,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
         )
         for conv in (self.conv1, self.conv2, self.conv3):
             c2_msra_fill(conv)
@@ -262,7 +270,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = stem
-        self._out_feature_shapes = {"stem": ShapeSpec(channels=stem.out_channels, stride=stem.stride)}
+        self._out_feature_shapes = {
+            "stem": ShapeSpec(channels=stem.out_channels, stride=stem.stride)
+        }
         self.stage_names = []
         stride = stem.stride
         for (name, stage), first_stride in zip(stages, stage_strides):
@@ -275,7 +285,8 @@ class ResNet(nn.Module):
         unknown = [f for f in out_features if f not in self._out_feature_shapes]
         if unknown:
             raise ValueError(
-                f"Unknown backbone output(s) {unknown}; available: {list(self._out_feature_shapes)}."
+                f"Unknown backbone output(s) {unknown}; "
+                f"available: {list(self._out_feature_shapes)}."
             )
         self.out_features = list(out_features)
 

@@ -39,7 +39,7 @@ class DeepLabV3Head(nn.Module):
         super().__init__()
         if len(input_shape) != 1:
             raise ValueError(f"DeepLabV3Head reads one feature, got {list(input_shape)}.")
-        (self.in_feature, shape), = input_shape.items()
+        ((self.in_feature, shape),) = input_shape.items()
         self.output_stride = shape.stride
         self.aspp = ASPP(
             shape.channels,

@@ -86,7 +86,10 @@ class DeepLabV3PlusHead(nn.Module):
                 )
                 c2_xavier_fill(stage["project_conv"])
                 stage["fuse_conv"] = self._fuse_conv(
-                    proj + coarser_channels[index], decoder_channels, norm, use_depthwise_separable_conv
+                    proj + coarser_channels[index],
+                    decoder_channels,
+                    norm,
+                    use_depthwise_separable_conv,
                 )
             self.decoder[name] = stage
         self.predictor = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)

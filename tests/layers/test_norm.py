@@ -1,0 +1,112 @@
+"""Normalisation layers: names, FrozenBN arithmetic, synchronised BN across real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from atrous.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+
+
+def test_get_norm_builds_every_supported_norm():
+    assert get_norm("", 8) is None and get_norm(None, 8) is None
+    assert type(get_norm("BN", 8)) is nn.BatchNorm2d
+    assert isinstance(get_norm("SyncBN", 8), NaiveSyncBatchNorm)
+    assert isinstance(get_norm("FrozenBN", 8), FrozenBatchNorm2d)
+    gn = get_norm("GN", 64)
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 32
+    with pytest.raises(ValueError, match="Unknown norm 'LayerNormX'"):
+        get_norm("LayerNormX", 8)
+
+
+def test_syncbn_state_dict_layout_is_that_of_batchnorm():
+    assert list(get_norm("SyncBN", 4).state_dict()) == list(nn.BatchNorm2d(4).state_dict())
+
+
+def test_frozen_bn_equals_batchnorm_in_eval_with_and_without_grad():
+    bn = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm2d)
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(frozen(x), bn(x))
+    torch.testing.assert_close(frozen(x.requires_grad_()), bn(x))
+    assert not list(frozen.parameters())
+
+
+def test_frozen_bn_loads_batchnorm_checkpoints_with_step_counter():
+    state = nn.BatchNorm2d(3).state_dict()
+    missing_unexpected = FrozenBatchNorm2d(3).load_state_dict(state, strict=True)
+    assert not missing_unexpected.missing_keys and not missing_unexpected.unexpected_keys
+
+
+def test_naive_syncbn_without_process_group_is_plain_batchnorm():
+    torch.manual_seed(0)
+    sync, plain = NaiveSyncBatchNorm(4), nn.BatchNorm2d(4)
+    x = torch.randn(3, 4, 5, 5)
+    torch.testing.assert_close(sync(x), plain(x))
+    torch.testing.assert_close(sync.running_var, plain.running_var)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sync_bn_worker(rank: int, world_size: int, port: int, x: torch.Tensor, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    torch.manual_seed(0)
+    bn = NaiveSyncBatchNorm(x.shape[1])
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    shard = x.chunk(world_size)[rank].clone().requires_grad_()
+    y = bn(shard)
+    # A loss that is not a plain sum, so the gradient depends on the global statistics.
+    (y * torch.arange(y.numel()).reshape(y.shape).float().sin()).sum().backward()
+    dist.all_reduce(bn.weight.grad)
+    torch.save(
+        {"y": y.detach(), "x_grad": shard.grad, "w_grad": bn.weight.grad,
+         "running_mean": bn.running_mean, "running_var": bn.running_var},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )  # fmt: skip
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_naive_syncbn_across_two_processes_equals_batchnorm_on_the_global_batch(tmp_path):
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 5, 6) * 3 + 1
+    mp.spawn(_sync_bn_worker, args=(2, _free_port(), x, str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    xg = x.clone().requires_grad_()
+    y = bn(xg)
+    for half in y.chunk(2):
+        (half * torch.arange(half.numel()).reshape(half.shape).float().sin()).sum().backward(
+            retain_graph=True
+        )
+    for rank, res in enumerate(results):
+        torch.testing.assert_close(res["y"], y.chunk(2)[rank].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res["x_grad"], xg.grad.chunk(2)[rank], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(res["w_grad"], bn.weight.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(res["running_mean"], bn.running_mean)
+        torch.testing.assert_close(res["running_var"], bn.running_var)
