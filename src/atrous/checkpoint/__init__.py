@@ -1,0 +1,51 @@
+"""Checkpoints: detectron2 model-zoo compatibility, safe loading, atomic saving, downloads.
+
+Public entry points::
+
+    from atrous.checkpoint import Checkpointer
+    report = Checkpointer(model).load("DeepLabV3+_R103")   # name, path or URL -> LoadReport
+"""
+
+from .checkpointer import Checkpointer, LoadReport, PeriodicCheckpointer, load_checkpoint_file
+from .detectron2 import MatchReport, align_and_update_state_dicts, convert_basic_c2_names
+from .download import cache_dir, cached_file_path, download, expected_sha256_prefix
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    DownloadError,
+    UnsafePickleError,
+)
+from .model_zoo import MODEL_ZOO, get_checkpoint_url, list_models, resolve_url
+from .rng import capture_rng_state, restore_rng_state
+from .safe_pickle import SafeUnpickler, load_pickle, loads_pickle
+
+__all__ = [
+    "MODEL_ZOO",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "Checkpointer",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "DownloadError",
+    "LoadReport",
+    "MatchReport",
+    "PeriodicCheckpointer",
+    "SafeUnpickler",
+    "UnsafePickleError",
+    "align_and_update_state_dicts",
+    "cache_dir",
+    "cached_file_path",
+    "capture_rng_state",
+    "convert_basic_c2_names",
+    "download",
+    "expected_sha256_prefix",
+    "get_checkpoint_url",
+    "list_models",
+    "load_checkpoint_file",
+    "load_pickle",
+    "loads_pickle",
+    "resolve_url",
+    "restore_rng_state",
+]

@@ -1,0 +1,652 @@
+"""Load weights from any supported source into a model, and save/resume training state.
+
+Sources accepted by :meth:`Checkpointer.load`:
+
+* detectron2 model-zoo ``.pkl`` files (``{"model": {name: ndarray}, "__author__": ...}``), with
+  suffix matching when ``"matching_heuristics"`` is set, so backbone-only files like
+  ``R-103.pkl`` load into a full segmentor;
+* other ``.pkl`` files (Caffe2 / Detectron1 / raw ``{name: ndarray}``), treated as detectron2 does:
+  ``"blobs"`` unwrapped, ``*_momentum`` dropped, Caffe2 names converted, suffix matching on;
+* torch files: plain state dicts, ``{"model": state_dict}`` and atrous' own checkpoints (which also
+  hold optimizer, scheduler, iteration and RNG states); ``?matching_heuristics=True`` appended to
+  the path switches suffix matching on, as in detectron2;
+* ``https://`` and ``detectron2://`` URLs and model-zoo names (see :mod:`.model_zoo`), downloaded
+  into the cache first.
+
+Nothing in a file is ever executed: pickles go through :mod:`.safe_pickle` and torch files through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import urllib.parse
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils import comm
+from . import model_zoo
+from .atomic import atomic_write
+from .detectron2 import align_and_update_state_dicts
+from .download import download
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafePickleError,
+)
+from .rng import capture_rng_state, restore_rng_state
+from .safe_pickle import load_pickle
+
+__all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+# Keys of a checkpoint file that describe it rather than hold state for someone.
+_META_KEYS = ("model", "__author__", "matching_heuristics")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class _Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`Checkpointer.load` did with a checkpoint.
+
+    Attributes:
+        source: what was asked for (path, URL or model-zoo name).
+        path: the local file that was read ("" when nothing was loaded).
+        matched: model keys that received a value.
+        missing: model keys the checkpoint had nothing for (they keep their initialisation).
+        unexpected: checkpoint keys that went nowhere.
+        shape_mismatched: model keys whose checkpoint value had another shape (not loaded).
+        shapes: for each shape-mismatched key, (checkpoint shape, model shape).
+        ignored: differences that are expected and harmless: ``num_batches_tracked`` counters
+            (FrozenBN has none, model-zoo files often lack them) and values for non-persistent
+            buffers such as ``pixel_mean`` (they come from the config).
+        checkpointables: names of the other objects (optimizer, scheduler, ...) restored.
+        extra: the remaining entries of the file (e.g. ``iteration``, ``rng_state``).
+        matching_heuristics: whether keys were matched by suffix.
+    """
+
+    source: str = ""
+    path: str = ""
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatched: list[str] = field(default_factory=list)
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    checkpointables: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    matching_heuristics: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when every model key was loaded and every checkpoint key was used."""
+        return not (self.missing or self.unexpected or self.shape_mismatched)
+
+    def summary(self, *, max_keys: int = 20) -> str:
+        """Human-readable summary: counts, then the problem keys grouped by module."""
+        total = len(self.matched) + len(self.missing) + len(self.shape_mismatched)
+        lines = [
+            f"Loaded {len(self.matched)} of {total} model entries from {self.path or self.source}"
+            + (" (matched by suffix)" if self.matching_heuristics else "")
+            + f": {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.shape_mismatched)} with a different shape."
+        ]
+        if self.shape_mismatched:
+            lines.append("Shape mismatches (not loaded):")
+            for key in self.shape_mismatched[:max_keys]:
+                ckpt_shape, model_shape = self.shapes.get(key, ((), ()))
+                lines.append(f"  {key}: checkpoint {ckpt_shape}, model {model_shape}")
+            if len(self.shape_mismatched) > max_keys:
+                lines.append(f"  ... and {len(self.shape_mismatched) - max_keys} more")
+        for title, keys in (
+            ("Missing in the checkpoint (model keeps its initialisation):", self.missing),
+            ("Unused from the checkpoint:", self.unexpected),
+        ):
+            if keys:
+                lines.append(title)
+                groups = _group_keys(keys)
+                lines.extend(f"  {g}" for g in groups[:max_keys])
+                if len(groups) > max_keys:
+                    lines.append(f"  ... and {len(groups) - max_keys} more groups")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _group_keys(keys: Iterable[str]) -> list[str]:
+    """``a.b.weight, a.b.bias`` -> ``a.b.{bias, weight}`` so long key lists stay readable."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        prefix, _, leaf = key.rpartition(".")
+        groups[prefix].append(leaf)
+    out = []
+    for prefix, leaves in sorted(groups.items()):
+        body = leaves[0] if len(leaves) == 1 else "{" + ", ".join(sorted(leaves)) + "}"
+        out.append(f"{prefix}.{body}" if prefix else body)
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # Saved names must not depend on whether training ran under (Distributed)DataParallel.
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model
+
+
+def _non_persistent_buffers(model: nn.Module) -> set[str]:
+    names = set()
+    for prefix, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
+def _is_harmless(key: str, non_persistent: set[str]) -> bool:
+    return key.endswith("num_batches_tracked") or key in non_persistent
+
+
+def _to_tensor(value: Any) -> torch.Tensor | None:
+    """Checkpoint value -> tensor; None for values that are not arrays (reported unexpected)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.fields is not None:
+            return None
+        # Unpickled arrays may be read-only or non-contiguous; torch needs neither.
+        return torch.from_numpy(np.require(array, requirements=["C", "W"]))
+    return None
+
+
+def _split_query(source: str) -> tuple[str, dict[str, list[str]]]:
+    """Separate detectron2's ``?matching_heuristics=True`` suffix from a path or URL."""
+    if "?" not in source or os.path.exists(source):
+        return source, {}
+    base, _, query = source.partition("?")
+    return base, urllib.parse.parse_qs(query)
+
+
+def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint file into detectron2's normalised form, executing nothing.
+
+    Args:
+        path: a ``.pkl`` (detectron2 / Caffe2 pickle) or torch file.
+
+    Returns:
+        A dict with at least ``"model"`` (name -> array or tensor); ``.pkl`` files from outside
+        the detectron2 zoo get ``"__author__": "Caffe2"`` and ``"matching_heuristics": True``.
+
+    Raises:
+        CheckpointNotFoundError: `path` does not exist.
+        CorruptCheckpointError: the file is truncated, damaged, or not a checkpoint.
+        UnsafePickleError: the file holds Python objects beyond arrays and plain containers.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(
+            f"Checkpoint file {path} does not exist. Pass the path of a .pkl/.pth file, an "
+            "https:// or detectron2:// URL, or a model-zoo name "
+            f"({', '.join(model_zoo.list_models())})."
+        )
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
+    if magic != _ZIP_MAGIC and path.endswith(".pkl"):
+        return _normalise_pickle(load_pickle(path), path)
+    return _normalise_torch(_torch_load(path), path)
+
+
+def _torch_load(path: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0])
+        if "Weights only load failed" in str(exc):
+            raise UnsafePickleError(
+                f"Refusing to load {path}: it holds Python objects other than tensors and plain "
+                f"containers ({detail.strip()}). Loading it could run arbitrary code, so nothing "
+                "in it was executed. If you trust the file, re-save its state dict alone with "
+                "torch.save(model.state_dict(), ...)."
+            ) from None
+        raise CorruptCheckpointError(
+            f"{path} is truncated or corrupt ({exc}). Delete it and download or copy it again."
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:
+        raise CorruptCheckpointError(
+            f"{path} is truncated, corrupt or not a torch checkpoint "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}). "
+            "Delete it and download or copy it again."
+        ) from exc
+
+
+def _normalise_pickle(data: Any, path: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise CorruptCheckpointError(
+            f"{path} holds a {type(data).__name__}, not a dict of weights; it is not a checkpoint."
+        )
+    if "model" in data and "__author__" in data:
+        logger.info("Reading %s (written by %s)", path, data["__author__"])
+        return dict(data)
+    # Caffe2 / Detectron1 files: detection models wrap the weights in "blobs"; the solver's
+    # momentum buffers are of no use for initialisation.
+    weights = data.get("blobs", data)
+    weights = {k: v for k, v in weights.items() if not str(k).endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _normalise_torch(data: Any, path: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise CorruptCheckpointError(
+            f"{path} holds a {type(data).__name__}, not a state dict; save "
+            "model.state_dict() rather than the model object."
+        )
+    data = dict(data)
+    return data if "model" in data else {"model": data}
+
+
+class Checkpointer:
+    """Loads weights into a model and saves / resumes full training state.
+
+    Example::
+
+        ckpt = Checkpointer(model, "output", optimizer=opt, scheduler=sched)
+        report = ckpt.load("detectron2://DeepLab/R-103.pkl")   # LoadReport
+        extra = ckpt.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+        start_iter = extra.get("iteration", -1) + 1
+        ckpt.save("model_0000999", iteration=999)            # output/model_0000999.pth
+
+    Args:
+        model: the model; a (Distributed)DataParallel wrapper is unwrapped so saved names never
+            carry a ``module.`` prefix.
+        save_dir: directory for :meth:`save` and ``last_checkpoint``; None disables saving.
+        optimizer: saved and restored under ``"optimizer"``.
+        scheduler: saved and restored under ``"scheduler"``.
+        save_to_disk: whether this process writes files; defaults to "is the main process", so
+            in distributed training only rank 0 writes.
+        **checkpointables: more objects with ``state_dict``/``load_state_dict``, saved under
+            their keyword.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str | os.PathLike[str] | None = None,
+        *,
+        optimizer: _Stateful | None = None,
+        scheduler: _Stateful | None = None,
+        save_to_disk: bool | None = None,
+        **checkpointables: _Stateful,
+    ) -> None:
+        self.model = _unwrap(model)
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
+        self.checkpointables: dict[str, _Stateful] = {}
+        if optimizer is not None:
+            self.checkpointables["optimizer"] = optimizer
+        if scheduler is not None:
+            self.checkpointables["scheduler"] = scheduler
+        for name, obj in checkpointables.items():
+            if name in _META_KEYS or name in self.checkpointables:
+                raise ValueError(f"checkpointable name {name!r} is reserved")
+            self.checkpointables[name] = obj
+        self.last_report: LoadReport | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    def _resolve(self, source: str) -> str:
+        """Local file for a path, URL or model-zoo name (downloading into the cache if needed)."""
+        if "://" in source:
+            if source.startswith("file://"):
+                return urllib.parse.urlparse(source).path
+            return os.fspath(download(source))
+        expanded = os.path.expanduser(source)
+        if source.endswith((".yaml", ".yml")):
+            # A config file names its published weights, never a checkpoint to unpickle.
+            return os.fspath(download(model_zoo.get_checkpoint_url(source)))
+        if not os.path.exists(expanded):
+            url = model_zoo.lookup(source)
+            if url is not None:
+                return os.fspath(download(url))
+        return expanded
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        checkpointables: Iterable[str] | None = None,
+        *,
+        strict: bool = False,
+    ) -> LoadReport:
+        """Load a checkpoint into the model (and the other checkpointables it holds).
+
+        Args:
+            path: local path, ``https://`` / ``detectron2://`` URL, or model-zoo name. An empty
+                string loads nothing (the model keeps its initialisation).
+            checkpointables: names of the other objects to restore; None restores every one the
+                file holds, ``[]`` only the model.
+            strict: raise instead of loading when any key is missing, unexpected or of another
+                shape (the model is left untouched).
+
+        Returns:
+            The :class:`LoadReport`, also logged (summary at INFO, problems at WARNING).
+
+        Raises:
+            CheckpointNotFoundError, CorruptCheckpointError, UnsafePickleError, DownloadError:
+                see :func:`load_checkpoint_file` and :func:`~atrous.checkpoint.download`.
+            CheckpointError: `strict` and the checkpoint does not fit exactly.
+        """
+        source = os.fspath(path)
+        if not source:
+            logger.info("No checkpoint given; the model keeps its initialisation.")
+            self.last_report = LoadReport()
+            return self.last_report
+        base, query = _split_query(source)
+        local = self._resolve(base)
+        checkpoint = load_checkpoint_file(local)
+        if query.get("matching_heuristics") == ["True"]:
+            checkpoint["matching_heuristics"] = True
+
+        report = self._load_model(checkpoint, local, strict=strict)
+        report.source = source
+        names = self.checkpointables if checkpointables is None else list(checkpointables)
+        for name in names:
+            if name not in self.checkpointables:
+                raise KeyError(f"{name!r} is not a checkpointable of this Checkpointer")
+            if name in checkpoint:
+                logger.info("Loading %s from %s", name, local)
+                self.checkpointables[name].load_state_dict(checkpoint.pop(name))
+                report.checkpointables.append(name)
+            elif checkpointables is not None:
+                logger.warning("%s holds no %r state; it keeps its current state", local, name)
+        report.extra = {
+            k: v
+            for k, v in checkpoint.items()
+            if k not in _META_KEYS and k not in self.checkpointables
+        }
+        self._log(report)
+        self.last_report = report
+        return report
+
+    def _load_model(self, checkpoint: dict[str, Any], path: str, *, strict: bool) -> LoadReport:
+        raw = checkpoint.get("model")
+        if not isinstance(raw, Mapping):
+            raise CorruptCheckpointError(
+                f"{path}: the 'model' entry is a {type(raw).__name__}, not a dict of weights."
+            )
+        report = LoadReport(
+            path=path, matching_heuristics=bool(checkpoint.get("matching_heuristics"))
+        )
+        state: dict[str, torch.Tensor] = {}
+        not_arrays: list[str] = []
+        for key, value in raw.items():
+            tensor = _to_tensor(value)
+            if tensor is None:
+                not_arrays.append(str(key))
+            else:
+                state[str(key)] = tensor
+        if not_arrays:
+            logger.warning("%s: %d entries are not arrays and were skipped", path, len(not_arrays))
+        # Saved from a (Distributed)DataParallel wrapper.
+        if state and all(k.startswith("module.") for k in state):
+            state = {k[len("module.") :]: v for k, v in state.items()}
+
+        model_state = self.model.state_dict()
+        unexpected = list(not_arrays)
+        if report.matching_heuristics:
+            state, match = align_and_update_state_dicts(
+                model_state, state, c2_conversion=checkpoint.get("__author__") == "Caffe2"
+            )
+            unexpected += match.unexpected
+            report.shapes = dict(match.shape_mismatched)
+        else:
+            for key in list(state):
+                if key in model_state and tuple(state[key].shape) != tuple(model_state[key].shape):
+                    report.shapes[key] = (tuple(state[key].shape), tuple(model_state[key].shape))
+                    del state[key]
+            unexpected += [k for k in state if k not in model_state]
+        report.shape_mismatched = sorted(report.shapes)
+        missing = [k for k in model_state if k not in state and k not in report.shapes]
+
+        non_persistent = _non_persistent_buffers(self.model)
+        report.ignored = sorted(k for k in missing + unexpected if _is_harmless(k, non_persistent))
+        report.missing = sorted(k for k in missing if not _is_harmless(k, non_persistent))
+        report.unexpected = sorted(k for k in unexpected if not _is_harmless(k, non_persistent))
+        if strict and not report.ok:
+            raise CheckpointError(
+                f"{path} does not fit the model exactly and strict loading was requested; "
+                f"nothing was loaded.\n{report.summary()}"
+            )
+
+        incompatible = self.model.load_state_dict(state, strict=False)
+        # Modules with custom _load_from_state_dict (e.g. FrozenBN filling absent running
+        # statistics) may accept keys that a plain key comparison would call missing.
+        accepted_missing = set(incompatible.missing_keys)
+        report.missing = [k for k in report.missing if k in accepted_missing]
+        report.matched = sorted(k for k in state if k in model_state)
+        return report
+
+    def _log(self, report: LoadReport) -> None:
+        if report.ok:
+            logger.info("%s", report.summary())
+            return
+        logger.warning("%s", report.summary())
+        total = len(report.matched) + len(report.missing) + len(report.shape_mismatched)
+        if total and len(report.matched) < total / 2:
+            logger.warning(
+                "Only %d of %d model entries were loaded from %s: is it a checkpoint for another "
+                "architecture or config? Pass strict=True to make this an error.",
+                len(report.matched),
+                total,
+                report.path,
+            )
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, name: str, **extra: Any) -> Path | None:
+        """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
+
+        The file holds ``"model"``, each checkpointable's state, ``"rng_state"`` and `extra`
+        (e.g. ``iteration=999``); it loads with ``torch.load(weights_only=True)``. It is written to
+        a temporary file in `save_dir`, fsynced and renamed, so a crash leaves either the previous
+        file or the complete new one; ``last_checkpoint`` is updated the same way afterwards.
+
+        Args:
+            name: file name without (or with) the ``.pth`` suffix.
+            **extra: more tensors / plain values to store (not "model" or a checkpointable).
+
+        Returns:
+            The written path, or None in processes that do not write (non-main ranks).
+
+        Raises:
+            CheckpointError: no `save_dir`, or `extra` holds a value that a weights-only load
+                could not read back.
+        """
+        if not self.save_to_disk:
+            return None
+        if self.save_dir is None:
+            raise CheckpointError("Checkpointer.save needs a save_dir; none was given.")
+        clash = [k for k in extra if k in _META_KEYS or k in self.checkpointables]
+        if clash:
+            raise ValueError(f"extra state may not use the reserved names {clash}")
+        data: dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data["rng_state"] = capture_rng_state()
+        data.update(extra)
+        _check_weights_only(data, name)
+
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        filename = name if name.endswith(".pth") else f"{name}.pth"
+        path = self.save_dir / filename
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(filename)
+        logger.info("Saved checkpoint to %s", path)
+        return path
+
+    def tag_last_checkpoint(self, filename: str) -> None:
+        """Atomically record `filename` (relative to `save_dir`) as the one to resume from."""
+        if not self.save_to_disk or self.save_dir is None:
+            return
+        atomic_write(self.save_dir / LAST_CHECKPOINT, lambda f: f.write(filename.encode()))
+
+    def has_checkpoint(self) -> bool:
+        """Whether `save_dir` has a ``last_checkpoint`` record to resume from."""
+        return self.save_dir is not None and (self.save_dir / LAST_CHECKPOINT).is_file()
+
+    def get_checkpoint_file(self) -> str:
+        """Path of the checkpoint ``last_checkpoint`` names, or "" when there is none.
+
+        Raises:
+            CheckpointNotFoundError: ``last_checkpoint`` names a file that no longer exists.
+        """
+        if not self.has_checkpoint():
+            return ""
+        assert self.save_dir is not None
+        record = self.save_dir / LAST_CHECKPOINT
+        name = record.read_text().strip()
+        if not name:
+            return ""
+        path = self.save_dir / name
+        if not path.is_file():
+            raise CheckpointNotFoundError(
+                f"{record} names {name}, but {path} does not exist. Restore the file, or delete "
+                f"{record} to start from MODEL.WEIGHTS instead."
+            )
+        return os.fspath(path)
+
+    def get_all_checkpoint_files(self) -> list[str]:
+        """All ``.pth`` files in `save_dir`, sorted by name."""
+        if self.save_dir is None or not self.save_dir.is_dir():
+            return []
+        return sorted(os.fspath(p) for p in self.save_dir.glob("*.pth"))
+
+    def resume_or_load(
+        self, path: str | os.PathLike[str], *, resume: bool = True
+    ) -> dict[str, Any]:
+        """Resume from ``last_checkpoint`` when asked and possible, else load `path`'s weights.
+
+        Resuming restores the model, every checkpointable and the RNG states, and returns the
+        file's remaining state (e.g. ``{"iteration": 999}``). Loading `path` (weights only,
+        e.g. ``cfg.MODEL.WEIGHTS``) returns ``{}`` so a pretrained file never sets the start
+        iteration.
+        """
+        if resume and self.has_checkpoint():
+            report = self.load(self.get_checkpoint_file())
+            rng_state = report.extra.pop("rng_state", None)
+            if rng_state is not None:
+                restore_rng_state(rng_state)
+            return report.extra
+        self.load(path, checkpointables=[])
+        return {}
+
+    def prune(self, keep_last: int, *, prefix: str = "model") -> list[str]:
+        """Delete all but the newest `keep_last` ``<prefix>_<digits>.pth`` files in `save_dir`.
+
+        ``<prefix>_final.pth`` and other names never match, and the file ``last_checkpoint``
+        names is always kept. Only the writing process deletes.
+
+        Returns:
+            The deleted paths.
+        """
+        if not self.save_to_disk or self.save_dir is None or keep_last <= 0:
+            return []
+        pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)\.pth$")
+        numbered = sorted(
+            (int(m.group(1)), p)
+            for p in self.save_dir.iterdir()
+            if (m := pattern.match(p.name)) and p.is_file()
+        )
+        current = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        deleted = []
+        for _, p in numbered[: max(len(numbered) - keep_last, 0)]:
+            if os.fspath(p) == current:
+                continue
+            p.unlink(missing_ok=True)
+            deleted.append(os.fspath(p))
+        return deleted
+
+
+def _check_weights_only(obj: Any, where: str) -> None:
+    """Fail at save time on values that ``torch.load(weights_only=True)`` would refuse."""
+    plain = (torch.Tensor, torch.Size, torch.dtype, torch.device, str, bytes, int, float, complex)
+    if obj is None or isinstance(obj, plain):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            _check_weights_only(value, f"{where}[{key!r}]")
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for i, value in enumerate(obj):
+            _check_weights_only(value, f"{where}[{i}]")
+    else:
+        raise CheckpointError(
+            f"Cannot save {where}: a {type(obj).__module__}.{type(obj).__name__} could not be "
+            "read back by a weights-only load. Store tensors, numbers, strings and "
+            "dicts/lists of them (convert numpy arrays with torch.from_numpy)."
+        )
+
+
+class PeriodicCheckpointer:
+    """Saves every `period` iterations and at the end, keeping only the newest files.
+
+    Call :meth:`step` once per iteration (the training engine's checkpoint hook does).
+    Files are ``<prefix>_<iteration:07d>.pth`` and ``<prefix>_final.pth``; with `max_to_keep` the
+    older numbered files are deleted after each save, ``<prefix>_final.pth`` never.
+
+    Args:
+        checkpointer: the :class:`Checkpointer` that writes.
+        period: save after iterations ``period - 1, 2 * period - 1, ...`` (detectron2's timing).
+        max_iter: when given, also save ``<prefix>_final`` at iteration ``max_iter - 1``.
+        max_to_keep: how many numbered files to keep; None keeps all.
+        file_prefix: file name prefix.
+    """
+
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        *,
+        period: int,
+        max_iter: int | None = None,
+        max_to_keep: int | None = None,
+        file_prefix: str = "model",
+    ) -> None:
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period}")
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be at least 1 or None, got {max_to_keep}")
+        self.checkpointer = checkpointer
+        self.period = period
+        self.max_iter = max_iter
+        self.max_to_keep = max_to_keep
+        self.file_prefix = file_prefix
+
+    def step(self, iteration: int, **extra: Any) -> None:
+        """Save if `iteration` is due; `extra` is stored along with ``iteration``."""
+        if (iteration + 1) % self.period == 0:
+            self.checkpointer.save(
+                f"{self.file_prefix}_{iteration:07d}", iteration=iteration, **extra
+            )
+            if self.max_to_keep is not None:
+                self.checkpointer.prune(self.max_to_keep, prefix=self.file_prefix)
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=iteration, **extra)

@@ -1,0 +1,40 @@
+"""Exceptions raised while reading, writing or downloading checkpoints.
+
+Every message names the file or URL involved and says what to do about it, because these errors
+usually surface far from the code that chose the path (a YAML file, a command line).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "DownloadError",
+    "UnsafePickleError",
+]
+
+
+class CheckpointError(RuntimeError):
+    """Base class of every checkpoint problem raised by :mod:`atrous.checkpoint`."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (also a :class:`FileNotFoundError`)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file exists but cannot be decoded: truncated, corrupt, or not a checkpoint."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle asked for something other than arrays and plain containers; nothing was run."""
+
+
+class DownloadError(CheckpointError):
+    """A download failed (HTTP error, network error, interrupted transfer); nothing was cached."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """A downloaded file does not match the checksum embedded in its name; it was deleted."""

@@ -1,0 +1,430 @@
+"""Checkpointer.load on every supported format, bad input, and atomic save / resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from atrous.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    PeriodicCheckpointer,
+    UnsafePickleError,
+)
+
+from .toy import ToySegmentor, d2_pickle, numpy_state
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ---------------------------------------------------------------------------------- formats
+
+
+def test_detectron2_zoo_pkl_loads_everything(tmp_path, caplog):
+    source = ToySegmentor()
+    path = d2_pickle(tmp_path / "model_final.pkl", numpy_state(source))
+    target = ToySegmentor()
+    with caplog.at_level(logging.INFO, logger="atrous.checkpoint"):
+        report = Checkpointer(target).load(path)
+    _assert_same_weights(source, target)
+    assert report.ok and report.matching_heuristics
+    assert len(report.matched) == len(target.state_dict())
+    assert f"from {path} (matched by suffix): 0 missing, 0 unexpected" in caplog.text
+
+
+def test_backbone_only_pkl_loads_by_suffix(tmp_path):
+    source = ToySegmentor()
+    backbone = {
+        k[len("backbone.") :]: v
+        for k, v in numpy_state(source).items()
+        if k.startswith("backbone.")
+    }
+    path = d2_pickle(tmp_path / "R-103.pkl", backbone)
+    target = ToySegmentor()
+    report = Checkpointer(target).load(path)
+    assert report.matched == sorted(k for k in target.state_dict() if k.startswith("backbone."))
+    assert report.missing == ["sem_seg_head.predictor.bias", "sem_seg_head.predictor.weight"]
+    assert report.unexpected == []
+    torch.testing.assert_close(
+        target.backbone.res2[0].conv1.weight, source.backbone.res2[0].conv1.weight
+    )
+
+
+def test_caffe2_pkl_without_author_drops_momentum_and_converts_names(tmp_path):
+    source = ToySegmentor()
+    blobs = {
+        "conv1_w": source.backbone.stem.conv1.weight.detach().numpy(),
+        "conv1_w_momentum": np.zeros(1),
+        "res2_0_branch2a_w": source.backbone.res2[0].conv1.weight.detach().numpy(),
+        "res2_0_branch2a_bn_s": np.full(4, 2.0, np.float32),
+        "fc1000_w": np.zeros((10, 4), np.float32),
+    }
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
+    target = ToySegmentor()
+    report = Checkpointer(target).load(path)
+    assert report.matched == [
+        "backbone.res2.0.conv1.norm.weight",
+        "backbone.res2.0.conv1.weight",
+        "backbone.stem.conv1.weight",
+    ]
+    assert report.unexpected == ["fc1000_w"]  # the momentum blob is gone, not unexpected
+    torch.testing.assert_close(target.backbone.stem.conv1.weight, source.backbone.stem.conv1.weight)
+    assert torch.all(target.backbone.res2[0].conv1.norm.weight == 2.0)
+
+
+def test_plain_state_dict_pth(tmp_path):
+    source = ToySegmentor()
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    target = ToySegmentor()
+    report = Checkpointer(target).load(str(path))
+    assert report.ok and not report.matching_heuristics
+    _assert_same_weights(source, target)
+
+
+def test_model_dict_pth_and_module_prefix(tmp_path):
+    source = ToySegmentor()
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = ToySegmentor()
+    assert Checkpointer(target).load(path).ok
+    _assert_same_weights(source, target)
+
+
+def test_pth_matching_heuristics_query(tmp_path):
+    source = ToySegmentor()
+    path = tmp_path / "backbone.pth"
+    state = {k[len("backbone.") :]: v for k, v in source.state_dict().items() if "backbone" in k}
+    torch.save(state, path)
+    assert Checkpointer(ToySegmentor()).load(path).matched == []
+    report = Checkpointer(ToySegmentor()).load(f"{path}?matching_heuristics=True")
+    assert len(report.matched) == len(state)
+
+
+def test_empty_path_loads_nothing():
+    model = ToySegmentor()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = Checkpointer(model).load("")
+    assert report.matched == [] and report.path == ""
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_num_batches_tracked_and_non_persistent_buffers_are_not_problems(tmp_path):
+    # A BN checkpoint (with num_batches_tracked and an old pixel_mean) into a FrozenBN-like
+    # model that has neither, and a BN model from a file without counters.
+    class FrozenLike(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                self.register_buffer(name, torch.ones(n))
+
+    weights = numpy_state(ToySegmentor())
+    weights["pixel_mean"] = np.zeros((3, 1, 1), np.float32)
+    frozen = Checkpointer(ToySegmentor(norm=FrozenLike)).load(
+        d2_pickle(tmp_path / "bn.pkl", weights)
+    )
+    assert frozen.ok, frozen.summary()
+    assert "pixel_mean" in frozen.ignored
+    assert "backbone.stem.conv1.norm.num_batches_tracked" in frozen.ignored
+
+    no_counters = {k: v for k, v in weights.items() if "num_batches_tracked" not in k}
+    bn = Checkpointer(ToySegmentor()).load(d2_pickle(tmp_path / "nocount.pkl", no_counters))
+    assert bn.ok, bn.summary()
+
+
+def test_shape_mismatch_is_reported_not_loaded(tmp_path):
+    source = ToySegmentor(num_classes=5)
+    target = ToySegmentor(num_classes=3)
+    before = target.sem_seg_head.predictor.weight.clone()
+    torch.save(source.state_dict(), tmp_path / "other_classes.pth")
+    report = Checkpointer(target).load(tmp_path / "other_classes.pth")
+    assert report.shape_mismatched == [
+        "sem_seg_head.predictor.bias",
+        "sem_seg_head.predictor.weight",
+    ]
+    assert report.shapes["sem_seg_head.predictor.weight"] == ((5, 4, 1, 1), (3, 4, 1, 1))
+    assert report.missing == [] and report.unexpected == []
+    assert torch.equal(target.sem_seg_head.predictor.weight, before)
+    assert "checkpoint (5, 4, 1, 1), model (3, 4, 1, 1)" in report.summary()
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+def test_missing_path_says_what_to_pass(tmp_path):
+    path = tmp_path / "nope" / "model_final.pth"
+    with pytest.raises(CheckpointNotFoundError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert str(path) in message and "does not exist" in message and "model-zoo name" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_truncated_pkl(tmp_path):
+    data = pickle.dumps({"model": numpy_state(ToySegmentor()), "__author__": "x"}, protocol=2)
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CorruptCheckpointError, match="truncated or corrupt") as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_pth(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save(ToySegmentor().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CorruptCheckpointError, match="truncated") as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert str(path) in str(info.value) and "Delete it" in str(info.value)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.touch()
+    with pytest.raises(CorruptCheckpointError, match="is empty"):
+        Checkpointer(ToySegmentor()).load(path)
+
+
+def test_malicious_pkl_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"w": _RunsShell(marker)}, "__author__": "x"}))
+    with pytest.raises(UnsafePickleError, match="nothing in it was executed"):
+        Checkpointer(ToySegmentor()).load(path)
+    assert not marker.exists()
+
+
+def test_malicious_pth_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": ToySegmentor().state_dict(), "hook": _RunsShell(marker)}, path)
+    with pytest.raises(UnsafePickleError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert not marker.exists()
+    assert str(path) in str(info.value) and "system" in str(info.value)
+
+
+def test_pickled_model_object_is_refused(tmp_path):
+    path = tmp_path / "whole_model.pth"
+    torch.save(ToySegmentor(), path)
+    with pytest.raises(UnsafePickleError, match="ToySegmentor"):
+        Checkpointer(ToySegmentor()).load(path)
+
+
+def test_other_architecture_reports_without_crash_unless_strict(tmp_path, caplog):
+    other = {"encoder.layer1.weight": np.zeros((4, 4), np.float32), "decoder.out.bias": np.ones(2)}
+    path = d2_pickle(tmp_path / "other.pkl", other)
+    model = ToySegmentor()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="atrous.checkpoint"):
+        report = Checkpointer(model).load(path)
+    assert report.matched == [] and len(report.unexpected) == 2
+    assert len(report.missing) == len([k for k in before if "num_batches" not in k])
+    assert "another architecture" in caplog.text
+    assert f"Loaded 0 of {len(report.missing)} model entries" in report.summary()
+
+    with pytest.raises(CheckpointError, match="strict") as info:
+        Checkpointer(model).load(path, strict=True)
+    assert "2 unexpected" in str(info.value)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_strict_accepts_an_exact_fit(tmp_path):
+    path = tmp_path / "exact.pth"
+    torch.save(ToySegmentor().state_dict(), path)
+    assert Checkpointer(ToySegmentor()).load(path, strict=True).ok
+
+
+# ------------------------------------------------------------------------ save and resume
+
+
+def _training_objects():
+    model = ToySegmentor()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+def _train_step(model, opt, sched):
+    loss = sum(p.square().sum() for p in model.parameters())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def test_save_and_resume_restores_everything(tmp_path):
+    model, opt, sched = _training_objects()
+    for _ in range(3):
+        _train_step(model, opt, sched)
+    ckpt = Checkpointer(model, tmp_path, optimizer=opt, scheduler=sched)
+    path = ckpt.save("model_0000002", iteration=2, note="x")
+    assert path == tmp_path / "model_0000002.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000002.pth"]
+    # Readable without executing anything.
+    raw = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng_state", "iteration", "note"} <= raw.keys()
+
+    expected_random = (random.random(), np.random.rand(), torch.rand(1))
+    model2, opt2, sched2 = _training_objects()
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    ckpt2 = Checkpointer(model2, tmp_path, optimizer=opt2, scheduler=sched2)
+    assert ckpt2.has_checkpoint()
+    assert ckpt2.get_checkpoint_file() == str(path)
+    extra = ckpt2.resume_or_load("ignored-when-resuming.pkl", resume=True)
+    assert extra == {"iteration": 2, "note": "x"}
+    _assert_same_weights(model, model2)
+    assert sched2.state_dict() == sched.state_dict()
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["momentum_buffer"],
+        opt.state_dict()["state"][0]["momentum_buffer"],
+    )
+    assert (random.random(), np.random.rand()) == expected_random[:2]
+    assert torch.equal(torch.rand(1), expected_random[2])
+    assert ckpt2.last_report is not None and ckpt2.last_report.checkpointables == [
+        "optimizer",
+        "scheduler",
+    ]
+
+
+def test_resume_without_checkpoint_loads_weights_only(tmp_path):
+    source, _, _ = _training_objects()
+    weights = tmp_path / "init.pth"
+    torch.save({"model": source.state_dict(), "iteration": 500}, weights)
+    model, opt, sched = _training_objects()
+    ckpt = Checkpointer(model, tmp_path / "out", optimizer=opt, scheduler=sched)
+    assert not ckpt.has_checkpoint() and ckpt.get_checkpoint_file() == ""
+    assert ckpt.resume_or_load(weights, resume=True) == {}  # never the file's iteration
+    _assert_same_weights(source, model)
+
+
+def test_last_checkpoint_naming_a_deleted_file(tmp_path):
+    ckpt = Checkpointer(ToySegmentor(), tmp_path)
+    ckpt.save("model_0000009")
+    (tmp_path / "model_0000009.pth").unlink()
+    with pytest.raises(CheckpointNotFoundError, match=r"delete .*last_checkpoint"):
+        ckpt.resume_or_load("", resume=True)
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = ToySegmentor()
+    ckpt = Checkpointer(model, tmp_path)
+    good = ckpt.save("model_final", iteration=1)
+    content = good.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save("model_final", iteration=2)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save("model_0000002", iteration=2)
+    assert good.read_bytes() == content
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_unserialisable_extra_is_rejected_before_writing(tmp_path):
+    ckpt = Checkpointer(ToySegmentor(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"Cannot save m\['stats'\].*numpy"):
+        ckpt.save("m", stats=np.zeros(3))
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_needs_a_directory_and_reserved_names():
+    with pytest.raises(CheckpointError, match="save_dir"):
+        Checkpointer(ToySegmentor()).save("x")
+    with pytest.raises(ValueError, match="reserved"):
+        Checkpointer(
+            ToySegmentor(), "unused", optimizer=torch.optim.SGD([torch.zeros(1)], 0.1)
+        ).save("x", optimizer=1)
+
+
+def test_not_writing_process_saves_nothing(tmp_path):
+    ckpt = Checkpointer(ToySegmentor(), tmp_path, save_to_disk=False)
+    assert ckpt.save("model_final") is None
+    assert ckpt.prune(1) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_periodic_checkpointer_keeps_last_n_and_final(tmp_path):
+    ckpt = Checkpointer(ToySegmentor(), tmp_path)
+    # A file from an earlier run with the same pattern is pruned too (resume keeps counting).
+    (tmp_path / "model_0000000.pth").write_bytes(b"old")
+    periodic = PeriodicCheckpointer(ckpt, period=2, max_iter=10, max_to_keep=2)
+    for it in range(10):
+        periodic.step(it)
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000007.pth",
+        "model_0000009.pth",
+        "model_final.pth",
+    ]
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 9
+    assert ckpt.get_checkpoint_file() == str(tmp_path / "model_final.pth")
+
+
+def test_prune_never_deletes_the_resume_target(tmp_path):
+    ckpt = Checkpointer(ToySegmentor(), tmp_path)
+    for it in (1, 2, 3):
+        ckpt.save(f"model_{it:07d}")
+    ckpt.tag_last_checkpoint("model_0000001.pth")
+    ckpt.prune(1)
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000003.pth",
+    ]
+
+
+def _save_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)  # same weights on both ranks, as after DDP's broadcast
+        ckpt = Checkpointer(ToySegmentor(), out_dir)
+        written = ckpt.save("model_0000000", iteration=0)
+        assert (written is not None) == (rank == 0)
+        dist.barrier()
+        assert ckpt.resume_or_load("", resume=True) == {"iteration": 0}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_only_rank_zero_writes_under_torch_distributed(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_save_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
