@@ -18,7 +18,7 @@ from .hooks import (
     TrainingCurvePlotter,
 )
 from .launch import launch
-from .trainer import SimpleTrainer, Trainer, TrainerBase, capture_rng_state, restore_rng_state
+from .trainer import SimpleTrainer, Trainer, TrainerBase
 
 __all__ = [
     "EvalHook",
@@ -33,11 +33,9 @@ __all__ = [
     "TrainerBase",
     "TrainingCurvePlotter",
     "add_train_arguments",
-    "capture_rng_state",
     "default_argument_parser",
     "default_setup",
     "launch",
-    "restore_rng_state",
     "seed_all_rng",
     "setup_logger",
 ]

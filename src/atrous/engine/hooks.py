@@ -10,8 +10,8 @@ import json
 import logging
 import math
 import os
-import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,10 +105,11 @@ class LRScheduler(HookBase):
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("lr", self._shown_group()["lr"], smoothing_hint=False)
-        self.scheduler.step()
-
-
-_PERIODIC_NAME = re.compile(r"^model_(\d{7})\.pth$")
+        with warnings.catch_warnings():
+            # With float16 the grad scaler skips the first steps; the schedules here are closed
+            # forms of the iteration, so torch's "scheduler before optimizer" warning is moot.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
 
 
 class PeriodicCheckpointer(HookBase):
@@ -142,13 +143,6 @@ class PeriodicCheckpointer(HookBase):
         self.max_iter = max_iter
         self.max_to_keep = max_to_keep
         self.extra_state = extra_state
-        self._kept: list[str] = []
-
-    def before_train(self) -> None:
-        save_dir = getattr(self.checkpointer, "save_dir", "") or ""
-        if os.path.isdir(save_dir):
-            # A resumed run keeps rotating the files its predecessor left.
-            self._kept = sorted(f for f in os.listdir(save_dir) if _PERIODIC_NAME.match(f))
 
     def save(self, name: str, iteration: int) -> None:
         states = comm.all_gather_object(self.extra_state() if self.extra_state else {})
@@ -159,22 +153,12 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         it = self.trainer.iter
         if self.period > 0 and (it + 1) % self.period == 0:
-            name = f"model_{it:07d}"
-            self.save(name, it)
-            self._rotate(name + ".pth")
+            self.save(f"model_{it:07d}", it)
+            if self.max_to_keep > 0 and comm.is_main_process():
+                # Also rotates the files a resumed run's predecessor left.
+                self.checkpointer.prune(self.max_to_keep, prefix="model")
         if it + 1 >= self.max_iter:
             self.save("model_final", it)
-
-    def _rotate(self, filename: str) -> None:
-        if filename not in self._kept:
-            self._kept.append(filename)
-        if not comm.is_main_process() or self.max_to_keep <= 0:
-            return
-        save_dir = self.checkpointer.save_dir
-        while len(self._kept) > self.max_to_keep:
-            old = os.path.join(save_dir, self._kept.pop(0))
-            if os.path.exists(old):
-                os.remove(old)
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -204,5 +206,10 @@ def _run_in_group(
     try:
         comm.synchronize()
         return main_fn(*args)
+    except Exception:
+        # The launcher reports only the first rank to fail, often a victim of the real cause
+        # ("connection closed by peer"); every rank prints its own traceback.
+        print(f"[rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
     finally:
         dist.destroy_process_group()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
 from atrous.utils import comm
 
 from . import hooks as hooks_mod
@@ -27,8 +27,6 @@ __all__ = [
     "SimpleTrainer",
     "Trainer",
     "TrainerBase",
-    "capture_rng_state",
-    "restore_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,56 +185,6 @@ def _device_type(model: nn.Module) -> str:
         return next(model.parameters()).device.type
     except StopIteration:
         return "cpu"
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG state: stored as tensors and plain containers so checkpoints load with weights_only=True.
-# ---------------------------------------------------------------------------------------------
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's Python, NumPy, torch (and CUDA) generator states."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {
-            "version": py_version,
-            "state": torch.tensor(py_state, dtype=torch.int64),
-            "gauss_next": py_gauss,
-        },
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of `capture_rng_state`."""
-    py = state["python"]
-    random.setstate(
-        (int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"])
-    )
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["name"],
-            n["keys"].numpy().astype(np.uint32),
-            int(n["pos"]),
-            int(n["has_gauss"]),
-            float(n["cached_gaussian"]),
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,7 +174,12 @@ class LRMultiplier(LRScheduler):
 
     def state_dict(self) -> dict:
         # The multiplier is rebuilt from the config; saving it would pickle arbitrary objects.
-        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+        return {
+            "base_lrs": list(self.base_lrs),
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "_last_lr": list(self._last_lr),
+        }
 
     def get_lr(self) -> list[float]:
         factor = self._multiplier(self.last_epoch / self._max_iter)

@@ -1,0 +1,145 @@
+"""Real multi-process launches on CPU (gloo): spawn, torchrun-style env://, and a dying rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from atrous.engine.launch import find_free_port
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import torch
+    import torch.distributed as dist
+    from atrous.engine import launch
+    from atrous.utils import comm
+
+    def work(out_dir, mode):
+        rank = comm.get_rank()
+        if mode == "die" and rank == 1:
+            os._exit(3)  # a crashed rank: no clean shutdown, no error message to the others
+        if mode == "raise" and rank == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+        t = torch.tensor([float(rank + 1)])
+        comm.all_reduce_sum(t)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": rank, "world": comm.get_world_size(),
+                       "local": comm.get_local_rank(), "sum": t.item(),
+                       "backend": dist.get_backend() if dist.is_initialized() else None}, f)
+        return "done"
+
+    if __name__ == "__main__":
+        out_dir, mode, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        result = launch(work, num, args=(out_dir, mode))
+        print("RESULT", result)
+    """
+)
+
+
+def _write_script(tmp_path: Path) -> Path:
+    script = tmp_path / "job.py"
+    script.write_text(_SCRIPT)
+    return script
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(extra)
+    return env
+
+
+def test_spawn_two_gloo_processes(tmp_path: Path) -> None:
+    script = _write_script(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "ok", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
+    assert [r["local"] for r in results] == [0, 1]
+    assert all(r["world"] == 2 and r["sum"] == 3.0 and r["backend"] == "gloo" for r in results)
+
+
+def test_single_process_runs_inline(tmp_path: Path) -> None:
+    script = _write_script(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "ok", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT done" in proc.stdout
+    assert json.loads((tmp_path / "rank0.json").read_text())["world"] == 1
+
+
+def _torchrun_style(tmp_path: Path, mode: str, timeout_s: str = "60") -> list[subprocess.Popen]:
+    script = _write_script(tmp_path)
+    port = str(find_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            ATROUS_DIST_TIMEOUT=timeout_s,
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path), mode, "8"],  # --num-gpus is ignored
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def test_torchrun_env_rendezvous(tmp_path: Path) -> None:
+    procs = _torchrun_style(tmp_path, "ok")
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["sum"] == 3.0 for r in results)
+
+
+@pytest.mark.slow
+def test_dead_rank_makes_the_other_fail_in_bounded_time(tmp_path: Path) -> None:
+    start = time.monotonic()
+    procs = _torchrun_style(tmp_path, "die", timeout_s="10")
+    outs = [p.communicate(timeout=90) for p in procs]
+    elapsed = time.monotonic() - start
+    assert procs[1].returncode == 3
+    assert procs[0].returncode != 0, outs[0]
+    assert not (tmp_path / "rank0.json").exists()
+    assert elapsed < 60
+
+
+def test_spawned_failure_is_reported(tmp_path: Path) -> None:
+    script = _write_script(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "raise", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(ATROUS_DIST_TIMEOUT="10"),
+    )
+    assert proc.returncode != 0
+    assert "rank 1 failed on purpose" in proc.stderr
