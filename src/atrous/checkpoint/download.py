@@ -6,7 +6,7 @@ destination and renamed into place only once it is complete and verified, so an 
 corrupt transfer never leaves a file that a later run would trust.
 
 Verification follows detectron2's naming convention: ``model_final_a8a355.pkl`` carries the first
-hex digits of the SHA-256 of its content after the last underscore.
+six hex digits of the SHA-256 of its content after the last underscore.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 ENV_CACHE = "ATROUS_CACHE"
 _CHUNK = 1 << 20
-# `_<6+ hex>.<ext>` at the end of the name; detectron2 publishes 6 digits.
-_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,64})\.(?:pkl|pth|pt)$")
+# `_<6 hex>.<ext>` at the end of the name, detectron2's convention. Exactly six, so that
+# iteration-numbered files (`model_0000999.pth`, seven digits) are not mistaken for one.
+_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6})\.(?:pkl|pth|pt)$")
 
 
 def cache_dir() -> Path:
