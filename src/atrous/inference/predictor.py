@@ -1,0 +1,177 @@
+"""`Predictor`: config + weights -> a callable that segments numpy images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .resize import resize_image, shortest_edge_size
+from .sliding_window import SlidingWindowInference
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = ["Predictor", "SegmentationResult", "build_inference_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_inference_model(cfg: Any, model: nn.Module) -> nn.Module:
+    """Wrap a segmentor for inference as the config asks, keeping its forward contract.
+
+    Applied in this order: the fast path (``TEST.FAST``, from `atrous.deploy`, on a copy so the
+    training model is untouched), sliding windows (``TEST.SLIDING_WINDOW``) and test-time
+    augmentation (``TEST.AUG``; each scale then runs through the sliding windows).
+
+    Args:
+        cfg: the config.
+        model: a built segmentor.
+
+    Returns:
+        A module taking a list of ``{"image", "height", "width"}`` dicts and returning
+        ``[{"sem_seg": (C, height, width)}]``; the model itself when nothing is enabled.
+    """
+    test = cfg.TEST
+    if test.FAST.ENABLED:
+        from atrous.deploy import optimize_for_inference
+
+        model = optimize_for_inference(
+            model,
+            dtype=test.FAST.DTYPE,
+            channels_last=test.FAST.CHANNELS_LAST,
+            fold_bn=test.FAST.FOLD_BN,
+            compile=test.FAST.COMPILE,
+        )
+    if test.SLIDING_WINDOW.ENABLED:
+        model = SlidingWindowInference(
+            model,
+            window=tuple(test.SLIDING_WINDOW.SIZE),
+            stride=tuple(test.SLIDING_WINDOW.STRIDE),
+        )
+    if test.AUG.ENABLED:
+        model = SemanticSegmentorWithTTA(
+            model, min_sizes=test.AUG.MIN_SIZES, max_size=test.AUG.MAX_SIZE, flip=test.AUG.FLIP
+        )
+    return model
+
+
+@dataclass
+class SegmentationResult:
+    """One image's prediction at its original size.
+
+    Attributes:
+        labels: int64 class ids ``(H, W)``.
+        probabilities: float32 softmax probabilities ``(C, H, W)``, or None when not requested.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+class Predictor:
+    """Segments numpy images with the model a config describes.
+
+    Builds the model (``atrous.modeling.build_model``), loads ``MODEL.WEIGHTS`` (path, URL or
+    model-zoo name, through ``atrous.checkpoint.Checkpointer``), and wraps it with the fast path,
+    sliding windows and test-time augmentation as ``TEST.*`` asks (see `build_inference_model`).
+
+    Images are given as **RGB** ``(H, W, 3)`` uint8 arrays (what Pillow reads); they are converted
+    to ``INPUT.FORMAT``, resized with ResizeShortestEdge(``INPUT.MIN_SIZE_TEST``,
+    ``INPUT.MAX_SIZE_TEST``) and the prediction is returned at the original size.
+
+    Example::
+
+        predictor = Predictor(cfg)
+        result = predictor(np.asarray(Image.open("street.png").convert("RGB")))
+        result.labels  # (H, W) class ids
+    """
+
+    def __init__(self, cfg: Any, *, model: nn.Module | None = None) -> None:
+        """
+        Args:
+            cfg: the config (not modified).
+            model: an already built and loaded segmentor to use instead of building one.
+        """
+        self.cfg = cfg.clone()
+        if model is None:
+            from atrous.checkpoint import Checkpointer
+            from atrous.modeling import build_model
+
+            model = build_model(self.cfg)
+            weights = self.cfg.MODEL.WEIGHTS
+            if weights:
+                report = Checkpointer(model).load(weights)
+                logger.info(
+                    "Loaded %s: %d tensors matched, %d missing, %d unexpected",
+                    weights,
+                    len(report.matched),
+                    len(report.missing),
+                    len(report.unexpected),
+                )
+            else:
+                logger.warning("MODEL.WEIGHTS is empty: predicting with untrained weights")
+        self.model = model.eval()
+        self.inference_model = build_inference_model(self.cfg, self.model).eval()
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+        self.min_size = int(self.cfg.INPUT.MIN_SIZE_TEST)
+        self.max_size = int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    def _to_input(self, image: np.ndarray, index: int) -> dict[str, Any]:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"image {index}: expected an (H, W, 3) uint8 RGB array, got shape "
+                f"{image.shape} dtype {image.dtype}"
+            )
+        if self.input_format == "BGR":
+            image = image[:, :, ::-1]
+        h, w = image.shape[:2]
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        tensor = resize_image(tensor, shortest_edge_size(h, w, self.min_size, self.max_size))
+        return {"image": tensor, "height": h, "width": w}
+
+    def __call__(
+        self, image: np.ndarray, *, return_probabilities: bool = False
+    ) -> SegmentationResult:
+        """Segment one RGB ``(H, W, 3)`` uint8 image."""
+        return self.predict_batch([image], return_probabilities=return_probabilities)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        batch_size: int = 1,
+        return_probabilities: bool = False,
+    ) -> list[SegmentationResult]:
+        """Segment several RGB images, `batch_size` at a time.
+
+        Only images of the same (resized) size share a batch: padding would change the image
+        pooling of ASPP and so the result, and batching must not.
+
+        Returns:
+            One `SegmentationResult` per image, in order.
+        """
+        inputs = [self._to_input(img, i) for i, img in enumerate(images)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, inp in enumerate(inputs):
+            groups.setdefault(tuple(inp["image"].shape[-2:]), []).append(i)
+        results: list[SegmentationResult | None] = [None] * len(inputs)
+        for indices in groups.values():
+            for start in range(0, len(indices), max(1, batch_size)):
+                chunk = indices[start : start + max(1, batch_size)]
+                outputs = self.inference_model([inputs[i] for i in chunk])
+                for i, out in zip(chunk, outputs):
+                    scores = out["sem_seg"].float()
+                    probs = scores.softmax(dim=0).cpu().numpy() if return_probabilities else None
+                    results[i] = SegmentationResult(
+                        labels=scores.argmax(dim=0).cpu().numpy().astype(np.int64),
+                        probabilities=probs,
+                    )
+        return [r for r in results if r is not None]
