@@ -1,0 +1,64 @@
+"""Palette PNGs, overlays and legends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atrous.inference.visualize import (
+    colorize,
+    draw_legend,
+    overlay,
+    palette_array,
+    save_palette_png,
+)
+
+COLORS = [(128, 64, 128), (244, 35, 232), (70, 70, 70)]
+
+
+def test_palette_png_keeps_class_ids_and_shows_colours(tmp_path):
+    labels = np.array([[0, 1, 2], [2, 255, 0]], dtype=np.int64)
+    save_palette_png(tmp_path / "p.png", labels, COLORS)
+    with Image.open(tmp_path / "p.png") as img:
+        assert img.mode == "P"
+        np.testing.assert_array_equal(np.asarray(img), labels)
+        palette = np.array(img.getpalette()[: 3 * 256]).reshape(256, 3)
+        rgb = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(palette[:3], COLORS)
+    np.testing.assert_array_equal(rgb[0, 1], COLORS[1])
+    np.testing.assert_array_equal(rgb[1, 1], (0, 0, 0))  # ignore is black
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        save_palette_png(tmp_path / "bad.png", np.array([[300]]), COLORS)
+
+
+def test_colorize_and_palette_table():
+    table = palette_array(COLORS)
+    assert table.shape == (256, 3) and tuple(table[2]) == COLORS[2] and tuple(table[3]) == (0, 0, 0)
+    out = colorize(np.array([[2, 255]]), COLORS)
+    assert (
+        out.shape == (1, 2, 3) and tuple(out[0, 0]) == COLORS[2] and tuple(out[0, 1]) == (0, 0, 0)
+    )
+
+
+def test_overlay_blends_only_labelled_pixels():
+    image = np.full((2, 2, 3), 200, dtype=np.uint8)
+    labels = np.array([[0, 1], [255, 2]])
+    np.testing.assert_array_equal(overlay(image, labels, COLORS, opacity=0.0), image)
+    full = overlay(image, labels, COLORS, opacity=1.0)
+    assert tuple(full[0, 1]) == COLORS[1] and tuple(full[1, 0]) == (200, 200, 200)
+    half = overlay(image, labels, COLORS, opacity=0.5)
+    assert tuple(half[0, 0]) == (164, 132, 164)  # (200 + colour) / 2, rounded
+    with pytest.raises(ValueError, match="opacity"):
+        overlay(image, labels, COLORS, opacity=1.5)
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(image, labels[:1], COLORS)
+
+
+def test_legend_lists_the_given_classes():
+    one = draw_legend([1], ["road", "sidewalk", "building"], COLORS)
+    two = draw_legend([0, 2], ["road", "sidewalk", "building"], COLORS)
+    assert two.height > one.height and one.width > 30
+    pixels = set(map(tuple, np.asarray(two).reshape(-1, 3).tolist()))
+    assert COLORS[0] in pixels and COLORS[2] in pixels and COLORS[1] not in pixels
+    assert draw_legend([], ["road"], COLORS[:1]).height > 0
