@@ -428,3 +428,27 @@ def test_only_rank_zero_writes_under_torch_distributed(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_save_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
+
+
+def test_torch_file_holding_numpy_arrays(tmp_path):
+    source = ToySegmentor()
+    path = tmp_path / "numpy_inside.pth"
+    torch.save({"model": numpy_state(source)}, path)
+    target = ToySegmentor()
+    assert Checkpointer(target).load(path).ok
+    _assert_same_weights(source, target)
+
+
+def test_plain_pickle_under_a_pth_name(tmp_path):
+    source = ToySegmentor()
+    path = tmp_path / "pickled.pth"
+    path.write_bytes(pickle.dumps(numpy_state(source), protocol=4))
+    target = ToySegmentor()
+    report = Checkpointer(target).load(path)
+    assert report.ok and not report.matching_heuristics
+    _assert_same_weights(source, target)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="is a directory"):
+        Checkpointer(ToySegmentor()).load(tmp_path)

@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import urllib.parse
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from .errors import (
     UnsafePickleError,
 )
 from .rng import capture_rng_state, restore_rng_state
-from .safe_pickle import load_pickle
+from .safe_pickle import NUMPY_SAFE_GLOBALS, load_pickle
 
 __all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
 
@@ -202,6 +203,11 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         UnsafePickleError: the file holds Python objects beyond arrays and plain containers.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointNotFoundError(
+            f"{path} is a directory, not a checkpoint file. Pass the .pkl/.pth file inside it "
+            "(a training output directory names its latest one in last_checkpoint)."
+        )
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(
             f"Checkpoint file {path} does not exist. Pass the path of a .pkl/.pth file, an "
@@ -212,14 +218,32 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         magic = f.read(4)
     if not magic:
         raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
-    if magic != _ZIP_MAGIC and path.endswith(".pkl"):
+    if magic == _ZIP_MAGIC:
+        return _normalise_torch(_torch_load(path), path)
+    if path.endswith(".pkl"):
         return _normalise_pickle(load_pickle(path), path)
-    return _normalise_torch(_torch_load(path), path)
+    try:  # torch's legacy (pre-zip) format
+        return _normalise_torch(_torch_load(path), path)
+    except CheckpointError as torch_error:
+        # A plain pickle of arrays saved under a .pth name: readable by the safe unpickler.
+        try:
+            data = load_pickle(path)
+        except CheckpointError:
+            raise torch_error from None
+        return _normalise_torch(data, path)
 
 
 def _torch_load(path: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Arrays inside torch files are admitted on the same terms as in .pkl files. A plain
+        # pickle tried as torch's legacy format makes torch warn about its protocol; the caller
+        # falls back to the pickle loader then, so the warning would only confuse.
+        with (
+            torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS),
+            warnings.catch_warnings(),
+        ):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0])

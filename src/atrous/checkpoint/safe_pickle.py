@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import CorruptCheckpointError, UnsafePickleError
 
-__all__ = ["SafeUnpickler", "load_pickle", "loads_pickle"]
+__all__ = ["NUMPY_SAFE_GLOBALS", "SafeUnpickler", "load_pickle", "loads_pickle"]
 
 try:  # numpy >= 2 keeps the implementation in numpy._core; 1.x only has numpy.core
     from numpy._core import multiarray as _multiarray
@@ -71,6 +71,12 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 _ALLOWED = _allowed_globals()
+
+# The numpy constructors among them, for `torch.serialization.safe_globals` (torch files that
+# hold numpy arrays).
+NUMPY_SAFE_GLOBALS: list[Any] = list(
+    {id(v): v for (module, _), v in _ALLOWED.items() if module.startswith("numpy")}.values()
+)
 
 
 class SafeUnpickler(pickle.Unpickler):
