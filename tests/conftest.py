@@ -71,3 +71,17 @@ def tiny_cfg() -> CfgNode:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_cityscapes_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the Cityscapes layout: 8 train + 4 val images of 128x256.
+
+    Returns the dataset folder (holding leftImg8bit/ and gtFine/); it is named "synthetic", so
+    setting ATROUS_DATASETS to its parent makes synthetic_sem_seg_{train,val} resolve to it.
+    Read-only: tests that modify files must copy it first.
+    """
+    from atrous.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("datasets") / "synthetic"
+    return generate_dataset(root, num_train=8, num_val=4, size=(128, 256), seed=0)

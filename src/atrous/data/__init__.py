@@ -1,0 +1,47 @@
+"""Datasets, augmentations and loaders: from files on disk to the batches the model eats."""
+
+from .catalog import (
+    DatasetError,
+    Metadata,
+    dataset_root,
+    get_dataset_records,
+    get_metadata,
+    list_datasets,
+    register_dataset,
+)
+from .image_io import ImageReadError, read_image, read_label
+from .loader import (
+    InferenceSampler,
+    TrainingSampler,
+    build_test_loader,
+    build_train_loader,
+)
+from .mapper import (
+    DatasetMapper,
+    build_mapper,
+    build_test_augmentations,
+    build_train_augmentations,
+    load_sem_seg,
+)
+
+__all__ = [
+    "DatasetError",
+    "DatasetMapper",
+    "ImageReadError",
+    "InferenceSampler",
+    "Metadata",
+    "TrainingSampler",
+    "build_mapper",
+    "build_test_augmentations",
+    "build_test_loader",
+    "build_train_augmentations",
+    "build_train_loader",
+    "dataset_root",
+    "get_dataset_records",
+    "get_metadata",
+    "list_datasets",
+    "load_sem_seg",
+    "read_image",
+    "read_label",
+    "register_dataset",
+]

@@ -1,0 +1,277 @@
+"""Dataset names -> records and metadata.
+
+A dataset is a list of dicts (one per image) with at least ``file_name`` and
+``sem_seg_file_name``, plus ``height``/``width`` and optional ``sem_seg_lut`` (a uint8 lookup
+table from the values stored in the label files to training labels, for datasets whose files
+are not stored in training labels, e.g. ADE20K). Its `Metadata` carries the class names, colours,
+ignore label and evaluator type.
+
+Names resolve, in order, to: datasets registered with `register_dataset`, builtin datasets
+(Cityscapes, ADE20K, Pascal VOC, synthetic) under the dataset root, and dataset YAML files
+(``path/to/data.yaml`` or ``path/to/data.yaml:split``, see `atrous.data.custom`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .image_io import DatasetError
+
+__all__ = [
+    "DatasetError",
+    "Metadata",
+    "dataset_root",
+    "get_dataset_records",
+    "get_metadata",
+    "list_datasets",
+    "register_dataset",
+]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the rest of the library needs to know about a dataset's labels.
+
+    Attributes:
+        name: the dataset name.
+        stuff_classes: class names, index = training label.
+        stuff_colors: one RGB colour per class (for visualisation).
+        ignore_label: training label of unlabelled pixels.
+        evaluator_type: "sem_seg" (detectron2's SemSegEvaluator) or "cityscapes_sem_seg" (the
+            official Cityscapes script on labelIds).
+        image_root: folder of the split's images, when there is one.
+        gt_root: folder of the split's label files, when there is one (for Cityscapes the
+            ``gtFine/<split>`` folder that also holds ``*_gtFine_labelIds.png``).
+        extra: anything else a dataset wants to expose.
+    """
+
+    name: str
+    stuff_classes: tuple[str, ...]
+    stuff_colors: tuple[tuple[int, int, int], ...]
+    ignore_label: int = 255
+    evaluator_type: str = "sem_seg"
+    image_root: str | None = None
+    gt_root: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.stuff_classes)
+
+    # detectron2 spells the Cityscapes GT folder `gt_dir`; evaluators ported from it use that.
+    @property
+    def gt_dir(self) -> str | None:
+        return self.gt_root
+
+    def __getattr__(self, key: str) -> Any:
+        extra = object.__getattribute__(self, "extra")
+        if key in extra:
+            return extra[key]
+        raise AttributeError(f"metadata of dataset {self.name!r} has no attribute {key!r}")
+
+
+@dataclass
+class _Entry:
+    records: Callable[[], list[dict]]
+    metadata: Callable[[], Metadata]
+
+
+_REGISTERED: dict[str, _Entry] = {}
+_BUILTIN: dict[str, _Entry] = {}
+
+
+def dataset_root() -> Path:
+    """$ATROUS_DATASETS, else $DETECTRON2_DATASETS, else ./datasets."""
+    for var in ("ATROUS_DATASETS", "DETECTRON2_DATASETS"):
+        value = os.environ.get(var)
+        if value:
+            return Path(value).expanduser()
+    return Path("datasets")
+
+
+def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """A fixed, well-spread palette for datasets that do not define colours."""
+    colors = []
+    for i in range(num_classes):
+        # Pascal VOC's bit-interleaving palette: distinct for neighbouring indices.
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colors.append((r, g, b))
+    return tuple(colors)
+
+
+def register_dataset(
+    name: str,
+    records: Callable[[], list[dict]] | Sequence[dict],
+    *,
+    stuff_classes: Sequence[str],
+    stuff_colors: Sequence[Sequence[int]] | None = None,
+    ignore_label: int = 255,
+    evaluator_type: str = "sem_seg",
+    image_root: str | None = None,
+    gt_root: str | None = None,
+    overwrite: bool = False,
+    **extra: Any,
+) -> None:
+    """Make a dataset available by name (in `DATASETS.TRAIN` / `DATASETS.TEST`).
+
+    Args:
+        name: dataset name.
+        records: a list of dicts, or a function returning one (called on first use). Each dict
+            needs "file_name" (image path) and "sem_seg_file_name" (label PNG of training labels
+            0..C-1 and `ignore_label`); "height"/"width" are filled in from the image headers
+            when missing. An optional "sem_seg_lut" (uint8 array of 256 or 65536 entries) maps
+            stored label values to training labels.
+        stuff_classes: class names, index = training label.
+        stuff_colors: RGB colour per class (default: a fixed palette).
+        ignore_label: training label of unlabelled pixels.
+        evaluator_type: "sem_seg" or "cityscapes_sem_seg".
+        image_root: folder of the images, for tools that want it.
+        gt_root: folder of the label files, for tools that want it.
+        overwrite: replace an existing registration instead of failing.
+        **extra: further metadata attributes.
+
+    Raises:
+        DatasetError: the name is taken (without `overwrite`) or the metadata is inconsistent.
+    """
+    if not overwrite and (name in _REGISTERED or name in _BUILTIN):
+        raise DatasetError(
+            f"dataset {name!r} is already registered; pick another name or pass overwrite=True"
+        )
+    classes = tuple(str(c) for c in stuff_classes)
+    if not classes:
+        raise DatasetError(f"dataset {name!r}: stuff_classes is empty")
+    colors = default_colors(len(classes)) if stuff_colors is None else _colors(stuff_colors)
+    if len(colors) != len(classes):
+        raise DatasetError(
+            f"dataset {name!r}: {len(colors)} colours for {len(classes)} classes; give one "
+            "colour per class"
+        )
+    meta = Metadata(
+        name=name,
+        stuff_classes=classes,
+        stuff_colors=colors,
+        ignore_label=int(ignore_label),
+        evaluator_type=evaluator_type,
+        image_root=image_root,
+        gt_root=gt_root,
+        extra=dict(extra),
+    )
+    if callable(records):
+        fn = records
+    else:
+        fixed = list(records)
+
+        def fn() -> list[dict]:
+            return fixed
+
+    _REGISTERED[name] = _Entry(records=fn, metadata=lambda: meta)
+
+
+def _colors(colors: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for c in colors:
+        if len(c) != 3 or not all(0 <= int(v) <= 255 for v in c):
+            raise DatasetError(f"colour {list(c)} is not three values in 0..255")
+        out.append((int(c[0]), int(c[1]), int(c[2])))
+    return tuple(out)
+
+
+def _register_builtin(
+    name: str, records: Callable[[], list[dict]], metadata: Callable[[], Metadata]
+) -> None:
+    _BUILTIN[name] = _Entry(records=records, metadata=metadata)
+
+
+def _is_yaml_name(name: str) -> bool:
+    path = name.rsplit(":", 1)[0] if ":" in name and not os.path.exists(name) else name
+    return path.endswith((".yaml", ".yml"))
+
+
+def _lookup(name: str) -> _Entry:
+    _ensure_builtins()
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    if _is_yaml_name(name):
+        from .custom import yaml_dataset_entry
+
+        return yaml_dataset_entry(name)
+    known = ", ".join(sorted(list(_BUILTIN) + list(_REGISTERED)))
+    raise DatasetError(
+        f"unknown dataset {name!r}. Known datasets: {known}. A dataset YAML file is given by its "
+        "path ending in .yaml (optionally ':split'); your own Python datasets are added with "
+        "atrous.data.register_dataset()."
+    )
+
+
+def get_metadata(name: str) -> Metadata:
+    """Metadata of a dataset (works without the dataset's files on disk)."""
+    return _lookup(name).metadata()
+
+
+def get_dataset_records(name: str) -> list[dict]:
+    """Records of a dataset, checked up front: the image and label files exist and pair up.
+
+    Returns:
+        list of dicts with "file_name", "sem_seg_file_name", "height", "width" (and whatever
+        else the dataset provides).
+
+    Raises:
+        DatasetError: missing root, empty split, unpaired files, ... with what to do about it.
+    """
+    records = _lookup(name).records()
+    if not records:
+        raise DatasetError(f"dataset {name!r} has no images")
+    return _complete(name, records)
+
+
+def _complete(name: str, records: list[dict]) -> list[dict]:
+    from .image_io import image_size
+
+    out = []
+    for r in records:
+        if "file_name" not in r:
+            raise DatasetError(f"dataset {name!r}: a record has no 'file_name': {r}")
+        if "height" not in r or "width" not in r:
+            h, w = image_size(r["file_name"])
+            r = {**r, "height": h, "width": w}
+        out.append(r)
+    return out
+
+
+def list_datasets() -> list[str]:
+    """Names of the builtin and registered datasets."""
+    _ensure_builtins()
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def identity_lut() -> np.ndarray:
+    return np.arange(256, dtype=np.uint8)
+
+
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from . import ade20k, cityscapes, voc
+
+    cityscapes.register_builtin(_register_builtin)
+    ade20k.register_builtin(_register_builtin)
+    voc.register_builtin(_register_builtin)

@@ -1,0 +1,294 @@
+"""A user's own dataset described by a small YAML file, and folder/list pairing helpers.
+
+Example ``data/cracks.yaml``::
+
+    classes: [background, crack, rust]      # required: index = training label
+    ignore_value: 255                       # required: mask value of unlabelled pixels
+    colors: [[0, 0, 0], [255, 0, 0], [0, 200, 0]]   # optional, RGB per class
+    label_map: {0: 0, 128: 1, 200: 2}       # optional: mask value -> class index (or the
+                                            #   ignore value); unlisted values are kept
+    image_ext: .jpg                         # optional (default: .jpg .jpeg .png .bmp .tif .tiff)
+    mask_ext: .png                          # optional (default: .png)
+    root: .                                 # optional: paths are relative to it (default: the
+                                            #   YAML file's folder)
+    splits:                                 # required: at least one split
+      train: {images: images/train, masks: masks/train}   # mask = same relative path+mask_ext
+      val: {list: val.txt}                  # lines "image_path mask_path"
+
+Use it as ``DATASETS.TRAIN ("data/cracks.yaml:train",)`` and
+``DATASETS.TEST ("data/cracks.yaml:val",)``; a file with a single split can omit ``:split``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .catalog import Metadata, _colors, _Entry, default_colors
+from .image_io import DatasetError
+
+__all__ = ["load_dataset_yaml", "pair_folders", "pair_list", "yaml_dataset_entry"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def pair_folders(
+    image_dir: str | os.PathLike,
+    mask_dir: str | os.PathLike,
+    *,
+    image_exts: Iterable[str] = IMAGE_EXTS,
+    mask_ext: str = ".png",
+    what: str = "dataset",
+) -> list[dict]:
+    """Pair every image under `image_dir` (recursively) with the mask at the same relative
+    path under `mask_dir`, with extension `mask_ext`.
+
+    Raises:
+        DatasetError: a folder is missing, there are no images, or an image has no mask.
+    """
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    exts = tuple(e.lower() for e in image_exts)
+    if not image_dir.is_dir():
+        raise DatasetError(f"{what}: image folder {image_dir} does not exist")
+    if not mask_dir.is_dir():
+        raise DatasetError(f"{what}: mask folder {mask_dir} does not exist")
+    images = sorted(
+        os.path.join(dirpath, f)
+        for dirpath, _, files in os.walk(image_dir)
+        for f in files
+        if f.lower().endswith(exts)
+    )
+    if not images:
+        raise DatasetError(
+            f"{what}: no images ({' '.join(exts)}) in {image_dir}; the split is empty"
+        )
+    records, missing = [], []
+    for image in images:
+        rel = os.path.relpath(image, image_dir)
+        mask = os.path.join(mask_dir, os.path.splitext(rel)[0] + mask_ext)
+        if not os.path.isfile(mask):
+            missing.append((image, mask))
+            continue
+        records.append(
+            {
+                "file_name": image,
+                "sem_seg_file_name": mask,
+                "image_id": os.path.splitext(rel)[0],
+            }
+        )
+    if missing:
+        image, mask = missing[0]
+        raise DatasetError(
+            f"{what}: {len(missing)} of {len(images)} images have no mask (first: {image} "
+            f"expects {mask}). Add the masks or remove those images."
+        )
+    return records
+
+
+def pair_list(
+    list_file: str | os.PathLike, *, root: str | os.PathLike, what: str = "dataset"
+) -> list[dict]:
+    """Records from a text file of "image_path mask_path" lines (relative to `root`).
+
+    Blank lines and lines starting with "#" are skipped.
+
+    Raises:
+        DatasetError: missing list file, malformed line, empty list, missing files.
+    """
+    list_file, root = Path(list_file), Path(root)
+    if not list_file.is_file():
+        raise DatasetError(f"{what}: list file {list_file} does not exist")
+    records = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise DatasetError(
+                f"{list_file}:{lineno}: expected 'image_path mask_path', got {line!r}"
+            )
+        image, mask = (str(root / p) for p in parts)
+        for kind, path in (("image", image), ("mask", mask)):
+            if not os.path.isfile(path):
+                raise DatasetError(f"{list_file}:{lineno}: {kind} {path} does not exist")
+        records.append(
+            {
+                "file_name": image,
+                "sem_seg_file_name": mask,
+                "image_id": os.path.splitext(parts[0])[0],
+            }
+        )
+    if not records:
+        raise DatasetError(f"{what}: list file {list_file} names no images")
+    return records
+
+
+def _require(cfg: dict, key: str, path: Path, hint: str) -> Any:
+    if key not in cfg or cfg[key] is None:
+        raise DatasetError(f"{path}: missing required field '{key}' ({hint})")
+    return cfg[key]
+
+
+def build_lut(label_map: dict[int, int] | None, ignore_value: int, path: Path) -> np.ndarray:
+    """Lookup table (uint16, 65536 entries) from stored mask values to training labels.
+
+    The ignore value (and label_map targets equal to it) become 255, the internal ignore label.
+    """
+    lut = np.arange(65536, dtype=np.int64)
+    lut[ignore_value] = 255
+    for raw, target in (label_map or {}).items():
+        raw, target = int(raw), int(target)
+        if not 0 <= raw < 65536:
+            raise DatasetError(f"{path}: label_map key {raw} is outside 0..65535")
+        lut[raw] = 255 if target == ignore_value else target
+    # Values left unmapped keep their value; the mapper rejects those that are not classes.
+    return lut.astype(np.uint16)
+
+
+def load_dataset_yaml(path: str | os.PathLike) -> dict:
+    """Parse and validate a dataset YAML file.
+
+    Returns:
+        dict with "classes", "colors", "ignore_value", "lut" (or None), "splits" (name ->
+        split dict), "root", "image_exts", "mask_ext".
+
+    Raises:
+        DatasetError: unreadable file or a missing/invalid field, naming the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(cfg, dict):
+        raise DatasetError(f"{path}: expected a mapping with 'classes', 'ignore_value', 'splits'")
+    classes = _require(cfg, "classes", path, "a list of class names, index = training label")
+    if not isinstance(classes, list) or not classes:
+        raise DatasetError(f"{path}: field 'classes' must be a non-empty list of names")
+    if len(classes) > 255:
+        raise DatasetError(f"{path}: at most 255 classes are supported, got {len(classes)}")
+    ignore_value = _require(cfg, "ignore_value", path, "the mask value of unlabelled pixels")
+    if not isinstance(ignore_value, int) or not 0 <= ignore_value < 65536:
+        raise DatasetError(f"{path}: field 'ignore_value' must be an integer in 0..65535")
+    splits = _require(cfg, "splits", path, "e.g. {train: {images: ..., masks: ...}}")
+    if not isinstance(splits, dict) or not splits:
+        raise DatasetError(f"{path}: field 'splits' must map split names to folders or lists")
+    for name, split in splits.items():
+        if not isinstance(split, dict) or not (
+            "list" in split or ("images" in split and "masks" in split)
+        ):
+            raise DatasetError(
+                f"{path}: split '{name}' needs fields 'images' and 'masks' (folders) or 'list' "
+                "(a file of 'image_path mask_path' lines)"
+            )
+    colors = cfg.get("colors")
+    if colors is None:
+        colors = default_colors(len(classes))
+    else:
+        try:
+            colors = _colors(colors)
+        except (DatasetError, TypeError) as e:
+            raise DatasetError(f"{path}: field 'colors': {e}") from e
+        if len(colors) != len(classes):
+            raise DatasetError(
+                f"{path}: field 'colors' has {len(colors)} entries for {len(classes)} classes"
+            )
+    label_map = cfg.get("label_map")
+    if label_map is not None and not isinstance(label_map, dict):
+        raise DatasetError(f"{path}: field 'label_map' must map mask values to class indices")
+    for raw, target in (label_map or {}).items():
+        if not isinstance(raw, int) or not isinstance(target, int):
+            raise DatasetError(f"{path}: field 'label_map' entry {raw}: {target} is not int: int")
+        if not (0 <= target < len(classes) or target == ignore_value):
+            raise DatasetError(
+                f"{path}: field 'label_map' maps {raw} to {target}, which is neither a class "
+                f"index (0..{len(classes) - 1}) nor the ignore value {ignore_value}"
+            )
+    needs_lut = ignore_value != 255 or bool(label_map)
+    image_exts = cfg.get("image_ext", IMAGE_EXTS)
+    if isinstance(image_exts, str):
+        image_exts = (image_exts,)
+    root = Path(cfg.get("root") or ".")
+    if not root.is_absolute():
+        root = path.parent / root
+    return {
+        "classes": tuple(str(c) for c in classes),
+        "colors": colors,
+        "ignore_value": ignore_value,
+        "lut": build_lut(label_map, ignore_value, path) if needs_lut else None,
+        "splits": splits,
+        "root": root,
+        "image_exts": tuple(image_exts),
+        "mask_ext": str(cfg.get("mask_ext", ".png")),
+    }
+
+
+def _split_name(name: str) -> tuple[str, str | None]:
+    if os.path.exists(name) or ":" not in name:
+        return name, None
+    path, split = name.rsplit(":", 1)
+    return path, split
+
+
+def yaml_dataset_entry(name: str) -> _Entry:
+    """Catalog entry for "path/to/data.yaml" or "path/to/data.yaml:split"."""
+    path_str, split = _split_name(name)
+    path = Path(path_str)
+
+    def resolve() -> tuple[dict, str]:
+        spec = load_dataset_yaml(path)
+        chosen = split
+        if chosen is None:
+            if len(spec["splits"]) != 1:
+                raise DatasetError(
+                    f"{path} defines splits {sorted(spec['splits'])}; name one, e.g. "
+                    f"'{path}:{sorted(spec['splits'])[0]}'"
+                )
+            chosen = next(iter(spec["splits"]))
+        if chosen not in spec["splits"]:
+            raise DatasetError(
+                f"{path} has no split '{chosen}' (it defines {sorted(spec['splits'])})"
+            )
+        return spec, chosen
+
+    def records() -> list[dict]:
+        spec, chosen = resolve()
+        s = spec["splits"][chosen]
+        what = f"{path} split '{chosen}'"
+        if "list" in s:
+            recs = pair_list(spec["root"] / s["list"], root=spec["root"], what=what)
+        else:
+            recs = pair_folders(
+                spec["root"] / s["images"],
+                spec["root"] / s["masks"],
+                image_exts=spec["image_exts"],
+                mask_ext=spec["mask_ext"],
+                what=what,
+            )
+        if spec["lut"] is not None:
+            for r in recs:
+                r["sem_seg_lut"] = spec["lut"]
+        return recs
+
+    def metadata() -> Metadata:
+        spec, chosen = resolve()
+        s = spec["splits"][chosen]
+        return Metadata(
+            name=name,
+            stuff_classes=spec["classes"],
+            stuff_colors=spec["colors"],
+            ignore_label=255,
+            evaluator_type="sem_seg",
+            image_root=str(spec["root"] / s["images"]) if "images" in s else None,
+            gt_root=str(spec["root"] / s["masks"]) if "masks" in s else None,
+        )
+
+    return _Entry(records=records, metadata=metadata)

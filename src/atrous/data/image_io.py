@@ -1,0 +1,208 @@
+"""Reading images and label maps.
+
+Images come back as (H, W, 3) uint8 in the requested channel order whatever is on disk:
+EXIF orientation is applied, grayscale is replicated to three channels, an alpha channel is
+dropped, 16-bit samples keep their high byte. PNG files without EXIF data are decoded with
+OpenCV, which is faster than Pillow and gives the same pixels (lossless format); every other
+case goes through Pillow, so the result never depends on which decoder ran. JPEG is always
+decoded by Pillow because JPEG decoders may differ in the last bit.
+
+Label maps come back as (H, W) integer arrays of the raw values stored in the file (palette
+PNGs give their indices, not their colours).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # OpenCV is optional: Pillow alone gives identical results, only slower.
+    import cv2
+
+    cv2.setNumThreads(1)  # data-loader workers are the parallelism; avoid oversubscription
+except ImportError:  # pragma: no cover - exercised only without opencv installed
+    cv2 = None
+
+__all__ = [
+    "DatasetError",
+    "ImageReadError",
+    "image_size",
+    "read_image",
+    "read_label",
+]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class DatasetError(ValueError):
+    """A dataset or one of its files cannot be used; the message says which and what to do."""
+
+
+class ImageReadError(DatasetError):
+    """An image or label file is missing, unreadable, truncated or of an unsupported kind."""
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageReadError(
+            f"{path}: file not found. Check the dataset root (ATROUS_DATASETS) and that the "
+            "dataset was extracted completely."
+        ) from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read the file ({e}).") from e
+
+
+def _corrupt(path, err: Exception) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: cannot decode the image ({err}). The file is corrupt or truncated: "
+        "re-download or re-create it, or remove it (and its label) from the dataset."
+    )
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, or None if not a PNG."""
+    if len(data) < 26 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height, data[24], data[25]
+
+
+def _open_pil(path, data: bytes) -> Image.Image:
+    import io
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise _corrupt(path, e) from e
+    return img
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A Pillow image of any common mode as (H, W, 3) uint8 RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8:
+            # 16-bit (or 32-bit integer) samples: keep the high byte of the 16-bit range.
+            arr = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def _needs_exif_transpose(data: bytes) -> bool:
+    # A cheap superset test: any PNG with an eXIf chunk, or any other format (JPEG, TIFF, ...),
+    # goes through Pillow, which applies the orientation tag.
+    return b"eXIf" in data
+
+
+def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
+    """Read an image file as three 8-bit channels.
+
+    Args:
+        path: image file (PNG, JPEG, BMP, TIFF, ... anything Pillow reads).
+        format: channel order of the result, "RGB" or "BGR".
+
+    Returns:
+        (H, W, 3) uint8 array in `format` order. It may be a read-only or non-contiguous
+        view; copy it before writing to it.
+
+    Raises:
+        ImageReadError: the file is missing, truncated or not an image.
+    """
+    if format not in ("RGB", "BGR"):
+        raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
+    data = _read_bytes(path)
+    header = _png_header(data)
+    if (
+        cv2 is not None
+        and header is not None
+        and header[2] == 8
+        and header[3] in (2, 6)  # truecolour 8-bit, with or without alpha
+        and not _needs_exif_transpose(data)
+    ):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 3 and arr.shape[:2] == (header[1], header[0]):
+            bgr = arr[:, :, :3]
+            return bgr if format == "BGR" else bgr[:, :, ::-1]
+        # A failed or partial decode: let Pillow produce a precise error (or succeed).
+    img = _open_pil(path, data)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as e:  # malformed EXIF data must not hide the pixels
+        raise _corrupt(path, e) from e
+    rgb = _pil_to_rgb(img)
+    return rgb if format == "RGB" else rgb[:, :, ::-1]
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label map (class index per pixel).
+
+    Args:
+        path: single-channel PNG (8- or 16-bit grayscale, or palette: the indices are used).
+
+    Returns:
+        (H, W) uint8 or uint16 array of the stored values.
+
+    Raises:
+        ImageReadError: missing, truncated, or a colour image (labels must hold class indices).
+    """
+    data = _read_bytes(path)
+    header = _png_header(data)
+    if cv2 is not None and header is not None and header[3] == 0 and header[2] in (8, 16):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 2 and arr.shape == (header[1], header[0]):
+            return arr
+    img = _open_pil(path, data)
+    if img.mode in ("L", "P", "1"):
+        return np.asarray(img.convert("L") if img.mode == "1" else img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img).astype(np.uint16, copy=False)
+    if img.mode == "I":
+        arr = np.asarray(img)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ImageReadError(f"{path}: label values must lie in 0..65535.")
+        return arr.astype(np.uint16)
+    if img.mode == "LA":
+        return np.asarray(img.getchannel(0))
+    raise ImageReadError(
+        f"{path}: a label map must be a single-channel image of class indices, but this is a "
+        f"{img.mode} image. Convert colour-coded masks to index PNGs (one value per class)."
+    )
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image as `read_image` returns it, reading only the header.
+
+    Raises:
+        ImageReadError: missing file or unreadable header.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found.") from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read the file ({e}).") from e
+    header = _png_header(head)
+    if header is not None:
+        # An eXIf orientation in a PNG is rare; read_image reports the true size anyway.
+        return header[1], header[0]
+    try:
+        with Image.open(Path(path)) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise _corrupt(path, e) from e
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -1,0 +1,204 @@
+"""Record -> model input: read, check, augment, convert to tensors.
+
+The mapper's output is what the segmentor consumes::
+
+    {"image": uint8 tensor (3, H, W) in the configured channel order,
+     "sem_seg": int64 tensor (H, W) with the ignore label (when the record has a label),
+     "height": H0, "width": W0,          # size of the image file, before any resizing
+     "file_name": ..., "sem_seg_file_name": ..., "image_id": ...}
+
+Pixels are checked here, lazily (a label whose size differs from its image, label values that
+are neither a class nor the ignore label), because reading every file up front would make
+starting a Cityscapes run slow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .image_io import DatasetError, read_image, read_label
+from .transforms import (
+    Augmentation,
+    ColorJitter,
+    RandomCropCategoryAreaConstraint,
+    RandomFlip,
+    ResizeShortestEdge,
+    apply_augmentations,
+)
+
+__all__ = [
+    "DatasetMapper",
+    "build_test_augmentations",
+    "build_train_augmentations",
+    "load_sem_seg",
+]
+
+
+def load_sem_seg(record: dict) -> np.ndarray:
+    """The training labels of a record: its label file with `sem_seg_lut` applied.
+
+    Returns:
+        (H, W) uint8/uint16 array.
+    """
+    label = read_label(record["sem_seg_file_name"])
+    lut = record.get("sem_seg_lut")
+    if lut is not None:
+        label = np.take(lut, label)
+    return label
+
+
+def check_label_values(
+    label: np.ndarray, *, num_classes: int, ignore_label: int, file_name: str
+) -> None:
+    """Raise a `DatasetError` naming the file if a value is neither a class nor ignore."""
+    if label.size == 0 or int(label.max()) < num_classes:
+        return
+    bad = (label >= num_classes) & (label != ignore_label)
+    if bad.any():
+        values = np.unique(label[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise DatasetError(
+            f"{file_name}: label values {shown} are neither a class (0..{num_classes - 1}) nor "
+            f"the ignore label {ignore_label}. Check MODEL.SEM_SEG_HEAD.NUM_CLASSES, or map "
+            "the values with 'label_map' / 'ignore_value' in the dataset YAML (Cityscapes: use "
+            "the *_gtFine_labelTrainIds.png files)."
+        )
+
+
+class DatasetMapper:
+    """Callable turning a dataset record into the model's input dict.
+
+    Args:
+        augmentations: transforms applied jointly to image and label.
+        image_format: channel order of the output image, "RGB" or "BGR".
+        num_classes: number of classes (labels must be < num_classes or the ignore label).
+        ignore_label: label of unlabelled pixels.
+        fused: compute only the final crop window (identical output, faster).
+    """
+
+    def __init__(
+        self,
+        *,
+        augmentations: Sequence[Augmentation],
+        image_format: str,
+        num_classes: int,
+        ignore_label: int = 255,
+        fused: bool = True,
+    ) -> None:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
+        self.augmentations = list(augmentations)
+        self.image_format = image_format
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.fused = fused
+
+    def __call__(self, record: dict, rng: np.random.RandomState | None = None) -> dict:
+        """Map one record.
+
+        Args:
+            record: dataset record ("file_name", optional "sem_seg_file_name", ...).
+            rng: source of the augmentations' random draws (default: a fixed seed, which is
+                what deterministic test-time pipelines want).
+        """
+        if rng is None:
+            rng = np.random.RandomState(0)
+        image = read_image(record["file_name"], self.image_format)
+        height, width = image.shape[:2]
+        sem_seg = None
+        if record.get("sem_seg_file_name"):
+            sem_seg = load_sem_seg(record)
+            if sem_seg.shape != (height, width):
+                raise DatasetError(
+                    f"label {record['sem_seg_file_name']} is {sem_seg.shape[0]}x"
+                    f"{sem_seg.shape[1]} but its image {record['file_name']} is "
+                    f"{height}x{width} (HxW). Labels must have the size of their image: fix or "
+                    "remove this pair."
+                )
+            check_label_values(
+                sem_seg,
+                num_classes=self.num_classes,
+                ignore_label=self.ignore_label,
+                file_name=record["sem_seg_file_name"],
+            )
+        image, sem_seg, _ = apply_augmentations(
+            self.augmentations, image, sem_seg, rng, fused=self.fused
+        )
+        out = {
+            k: v
+            for k, v in record.items()
+            if k not in ("sem_seg_lut", "height", "width", "annotations")
+        }
+        # One copy each: HWC (possibly a flipped or channel-reversed view) -> contiguous CHW.
+        out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            out["sem_seg"] = torch.from_numpy(np.ascontiguousarray(sem_seg, dtype=np.int64))
+        out["height"], out["width"] = height, width
+        return out
+
+
+def build_train_augmentations(cfg) -> list[Augmentation]:
+    """projects/DeepLab's ``build_sem_seg_train_aug``: resize, constrained crop, flip.
+
+    Plus the optional colour jitter (INPUT.COLOR_AUG, off by default).
+    """
+    augs: list[Augmentation] = [
+        ResizeShortestEdge(
+            short_edge_length=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
+            max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+            sample_style=cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            RandomCropCategoryAreaConstraint(
+                crop_type=cfg.INPUT.CROP.TYPE,
+                crop_size=tuple(cfg.INPUT.CROP.SIZE),
+                single_category_max_area=cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                ignored_category=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    flip = str(cfg.INPUT.RANDOM_FLIP).lower()
+    if flip == "horizontal":
+        augs.append(RandomFlip(prob=0.5))
+    elif flip != "none":
+        raise ValueError(
+            f"INPUT.RANDOM_FLIP {cfg.INPUT.RANDOM_FLIP!r} is not supported; use 'horizontal' "
+            "or 'none'"
+        )
+    if cfg.INPUT.COLOR_AUG.ENABLED:
+        augs.append(
+            ColorJitter(
+                brightness=cfg.INPUT.COLOR_AUG.BRIGHTNESS,
+                contrast=cfg.INPUT.COLOR_AUG.CONTRAST,
+                saturation=cfg.INPUT.COLOR_AUG.SATURATION,
+                channel_order=cfg.INPUT.FORMAT,
+            )
+        )
+    return augs
+
+
+def build_test_augmentations(cfg) -> list[Augmentation]:
+    """ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST); MIN_SIZE_TEST 0 disables it."""
+    if cfg.INPUT.MIN_SIZE_TEST == 0:
+        return []
+    return [
+        ResizeShortestEdge(
+            short_edge_length=cfg.INPUT.MIN_SIZE_TEST,
+            max_size=cfg.INPUT.MAX_SIZE_TEST,
+            sample_style="choice",
+        )
+    ]
+
+
+def build_mapper(cfg, *, is_train: bool) -> DatasetMapper:
+    """The mapper of the training or test pipeline described by `cfg`."""
+    return DatasetMapper(
+        augmentations=build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg),
+        image_format=cfg.INPUT.FORMAT,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    )
