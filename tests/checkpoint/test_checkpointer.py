@@ -97,6 +97,18 @@ def test_caffe2_pkl_without_author_drops_momentum_and_converts_names(tmp_path):
     assert torch.all(target.backbone.res2[0].conv1.norm.weight == 2.0)
 
 
+def test_raw_pkl_dict_with_module_names(tmp_path):
+    # No "__author__": treated as a Caffe2-era file (suffix matching), yet PyTorch names such as
+    # `norm.running_mean` survive the Caffe2 renaming.
+    source = ToySegmentor()
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps(numpy_state(source), protocol=2))
+    target = ToySegmentor()
+    report = Checkpointer(target).load(path)
+    assert report.ok and report.matching_heuristics
+    _assert_same_weights(source, target)
+
+
 def test_plain_state_dict_pth(tmp_path):
     source = ToySegmentor()
     path = tmp_path / "weights.pth"

@@ -106,6 +106,7 @@ def test_caffe2_resnet_names():
         "res5_2_branch2c_bn_riv",
         "fc1000_w",
         "pred_b",
+        "res2.0.conv1.norm.running_mean",  # already a module path: unchanged
     ]
     assert convert_basic_c2_names(names) == [
         "stem.conv1.weight",
@@ -119,6 +120,7 @@ def test_caffe2_resnet_names():
         "res5.2.conv3.norm.running_var",
         "fc1000.weight",
         "linear.bias",
+        "res2.0.conv1.norm.running_mean",
     ]
 
 

@@ -76,6 +76,7 @@ def convert_basic_c2_names(names: list[str]) -> list[str]:
 
     ``res2_0_branch2a_w`` -> ``res2.0.conv1.weight``, ``res_conv1_bn_s`` ->
     ``stem.conv1.norm.weight``, ``res3_0_branch1_bn_b`` -> ``res3.0.shortcut.norm.bias``.
+    Names that already contain a dot are module paths, not Caffe2 blobs, and stay unchanged.
 
     Args:
         names: Caffe2 blob names.
@@ -85,6 +86,12 @@ def convert_basic_c2_names(names: list[str]) -> list[str]:
     """
     out = []
     for name in names:
+        if "." in name:
+            # Caffe2 blob names never contain dots; a dotted name is already a module path
+            # (a raw dict of arrays saved from PyTorch) and "_" -> "." would corrupt names
+            # like `running_mean`. detectron2 renames these too; keeping them is deliberate.
+            out.append(name)
+            continue
         name = {"pred_b": "linear_b", "pred_w": "linear_w"}.get(name, name)
         name = name.replace("_", ".")
         for pattern, repl in _C2_RULES:
