@@ -1,0 +1,291 @@
+"""`atrous predict`: segment images and write label maps, overlays and legends.
+
+atrous predict --config-file cfg.yaml --input photos/ street.jpg "more/*.png" --output out \\
+    MODEL.WEIGHTS model_final.pth
+atrous predict --config-file cfg.yaml --dataset cityscapes_fine_sem_seg_test --output submit \\
+    --cityscapes-labelids MODEL.WEIGHTS DeepLabV3+_R103
+
+For every image ``<name>`` it writes ``<name>_labels.png`` (an indexed PNG: pixel values are class
+ids, the palette shows the dataset's colours), ``<name>_overlay.png`` (colours blended with the
+photo) and ``<name>_legend.png`` (the classes present). With ``--cityscapes-labelids`` it writes
+only ``<city>_<seq>_<frame>_leftImg8bit_labelIds.png`` files holding Cityscapes labelIds, the
+format the Cityscapes benchmark server accepts (zip the output folder and upload it).
+
+Images that cannot be read are reported and skipped; the exit status is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_arguments", "collect_inputs", "run"]
+
+logger = logging.getLogger("atrous.predict")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="image files, folders (searched recursively) or glob patterns (quote them)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="predict every image of a registered dataset, e.g. cityscapes_fine_sem_seg_test",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--opacity", type=float, default=0.5, help="colour weight in the overlay, 0 to 1"
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="overrides MODEL.DEVICE"
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--cityscapes-labelids",
+        action="store_true",
+        help="write only Cityscapes labelIds PNGs named for the benchmark server",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=None,
+        help="config overrides as KEY VALUE pairs at the end, e.g. MODEL.WEIGHTS model.pth",
+    )
+
+
+def _split_overrides(inputs: list[str], opts: list[str]) -> tuple[list[str], list[str]]:
+    # `--input a b KEY VALUE`: argparse gives the overrides to --input; they start at the first
+    # item that looks like a config key and is not a file.
+    for i, item in enumerate(inputs):
+        if _CONFIG_KEY.match(item) and not os.path.exists(item):
+            return inputs[:i], inputs[i:] + opts
+    return inputs, opts
+
+
+def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
+    """Expand files, folders and globs into ``(path, output name)`` pairs, in a stable order.
+
+    The output name keeps the path below a given folder (``city/x_leftImg8bit``) so that images
+    with the same file name in different sub-folders do not overwrite each other. Paths that
+    do not exist are kept: reading them fails later and is reported with the other failures.
+    """
+    found: list[tuple[str, str]] = []
+    for item in items:
+        if os.path.isdir(item):
+            files = sorted(
+                str(p)
+                for p in Path(item).rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            found += [(f, str(Path(os.path.relpath(f, item)).with_suffix(""))) for f in files]
+        elif glob.has_magic(item):
+            files = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            found += [(f, Path(f).stem) for f in files]
+        else:
+            found.append((item, Path(item).stem))
+    seen: set[str] = set()
+    unique_paths: set[str] = set()
+    result = []
+    for path, name in found:
+        key = os.path.abspath(path)
+        if key in unique_paths:
+            continue
+        unique_paths.add(key)
+        base, n = name, 1
+        while name in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name)
+        result.append((path, name))
+    return result
+
+
+def _metadata(cfg: Any, dataset: str | None):
+    from atrous.evaluation.metadata import resolve_metadata
+
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    names = [dataset] if dataset else [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    for name in names:
+        try:
+            meta = resolve_metadata(name)
+        except Exception as error:  # an unregistered name only loses class names and colours
+            logger.debug("no metadata for %s: %s", name, error)
+            continue
+        if meta.num_classes == num_classes:
+            return meta
+    logger.warning("no dataset metadata with %d classes: using generic names", num_classes)
+    return resolve_metadata(None, num_classes=num_classes)
+
+
+def _cityscapes_lut(class_names: tuple[str, ...]) -> np.ndarray:
+    from atrous.evaluation.cityscapes import train_id_to_label_id_lut
+
+    try:
+        return train_id_to_label_id_lut(class_names)
+    except ValueError:
+        if len(class_names) != 19:
+            raise
+        from cityscapesscripts.helpers.labels import trainId2label
+
+        logger.warning("classes are not named; assuming Cityscapes trainIds 0-18")
+        return train_id_to_label_id_lut([trainId2label[t].name for t in range(19)])
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _write_outputs(
+    out_dir: Path, name: str, image: np.ndarray, labels: np.ndarray, meta: Any, opacity: float
+) -> None:
+    from PIL import Image
+
+    from atrous.inference.visualize import draw_legend, overlay, save_palette_png
+
+    base = out_dir / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    colors = meta.stuff_colors
+    save_palette_png(f"{base}_labels.png", labels, colors)
+    Image.fromarray(overlay(image, labels, colors, opacity=opacity)).save(f"{base}_overlay.png")
+    present = [int(c) for c in np.unique(labels) if 0 <= c < meta.num_classes]
+    draw_legend(present, meta.stuff_classes, colors).save(f"{base}_legend.png")
+
+
+def _write_labelids(out_dir: Path, path: str, name: str, labels: np.ndarray, lut) -> None:
+    from PIL import Image
+
+    from atrous.evaluation.cityscapes import cityscapes_prediction_name
+
+    target = out_dir / Path(name).parent / cityscapes_prediction_name(path, "labelIds")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(lut[labels]).save(target)
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input; returns 0, 1 when some image failed, 2 for a bad command line."""
+    _setup_logging()
+    from atrous.config import ConfigError, get_cfg
+
+    inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
+    if not 0.0 <= args.opacity <= 1.0:
+        print(f"error: --opacity must be in [0, 1], got {args.opacity}", file=sys.stderr)
+        return 2
+    try:
+        cfg = get_cfg()
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(opts)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
+            return 2
+    if args.tta:
+        cfg.TEST.AUG.ENABLED = True
+    items = collect_inputs(inputs)
+    if args.dataset:
+        from atrous.data import get_dataset_records
+
+        try:
+            records = get_dataset_records(args.dataset)
+        except Exception as error:
+            print(f"error: dataset {args.dataset}: {error}", file=sys.stderr)
+            return 2
+        root = os.path.commonpath([r["file_name"] for r in records])
+        root = root if os.path.isdir(root) else os.path.dirname(root)
+        items += [
+            (r["file_name"], str(Path(os.path.relpath(r["file_name"], root)).with_suffix("")))
+            for r in records
+        ]
+    if not items:
+        print(
+            "error: no input images (give --input files/folders/globs or --dataset)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg.freeze()
+
+    from tqdm import tqdm
+
+    from atrous.data.image_io import read_image
+    from atrous.inference import Predictor
+
+    meta = _metadata(cfg, args.dataset)
+    lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
+    predictor = Predictor(cfg)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    written = 0
+    with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:
+        for chunk in _batches(items, max(1, args.batch_size)):
+            loaded = []
+            for path, name in chunk:
+                try:
+                    image = np.ascontiguousarray(read_image(path, format="RGB"))
+                    if lut is not None:
+                        from atrous.evaluation.cityscapes import cityscapes_prediction_name
+
+                        cityscapes_prediction_name(path)  # fail early on a non-Cityscapes name
+                    loaded.append((path, name, image))
+                except Exception as error:
+                    failures.append((path, str(error)))
+                    tqdm.write(f"skipping {path}: {error}", file=sys.stderr)
+                    bar.update(1)
+            if not loaded:
+                continue
+            results = predictor.predict_batch(
+                [image for _, _, image in loaded], batch_size=args.batch_size
+            )
+            for (path, name, image), result in zip(loaded, results):
+                try:
+                    if lut is not None:
+                        _write_labelids(out_dir, path, name, result.labels, lut)
+                    else:
+                        _write_outputs(out_dir, name, image, result.labels, meta, args.opacity)
+                    written += 1
+                except OSError as error:
+                    failures.append((path, f"cannot write output: {error}"))
+                    tqdm.write(f"failed {path}: {error}", file=sys.stderr)
+                bar.update(1)
+    logger.info("wrote predictions for %d of %d images to %s", written, len(items), out_dir)
+    if failures:
+        print(f"{len(failures)} of {len(items)} images failed:", file=sys.stderr)
+        for path, reason in failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0

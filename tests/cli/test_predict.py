@@ -1,0 +1,154 @@
+"""`atrous predict` on generated images, including an unreadable one, and the benchmark export."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atrous.cli.main import main
+from atrous.cli.predict import collect_inputs
+from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+
+CITYSCAPES_LABEL_IDS = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+
+
+@pytest.fixture
+def model_args(reference_dir):
+    return [
+        "--config-file",
+        str(V3PLUS_CONFIG),
+    ], [
+        *SMALL_REFERENCE_OVERRIDES,
+        "MODEL.WEIGHTS",
+        str(reference_dir / "small_v3plus.pkl"),
+        "INPUT.MIN_SIZE_TEST",
+        "0",
+    ]
+
+
+def _images(folder: Path, names: list[str], size=(40, 56)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
+    return path
+
+
+def test_predict_writes_pictures_and_skips_a_corrupt_file(tmp_path, model_args, capsys):
+    src = tmp_path / "photos"
+    good = _images(src, ["a.png", "b.png", "sub/c.jpg"])
+    _corrupt(src / "broken.png")
+    out = tmp_path / "out"
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(src), "--output", str(out), "--batch-size",
+                 "2", "--opacity", "0.7", *opts])  # fmt: skip
+    assert code == 1  # something failed ...
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 4 images failed" in err
+    for name in ["a", "b", "sub/c"]:  # ... and everything else was processed
+        with Image.open(out / f"{name}_labels.png") as labels:
+            assert labels.mode == "P" and labels.size == (56, 40)
+            values = np.asarray(labels)
+            assert values.max() < 19
+            palette = labels.getpalette()[:3]
+        with Image.open(out / f"{name}_overlay.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (56, 40)
+        with Image.open(out / f"{name}_legend.png") as legend:
+            assert legend.height >= 18 * len(np.unique(values))
+    assert palette == [128, 64, 128]  # Cityscapes "road" colour from the dataset metadata
+    assert not list(out.glob("broken*"))
+    assert len(good) == 3
+
+
+def test_predict_matches_the_predictor(tmp_path, model_args):
+    from atrous.config import get_cfg
+    from atrous.inference import Predictor
+
+    (path,) = _images(tmp_path, ["x.png"])
+    head, opts = model_args
+    assert main(["predict", *head, "--input", str(path), "--output", str(tmp_path / "o"),
+                 *opts]) == 0  # fmt: skip
+    cfg = get_cfg()
+    cfg.merge_from_file(str(V3PLUS_CONFIG))
+    cfg.merge_from_list(opts)
+    expected = Predictor(cfg)(np.asarray(Image.open(path).convert("RGB"))).labels
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "x_labels.png")), expected)
+
+
+def test_collect_inputs_expands_folders_globs_and_keeps_names_apart(tmp_path):
+    _images(tmp_path, ["d1/x.png", "d2/x.png", "top.jpg", "note.txt.png"])
+    (tmp_path / "readme.txt").write_text("not an image")
+    items = collect_inputs(
+        [str(tmp_path / "d1"), str(tmp_path / "*.jpg"), str(tmp_path / "d1" / "x.png"),
+         str(tmp_path / "d2" / "x.png"), str(tmp_path / "missing.png")]
+    )  # fmt: skip
+    names = [n for _, n in items]
+    assert names == ["x", "top", "x-2", "missing"]  # d1/x.png given twice is predicted once
+    assert items[-1][0].endswith("missing.png")
+
+
+def test_missing_input_file_is_reported(tmp_path, model_args, capsys):
+    head, opts = model_args
+    (good,) = _images(tmp_path, ["ok.png"])
+    code = main(["predict", *head, "--input", str(good), str(tmp_path / "nope.png"),
+                 "--output", str(tmp_path / "o"), *opts])  # fmt: skip
+    assert code == 1
+    assert "nope.png" in capsys.readouterr().err
+    assert (tmp_path / "o" / "ok_labels.png").is_file()
+
+
+def test_cityscapes_labelids_export_is_found_by_the_official_script(tmp_path, model_args, capsys):
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+    test_dir = tmp_path / "leftImg8bit" / "test"
+    _images(test_dir, ["berlin/berlin_000000_000019_leftImg8bit.png",
+                       "bonn/bonn_000001_000042_leftImg8bit.png", "bonn/holiday.png"])  # fmt: skip
+    out = tmp_path / "submission"
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(test_dir), "--output", str(out),
+                 "--cityscapes-labelids", *opts])  # fmt: skip
+    assert code == 1 and "holiday.png" in capsys.readouterr().err  # not a Cityscapes name
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert files == [
+        "berlin/berlin_000000_000019_leftImg8bit_labelIds.png",
+        "bonn/bonn_000001_000042_leftImg8bit_labelIds.png",
+    ]
+    for f in files:
+        values = set(np.unique(np.asarray(Image.open(out / f))).tolist())
+        assert values <= CITYSCAPES_LABEL_IDS
+    # the benchmark's own matching finds exactly our file for each ground-truth name
+    args = copy.copy(cs_eval.args)
+    args.predictionPath, args.predictionWalk = str(out), None
+    found = cs_eval.getPrediction(args, "gtFine/test/bonn/bonn_000001_000042_gtFine_labelIds.png")
+    assert Path(found) == out / files[1]
+
+
+def test_command_line_entry_point_exit_status(tmp_path, model_args):
+    _images(tmp_path / "in", ["one.png"])
+    _corrupt(tmp_path / "in" / "zero.png")
+    head, opts = model_args
+    cmd = [sys.executable, "-m", "atrous.cli.main", "predict", *head, "--input",
+           str(tmp_path / "in"), "--output", str(tmp_path / "out"), *opts]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "zero.png" in proc.stderr
+    assert (tmp_path / "out" / "one_overlay.png").is_file()
+    bad = subprocess.run([*cmd[:-len(opts)], "NO.SUCH_KEY", "1"], capture_output=True,
+                         text=True, env=env, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "NO.SUCH_KEY" in bad.stderr
