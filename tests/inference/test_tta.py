@@ -77,3 +77,13 @@ def test_shortest_edge_size_follows_detectron2():
 def test_requires_sizes(model):
     with pytest.raises(ValueError, match="MIN_SIZES"):
         SemanticSegmentorWithTTA(model, min_sizes=[], max_size=10, flip=True)
+
+
+def test_shortest_edge_size_agrees_with_the_data_pipeline():
+    from atrous.data.transforms import resize_shortest_edge_shape
+
+    for h, w, short, max_size in [(1024, 2048, 800, 1333), (375, 500, 512, 4096),
+                                  (513, 511, 300, 320), (40, 60, 56, 80)]:  # fmt: skip
+        assert shortest_edge_size(h, w, short, max_size) == resize_shortest_edge_shape(
+            h, w, short, max_size
+        )

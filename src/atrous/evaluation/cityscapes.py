@@ -300,10 +300,10 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
                 tmp, sorted(unique), instance_level=self._instance_level, export_file=export
             )
         res = {
-            "IoU": 100 * result["averageScoreClasses"],
-            "iIoU": 100 * result["averageScoreInstClasses"],
-            "IoU_sup": 100 * result["averageScoreCategories"],
-            "iIoU_sup": 100 * result["averageScoreInstCategories"],
+            "IoU": 100 * float(result["averageScoreClasses"]),
+            "iIoU": 100 * float(result["averageScoreInstClasses"]),
+            "IoU_sup": 100 * float(result["averageScoreCategories"]),
+            "iIoU_sup": 100 * float(result["averageScoreInstCategories"]),
         }
         lines = [f"{'class':<14} {'IoU':>7} {'iIoU':>7}"]
         for name in self.metadata.stuff_classes:

@@ -1,0 +1,74 @@
+"""inference_on_dataset + build_evaluator on the generated Cityscapes-layout dataset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from atrous.checkpoint import Checkpointer
+from atrous.data import build_test_loader
+from atrous.evaluation import (
+    CityscapesSemSegEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    build_evaluator,
+    inference_on_dataset,
+)
+from atrous.inference import Predictor, build_inference_model
+from atrous.modeling import build_model
+
+
+@pytest.fixture
+def cfg(tiny_cfg, reference_dir, synthetic_cityscapes_root, monkeypatch):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    cfg = tiny_cfg.clone()
+    cfg.MODEL.WEIGHTS = str(reference_dir / "small_v3plus.pkl")
+    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    return cfg
+
+
+def _model(cfg):
+    model = build_model(cfg)
+    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
+
+
+def test_evaluates_with_both_metric_definitions_and_writes_the_report(cfg, tmp_path):
+    model = _model(cfg).train()  # as the trainer would hand it over mid-training
+    evaluator = build_evaluator(cfg, "synthetic_sem_seg_val", tmp_path / "eval")
+    assert isinstance(evaluator, DatasetEvaluators)
+    assert [type(e) for e in evaluator.evaluators] == [CityscapesSemSegEvaluator, SemSegEvaluator]
+    loader = build_test_loader(cfg, "synthetic_sem_seg_val")
+    results = inference_on_dataset(model, loader, evaluator)["sem_seg"]
+    assert model.training  # the caller's mode is restored
+    for key in ("IoU", "iIoU", "IoU_sup", "iIoU_sup", "mIoU", "fwIoU", "mACC", "pACC"):
+        assert not math.isnan(results[key]), key
+        assert 0 <= results[key] <= 100
+    for name in ("sem_seg_evaluation.json", "sem_seg_per_class.csv", "report.html",
+                 "cityscapes_evaluation.json", "report_files/iou_per_class.png"):  # fmt: skip
+        assert (tmp_path / "eval" / name).is_file(), name
+
+
+def test_predictor_and_wrappers_are_accepted(cfg):
+    predictor = Predictor(cfg)
+    loader = build_test_loader(cfg, "synthetic_sem_seg_val")
+    plain = inference_on_dataset(predictor, loader, build_evaluator(cfg, "synthetic_sem_seg_val"))
+    cfg = cfg.clone()
+    cfg.TEST.SLIDING_WINDOW.ENABLED = True
+    cfg.TEST.SLIDING_WINDOW.SIZE = (128, 256)  # covers the 128x256 images: identical results
+    cfg.TEST.SLIDING_WINDOW.STRIDE = (64, 128)
+    wrapped = build_inference_model(cfg, predictor.model)
+    slid = inference_on_dataset(wrapped, loader, build_evaluator(cfg, "synthetic_sem_seg_val"))
+    assert slid["sem_seg"].keys() == plain["sem_seg"].keys()
+    for key, value in plain["sem_seg"].items():
+        assert slid["sem_seg"][key] == pytest.approx(value, nan_ok=True, rel=0, abs=0), key
+
+
+def test_class_count_mismatch_is_explained(cfg):
+    cfg = cfg.clone()
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        build_evaluator(cfg, "synthetic_sem_seg_val")
