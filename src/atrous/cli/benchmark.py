@@ -1,0 +1,312 @@
+"""`atrous benchmark`: images/s, latency, peak memory, parameters and FLOPs of a config.
+
+Examples::
+
+    atrous benchmark --config-file CONFIG.yaml --size 512x1024 --dtype bf16 --channels-last --fold-bn
+    atrous benchmark --config-file CONFIG.yaml --mode train --batch 2 --dtype bf16 --channels-last
+    atrous benchmark --config-file ... --onnx --json out/onnx.json
+
+The model gets random weights (MODEL.WEIGHTS is ignored), so nothing is downloaded; speed does
+not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"--size must look like 512x1024 (HxW), got {text!r}.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config YAML")
+    parser.add_argument("--mode", choices=("infer", "train", "data"), default="infer")
+    parser.add_argument("--size", type=_parse_size, default=(512, 1024), help="HxW of the input")
+    parser.add_argument("--batch", type=int, default=1, help="images per iteration")
+    parser.add_argument("--dtype", choices=tuple(_DTYPE_NAMES), default="fp32")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last tensors")
+    parser.add_argument("--compile", action="store_true", help="torch.compile backbone and head")
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="inference: fold BatchNorm into the convolutions (part of the fast path)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: config's)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations")
+    parser.add_argument(
+        "--onnx", action="store_true", help="inference: time an ONNX Runtime session instead"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s at this dtype, to report model FLOP utilisation",
+    )
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write results here")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+
+
+def _setup_cfg(args: argparse.Namespace):
+    from atrous.config import get_cfg
+
+    cfg = get_cfg()
+    path = Path(args.config_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Config file {str(path)!r} does not exist; pass a YAML file such as "
+            "configs/Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml."
+        )
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(args.opts or []))
+    # Random weights: speed does not depend on them and a benchmark must not download.
+    cfg.MODEL.WEIGHTS = ""
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    cfg.freeze()
+    return cfg
+
+
+def _random_batch(
+    batch: int, size: tuple[int, int], *, num_classes: int, ignore_value: int, labels: bool
+) -> list[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(0)
+    h, w = size
+    items = []
+    for _ in range(batch):
+        item: dict[str, Any] = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
+            "height": h,
+            "width": w,
+        }
+        if labels:
+            sem_seg = torch.randint(0, num_classes, (h, w), generator=generator)
+            sem_seg[torch.rand(h, w, generator=generator) < 0.05] = ignore_value
+            item["sem_seg"] = sem_seg
+        items.append(item)
+    return items
+
+
+def _to_channels_last_hook(module, args):
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
+
+
+def _infer_step(args, cfg, model, inputs, device):
+    from atrous.deploy import optimize_for_inference
+
+    if args.onnx:
+        return _onnx_step(args, model, inputs)
+    runner = optimize_for_inference(
+        model,
+        dtype=_DTYPE_NAMES[args.dtype],
+        channels_last=args.channels_last,
+        fold_bn=args.fold_bn,
+        compile=args.compile,
+        inplace=True,
+    )
+    return lambda: runner(inputs), "pytorch"
+
+
+def _onnx_step(args, model, inputs):
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        raise SystemExit(
+            "--onnx needs onnxruntime: pip install 'atrous[export]'."
+        ) from error
+    from atrous.deploy.export import export_onnx
+
+    if args.dtype != "fp32" or args.channels_last or args.compile:
+        logger.warning(
+            "--onnx times the fp32 ONNX graph; --dtype/--channels-last/--compile ignored"
+        )
+    with tempfile.TemporaryDirectory(prefix="atrous-bench-") as tmp:
+        path = export_onnx(model.cpu(), Path(tmp) / "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"images": np.stack([x["image"].float().numpy() for x in inputs])}
+    return lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"
+
+
+def _train_step(args, cfg, model, inputs, device):
+    from atrous.deploy.fast import parse_dtype
+
+    dtype = parse_dtype(_DTYPE_NAMES[args.dtype])
+    model.train()
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.backbone.register_forward_pre_hook(_to_channels_last_hook)
+    if args.compile:
+        model.backbone.compile()
+        model.sem_seg_head.compile()
+    try:
+        from atrous.solver import build_optimizer
+
+        optimizer = build_optimizer(cfg, model)
+    except ImportError:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            losses = model(inputs)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step, "pytorch"
+
+
+def _find_data_benchmark():
+    """The data engineer's loader benchmark, looked up by name so this module does not pin it."""
+    for module_name, attr in (
+        ("atrous.data.benchmark", "benchmark_data_loading"),
+        ("atrous.data.benchmark", "benchmark_loader"),
+        ("atrous.data", "benchmark_data_loading"),
+        ("atrous.data", "benchmark_loader"),
+        ("atrous.data.loader", "benchmark_data_loading"),
+        ("atrous.data.loader", "benchmark_loader"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        fn = getattr(module, attr, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def _run_data(args, cfg) -> int:
+    fn = _find_data_benchmark()
+    if fn is None:
+        logger.error(
+            "--mode data needs atrous.data's loader benchmark (benchmark_data_loading), which "
+            "this installation does not have."
+        )
+        return 2
+    result = fn(cfg, warmup=args.warmup, iters=args.iters)
+    print(result if isinstance(result, str) else _format_mapping(result))
+    if args.json and isinstance(result, dict):
+        from atrous.deploy.benchmark import write_json
+
+        write_json({"mode": "data", "config_file": args.config_file, **result}, args.json)
+    return 0
+
+
+def _format_mapping(result: Any) -> str:
+    if isinstance(result, dict):
+        return "\n".join(f"{k}: {v}" for k, v in result.items())
+    return str(result)
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.deploy.benchmark import (
+        BenchmarkResult,
+        hardware_name,
+        peak_memory,
+        reset_peak_memory,
+        time_iterations,
+        write_json,
+    )
+    from atrous.deploy.flops import count_model_flops
+    from atrous.modeling import build_model
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch < 1:
+        raise SystemExit(f"--batch must be at least 1, got {args.batch}.")
+    if args.onnx and args.mode != "infer":
+        raise SystemExit("--onnx times inference; use it with --mode infer.")
+    cfg = _setup_cfg(args)
+    if args.mode == "data":
+        return _run_data(args, cfg)
+
+    device = torch.device(cfg.MODEL.DEVICE)
+    if args.onnx and device.type != "cpu":
+        raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    train = args.mode == "train"
+    inputs = _random_batch(
+        args.batch,
+        args.size,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        labels=train,
+    )
+    parameters = sum(p.numel() for p in model.parameters())
+    try:
+        flops = count_model_flops(model, inputs, train=train)
+    except Exception as error:  # the counter is a report, never a reason to fail the timing
+        logger.warning("FLOP counting failed (%s); reporting none.", error)
+        flops = None
+    if device.type != "cpu":
+        inputs = [
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+            for x in inputs
+        ]
+
+    step, runtime = (_train_step if train else _infer_step)(args, cfg, model, inputs, device)
+    reset_peak_memory(device)
+    times, warmup_s = time_iterations(step, warmup=args.warmup, iters=args.iters, device=device)
+    memory, memory_kind = peak_memory(device)
+
+    result = BenchmarkResult.from_times(
+        times,
+        batch=args.batch,
+        flops_per_iter=flops,
+        peak_tflops_per_s=args.peak_tflops,
+        mode=args.mode,
+        config_file=args.config_file,
+        size=args.size,
+        dtype=args.dtype,
+        channels_last=args.channels_last and not args.onnx,
+        compile=args.compile and not args.onnx,
+        fold_bn=args.fold_bn and not train and not args.onnx,
+        runtime=runtime,
+        device=str(device),
+        hardware=hardware_name(device),
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        warmup=args.warmup,
+        iters=args.iters,
+        warmup_s=warmup_s,
+        peak_memory_bytes=memory,
+        peak_memory_kind=memory_kind,
+        parameters=parameters,
+        extra={"opts": list(args.opts or [])},
+    )
+    print(result.summary())
+    if args.json:
+        write_json(result.to_dict(), args.json)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,89 @@
+"""`atrous export`: write a model as ONNX or TorchScript with dynamic height and width.
+
+Example::
+
+    atrous export --format onnx --output model.onnx --config-file CONFIG.yaml \
+        MODEL.WEIGHTS model_final.pkl
+
+The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
+to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"--sample-size must look like 512x1024, got {text!r}.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config YAML")
+    parser.add_argument("--output", required=True, metavar="FILE", help="file to write")
+    parser.add_argument(
+        "--sample-size",
+        type=_parse_size,
+        default=None,
+        help="HxW of the example input used for tracing (default: just above the minimum)",
+    )
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.config import get_cfg
+    from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
+    from atrous.modeling import build_model
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config_file = Path(args.config_file)
+    if not config_file.is_file():
+        raise SystemExit(f"Config file {str(config_file)!r} does not exist; pass a YAML config.")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(args.opts or []))
+    # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        from atrous.checkpoint import Checkpointer
+
+        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
+    model.eval()
+
+    if args.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise SystemExit(
+                f"ONNX export needs {error.name}: pip install 'atrous[export]'."
+            ) from error
+        path = export_onnx(
+            model, args.output, sample_size=args.sample_size, opset_version=args.opset
+        )
+    else:
+        path = export_torchscript(model, args.output, sample_size=args.sample_size)
+    min_h, min_w = min_input_size(model)
+    print(
+        f"wrote {path} ({args.format}): images float32 (N, 3, H, W) in {cfg.INPUT.FORMAT} order, "
+        f"0-255 -> logits float32 (N, {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, H, W); "
+        f"H >= {min_h}, W >= {min_w}"
+    )
+    return 0
