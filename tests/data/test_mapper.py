@@ -1,0 +1,142 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atrous.config import get_cfg
+from atrous.data import DatasetError, DatasetMapper, build_mapper, get_dataset_records
+from atrous.data.image_io import ImageReadError
+from atrous.data.transforms import RandomFlip, ResizeShortestEdge
+
+
+@pytest.fixture
+def records(synthetic_cityscapes_root, monkeypatch):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    return get_dataset_records("synthetic_sem_seg_train")
+
+
+def _cfg(**crop):
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 19, "INPUT.MIN_SIZE_TRAIN", (128, 192)])
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.MAX_SIZE_TRAIN = 1024
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (64, 96)
+    return cfg
+
+
+def test_train_output_format(records):
+    cfg = _cfg()
+    for fmt in ("RGB", "BGR"):
+        cfg.INPUT.FORMAT = fmt
+        out = build_mapper(cfg, is_train=True)(records[0], np.random.RandomState(0))
+        assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 64, 96)
+        assert out["image"].is_contiguous()
+        assert out["sem_seg"].dtype == torch.int64 and out["sem_seg"].shape == (64, 96)
+        assert (out["height"], out["width"]) == (128, 256)  # the file's size, before resizing
+        assert out["file_name"] == records[0]["file_name"]
+        assert set(out["sem_seg"].unique().tolist()) <= set(range(19)) | {255}
+        if fmt == "RGB":
+            rgb = out["image"]
+        else:
+            torch.testing.assert_close(out["image"], rgb.flip(0))
+
+
+def test_test_mapper_resizes_like_detectron2_and_keeps_original_size(records):
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 1000
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    out = build_mapper(cfg, is_train=False)(records[0])
+    assert out["image"].shape == (3, 64, 128) and out["sem_seg"].shape == (64, 128)
+    assert (out["height"], out["width"]) == (128, 256)
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    out = build_mapper(cfg, is_train=False)(records[0])
+    assert out["image"].shape == (3, 128, 256)
+    image = np.asarray(Image.open(records[0]["file_name"]).convert("RGB"))
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), image[:, :, ::-1])
+
+
+def test_fused_and_reference_pipelines_agree(records):
+    augs = [
+        ResizeShortestEdge(short_edge_length=(96, 160, 256), max_size=1024, sample_style="choice")
+    ]
+    from atrous.data.transforms import RandomCropCategoryAreaConstraint
+
+    augs += [
+        RandomCropCategoryAreaConstraint(
+            crop_type="absolute",
+            crop_size=(64, 128),
+            single_category_max_area=0.6,
+            ignored_category=255,
+        ),
+        RandomFlip(),
+    ]
+    fast = DatasetMapper(augmentations=augs, image_format="BGR", num_classes=19)
+    slow = DatasetMapper(augmentations=augs, image_format="BGR", num_classes=19, fused=False)
+    for i, r in enumerate(records):
+        a, b = fast(r, np.random.RandomState(i)), slow(r, np.random.RandomState(i))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
+
+
+@pytest.fixture
+def broken(records, tmp_path):
+    def copy(i):
+        r = dict(records[i])
+        for key in ("file_name", "sem_seg_file_name"):
+            dst = tmp_path / f"{i}_{key}.png"
+            shutil.copy(r[key], dst)
+            r[key] = str(dst)
+        return r
+
+    return copy
+
+
+def _mapper():
+    return DatasetMapper(augmentations=[], image_format="RGB", num_classes=19)
+
+
+def test_label_size_mismatch(broken):
+    r = broken(0)
+    label = np.asarray(Image.open(r["sem_seg_file_name"]))
+    Image.fromarray(label[:-1]).save(r["sem_seg_file_name"])
+    with pytest.raises(
+        DatasetError,
+        match=r"label .*0_sem_seg_file_name\.png is 127x256 but its image .* is 128x256",
+    ):
+        _mapper()(r)
+
+
+def test_label_values_outside_classes(broken):
+    r = broken(1)
+    label = np.asarray(Image.open(r["sem_seg_file_name"])).copy()
+    label[0, :3] = (19, 40, 40)
+    Image.fromarray(label).save(r["sem_seg_file_name"])
+    with pytest.raises(
+        DatasetError,
+        match=r"1_sem_seg_file_name\.png: label values 19, 40 are neither a class \(0\.\.18\)",
+    ):
+        _mapper()(r)
+
+
+def test_truncated_image(broken):
+    r = broken(2)
+    path = Path(r["file_name"])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ImageReadError, match=r"2_file_name\.png: cannot decode the image"):
+        _mapper()(r)
+
+
+def test_lut_is_applied(broken):
+    r = broken(3)
+    lut = np.arange(65536, dtype=np.uint16)
+    lut[:19] = np.arange(19)[::-1]
+    r["sem_seg_lut"] = lut
+    out = _mapper()(r)
+    raw = np.asarray(Image.open(r["sem_seg_file_name"])).astype(np.int64)
+    expected = np.where(raw < 19, 18 - raw, raw)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), expected)
+    assert "sem_seg_lut" not in out
