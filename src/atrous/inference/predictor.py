@@ -104,14 +104,8 @@ class Predictor:
             model = build_model(self.cfg)
             weights = self.cfg.MODEL.WEIGHTS
             if weights:
-                report = Checkpointer(model).load(weights)
-                logger.info(
-                    "Loaded %s: %d tensors matched, %d missing, %d unexpected",
-                    weights,
-                    len(report.matched),
-                    len(report.missing),
-                    len(report.unexpected),
-                )
+                # the checkpointer logs what matched, what is missing and what went unused
+                Checkpointer(model).load(weights)
             else:
                 logger.warning("MODEL.WEIGHTS is empty: predicting with untrained weights")
         self.model = model.eval()
