@@ -52,7 +52,25 @@ def _run_evaluator(make_evaluator, items, rank, world):
     return ev.evaluate()
 
 
-def _worker(rank, world, port, tmp_path, kind):
+def _pipeline(cfg, output_dir=None):
+    """The --eval-only path: model, sharded test loader, dataset evaluator, inference loop."""
+    from atrous.checkpoint import Checkpointer
+    from atrous.data import build_test_loader
+    from atrous.evaluation import build_evaluator, inference_on_dataset
+    from atrous.inference import build_inference_model
+    from atrous.modeling import build_model
+
+    model = build_model(cfg)
+    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    name = cfg.DATASETS.TEST[0]
+    return inference_on_dataset(
+        build_inference_model(cfg, model),
+        build_test_loader(cfg, name),
+        build_evaluator(cfg, name, output_dir),
+    )
+
+
+def _worker(rank, world, port, tmp_path, kind, cfg=None):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -61,6 +79,8 @@ def _worker(rank, world, port, tmp_path, kind):
         if kind == "sem_seg":
             items = _toy_data(tmp_path)
             res = _run_evaluator(lambda: SemSegEvaluator(META), items, rank, world)
+        elif kind == "pipeline":
+            res = _pipeline(cfg)
         else:
             items = make_cityscapes_gt(tmp_path / "data")
             res = _run_evaluator(
@@ -90,3 +110,23 @@ def test_two_gloo_processes_equal_single_process(tmp_path, kind):
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text(), parse_constant=float)
         _same(got["sem_seg"], single["sem_seg"])
+
+
+@pytest.mark.slow
+def test_eval_pipeline_on_two_ranks_equals_one(
+    tmp_path, tiny_cfg, reference_dir, synthetic_cityscapes_root, monkeypatch
+):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    cfg = tiny_cfg.clone()
+    cfg.MODEL.WEIGHTS = str(reference_dir / "small_v3plus.pkl")
+    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    cfg.TEST.AUG.ENABLED = True  # the TTA wrapper runs inside each rank, as with --eval-only
+    cfg.TEST.AUG.MIN_SIZES = (128,)
+    single = _pipeline(cfg, tmp_path / "single")
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path, "pipeline", cfg), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        _same(got["sem_seg"], single["sem_seg"])
+    assert {"IoU", "iIoU", "mIoU", "BoundaryIoU-road"} <= set(single["sem_seg"])
