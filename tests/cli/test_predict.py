@@ -152,3 +152,33 @@ def test_command_line_entry_point_exit_status(tmp_path, model_args):
     bad = subprocess.run([*cmd[:-len(opts)], "NO.SUCH_KEY", "1"], capture_output=True,
                          text=True, env=env, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "NO.SUCH_KEY" in bad.stderr
+
+
+def test_exported_labelids_score_like_the_evaluator(
+    tmp_path, model_args, reference_dir, synthetic_cityscapes_root, monkeypatch
+):
+    """Benchmark export of a dataset, scored by cityscapesscripts, equals the evaluator's IoU."""
+    from atrous.config import get_cfg
+    from atrous.data import build_test_loader
+    from atrous.evaluation.cityscapes import evaluate_cityscapes_files
+    from atrous.evaluation.inference import build_evaluator, inference_on_dataset
+    from atrous.inference import Predictor
+
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    head, opts = model_args
+    out = tmp_path / "submission"
+    code = main(["predict", *head, "--dataset", "synthetic_sem_seg_val", "--output", str(out),
+                 "--cityscapes-labelids", *opts])  # fmt: skip
+    assert code == 0
+    gt_files = sorted(str(p) for p in synthetic_cityscapes_root.glob("gtFine/val/*/*_labelIds.png"))
+    assert len(list(out.rglob("*_labelIds.png"))) == len(gt_files) == 4
+    exported = evaluate_cityscapes_files(out, gt_files)
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(V3PLUS_CONFIG))
+    cfg.merge_from_list([*opts, "DATALOADER.NUM_WORKERS", "0"])
+    predictor = Predictor(cfg)
+    loader = build_test_loader(cfg, "synthetic_sem_seg_val")
+    results = inference_on_dataset(predictor, loader, build_evaluator(cfg, "synthetic_sem_seg_val"))
+    assert results["sem_seg"]["IoU"] == 100 * exported["averageScoreClasses"]
+    assert results["sem_seg"]["iIoU"] == 100 * exported["averageScoreInstClasses"]
