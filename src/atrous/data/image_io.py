@@ -101,10 +101,19 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
-def _needs_exif_transpose(data: bytes) -> bool:
-    # A cheap superset test: any PNG with an eXIf chunk, or any other format (JPEG, TIFF, ...),
-    # goes through Pillow, which applies the orientation tag.
-    return b"eXIf" in data
+def _png_has_exif(data: bytes) -> bool:
+    """Whether a PNG carries an eXIf chunk (walks the chunk headers, never the pixel data)."""
+    pos = 8
+    end = len(data)
+    while pos + 8 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            return False
+        pos += 12 + length
+    return False
 
 
 def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
@@ -130,7 +139,7 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
         and header is not None
         and header[2] == 8
         and header[3] in (2, 6)  # truecolour 8-bit, with or without alpha
-        and not _needs_exif_transpose(data)
+        and not _png_has_exif(data)  # Pillow applies the orientation tag
     ):
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is not None and arr.ndim == 3 and arr.shape[:2] == (header[1], header[0]):
