@@ -85,3 +85,27 @@ def test_image_size_reads_headers(tmp_path, rgb):
     Image.fromarray(rgb).save(tmp_path / "a.jpg")
     assert image_size(tmp_path / "a.png") == (24, 40)
     assert image_size(tmp_path / "a.jpg") == (24, 40)
+
+
+def test_lazy_image_partial_decode_is_exact(tmp_path, rgb):
+    from atrous.data.image_io import LazyImage
+
+    big = np.random.RandomState(3).randint(0, 256, (57, 33, 3)).astype(np.uint8)
+    Image.fromarray(big).save(tmp_path / "a.png", compress_level=6)
+    Image.fromarray(big).save(tmp_path / "a.jpg", quality=95)
+    for name in ("a.png", "a.jpg"):
+        full = read_image(tmp_path / name, "BGR")
+        lazy = LazyImage(tmp_path / name, "BGR")
+        assert lazy.shape == (57, 33)
+        np.testing.assert_array_equal(lazy.array(), full)
+        for rows in (1, 20, 57):
+            np.testing.assert_array_equal(lazy.array(rows), full[:rows])
+        pil = np.asarray(lazy.pil_image(20))
+        assert pil.shape == (57, 33, 3)
+        np.testing.assert_array_equal(pil[:20], full[:20, :, ::-1])
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    lazy = LazyImage(tmp_path / "cut.png")
+    lazy.array(5)  # the rows that are there decode
+    with pytest.raises(ImageReadError, match=r"cut\.png.*corrupt or truncated"):
+        lazy.array()

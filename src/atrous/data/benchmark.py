@@ -7,9 +7,11 @@ timed alternately in one process (one data-loader worker), so machine noise hits
 
 * baseline: Pillow decodes the PNGs, the whole image and label are resized, then cropped,
   flipped, channel-swapped and converted (`AugInput`, every step on full arrays).
-* atrous: PNGs decoded by OpenCV straight into the requested channel order, the label gathered
-  only inside the crop through Pillow's nearest-neighbour tables, and the image resampled only
-  inside the crop window when that is cheaper (`FusedAugInput`), one copy into the CHW tensor.
+* atrous: the random draws come first, then the image PNG is decoded only down to the last
+  row the crop depends on (Pillow's decoder, `LazyImage`), the label is gathered only inside the
+  crop through Pillow's nearest-neighbour tables, an enlarged image is resampled only inside
+  the crop window (`FusedAugInput`), and the channel swap and flip are views folded into the one
+  copy into the CHW tensor.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from .transforms import (
     apply_augmentations,
 )
 
-__all__ = ["baseline_map", "benchmark_train_pipeline", "cityscapes_train_augmentations"]
+__all__ = [
+    "baseline_map",
+    "benchmark_data_loading",
+    "benchmark_train_pipeline",
+    "cityscapes_train_augmentations",
+]
 
 
 def cityscapes_train_augmentations(
@@ -198,4 +205,31 @@ def format_report(result: dict) -> str:
             f"({result['fast_ms_median']:.0f} ms median)",
             f"  speed-up x{result['speedup']:.2f}, outputs identical: {result['identical']}",
         ]
+    )
+
+
+def benchmark_data_loading(
+    cfg,
+    *,
+    warmup: int = 2,
+    iters: int = 20,
+    num_images: int = 4,
+    size: tuple[int, int] = (1024, 2048),
+    root: str | os.PathLike | None = None,
+) -> dict:
+    """`benchmark_train_pipeline` with the training augmentation and format of `cfg`.
+
+    Used by ``atrous benchmark --mode data``; the images are synthetic 1024x2048 PNGs unless a
+    dataset `root` in the Cityscapes layout is given.
+    """
+    from .mapper import build_train_augmentations
+
+    return benchmark_train_pipeline(
+        root=root,
+        num_images=num_images,
+        size=size,
+        iterations=iters,
+        warmup=warmup,
+        image_format=cfg.INPUT.FORMAT,
+        augmentations=build_train_augmentations(cfg),
     )

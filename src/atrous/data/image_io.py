@@ -215,3 +215,88 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _corrupt(path, e) from e
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+class LazyImage:
+    """An image whose pixels are decoded on demand, possibly only down to a given row.
+
+    Training crops rarely need the bottom of the source image: PNGs are stored row by row, so
+    decoding can stop at the last row the crop depends on. 8-bit RGB, non-interlaced PNGs
+    without EXIF data (Cityscapes and the synthetic data) are decoded that way by Pillow's own
+    PNG decoder fed with the image data, which gives the same pixels as a full decode; any
+    other file is decoded fully by `read_image` at construction.
+
+    Args:
+        path: image file.
+        format: channel order of `array`, "RGB" or "BGR".
+    """
+
+    def __init__(self, path: str | os.PathLike, format: str = "RGB") -> None:
+        if format not in ("RGB", "BGR"):
+            raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
+        self.path, self.format = path, format
+        self._idat: bytes | None = None
+        self._rgb: np.ndarray | None = None
+        data = _read_bytes(path)
+        header = _png_header(data)
+        if (
+            header is not None
+            and header[2] == 8
+            and header[3] == 2
+            and len(data) > 28
+            and data[28] == 0  # not interlaced
+            and not _png_has_exif(data)
+        ):
+            self.shape = (header[1], header[0])
+            self._idat = _png_idat(data)
+        if self._idat is None:
+            self._rgb = read_image(path, "RGB")
+            self.shape = tuple(self._rgb.shape[:2])
+
+    def _decode(self, rows: int, height: int) -> Image.Image:
+        """An RGB image of `height` rows of which the first `rows` are decoded (rest zero)."""
+        width = self.shape[1]
+        try:
+            core = Image.core.new("RGB", (width, height))
+            decoder = Image._getdecoder("RGB", "zip", ("RGB",), ())
+            decoder.setimage(core, (0, 0, width, rows))
+            consumed, err = decoder.decode(self._idat)
+            decoder.cleanup()
+        except Exception:  # a Pillow without this internal API: decode fully instead
+            self._rgb = read_image(self.path, "RGB")
+            self._idat = None
+            return Image.fromarray(np.ascontiguousarray(self._rgb[:height]))
+        if consumed >= 0 or err < 0:
+            # The decoder wants more data than the file has, or failed: truncated/corrupt.
+            raise _corrupt(self.path, OSError(f"PNG data ends before row {rows}"))
+        return Image.new("RGB", (1, 1))._new(core)
+
+    def pil_image(self, rows: int | None = None) -> Image.Image:
+        """Full-size RGB Pillow image whose first `rows` rows (default: all) hold the pixels."""
+        h = self.shape[0]
+        rows = h if rows is None else max(1, min(int(rows), h))
+        if self._idat is not None:
+            return self._decode(rows, h)
+        return Image.fromarray(np.ascontiguousarray(self._rgb))
+
+    def array(self, rows: int | None = None) -> np.ndarray:
+        """(rows, W, 3) uint8 in `format` order: the first `rows` rows (default: all)."""
+        h = self.shape[0]
+        rows = h if rows is None else max(1, min(int(rows), h))
+        decoded = self._idat is not None
+        rgb = np.asarray(self._decode(rows, rows)) if decoded else self._rgb[:rows]
+        return rgb if self.format == "RGB" else rgb[:, :, ::-1]
+
+
+def _png_idat(data: bytes) -> bytes | None:
+    """The concatenated IDAT payloads of a PNG, or None if its chunks cannot be walked."""
+    pos, parts = 8, []
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            parts.append(data[pos + 8 : pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    return b"".join(parts) if parts else None

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .image_io import DatasetError, read_image, read_label
+from .image_io import DatasetError, LazyImage, read_image, read_label
 from .transforms import (
     Augmentation,
     ColorJitter,
@@ -106,8 +106,12 @@ class DatasetMapper:
         """
         if rng is None:
             rng = np.random.RandomState(0)
-        image = read_image(record["file_name"], self.image_format)
-        height, width = image.shape[:2]
+        if self.fused:
+            image = LazyImage(record["file_name"], self.image_format)
+            height, width = image.shape
+        else:
+            image = read_image(record["file_name"], self.image_format)
+            height, width = image.shape[:2]
         sem_seg = None
         if record.get("sem_seg_file_name"):
             sem_seg = load_sem_seg(record)
@@ -127,6 +131,8 @@ class DatasetMapper:
         image, sem_seg, _ = apply_augmentations(
             self.augmentations, image, sem_seg, rng, fused=self.fused
         )
+        if not isinstance(image, np.ndarray):  # no transform at all: decode everything
+            image = image.array()
         out = {
             k: v
             for k, v in record.items()

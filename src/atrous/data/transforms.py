@@ -14,8 +14,9 @@ Two ways to run a list of augmentations give bit-identical results:
   a re-implementation of Pillow's fixed-point bilinear filter (same coefficients, same integer
   rounding, horizontal pass first). Pillow 13 runs the vertical pass first for some reductions,
   so the windowed path is only used for enlargements, the case where it saves most (the
-  Cityscapes recipe upsamples to 2x and crops a quarter or less). Tests compare both paths
-  against Pillow on many sizes.
+  Cityscapes recipe upsamples to 2x and crops a quarter or less). Given a
+  `atrous.data.image_io.LazyImage`, it also decodes the PNG only down to the last source row
+  the crop depends on. Tests compare both paths against Pillow on many sizes.
 
 Deviation from detectron2, documented: for crop types "absolute" and "absolute_range", an image
 smaller than the crop is cropped as detectron2 does (the crop shrinks to the image), then padded
@@ -491,7 +492,8 @@ class FusedAugInput:
     def __init__(self, image: np.ndarray, sem_seg: np.ndarray | None = None) -> None:
         self.image = image
         self.sem_seg = sem_seg
-        self._shape = tuple(image.shape[:2])
+        self._input_shape = tuple(image.shape[:2])
+        self._shape = self._input_shape
         self.transforms: list[Transform] = []
 
     @property
@@ -531,22 +533,34 @@ class FusedAugInput:
         if not all(isinstance(t, ColorTransform) for t in ts):
             return _replay(self.image, self.sem_seg, self.transforms).result()
         image, sem_seg = self.image, self.sem_seg
-        h, w = image.shape[:2]
+        lazy = not isinstance(image, np.ndarray)
+        h, w = self._input_shape
         nh, nw = (resize.new_h, resize.new_w) if resize else (h, w)
         if crop is None:
             y0, x0, ch, cw = 0, 0, nh, nw
         else:
             y0, x0, ch, cw = crop.y0, crop.x0, crop.h, crop.w
         if resize is None or (nh, nw) == (h, w):
+            if lazy:
+                image = image.array(y0 + ch)
             image = image[y0 : y0 + ch, x0 : x0 + cw]
             if sem_seg is not None:
                 sem_seg = sem_seg[y0 : y0 + ch, x0 : x0 + cw]
         else:
+            # Source rows below the window's vertical filter support are never read, so a
+            # lazily decoded image is decoded only down to that row.
+            rows = _rows_needed(h, nh, y0, ch) if nh != h else y0 + ch
             # The windowed resampler follows Pillow's horizontal-then-vertical order, which
             # Pillow uses for enlargements; shrinking goes through Pillow itself.
             upscale = nh >= h and nw >= w
-            if upscale and ch * cw <= self.WINDOW_FRACTION * nh * nw and image.dtype == np.uint8:
-                image = bilinear_window(image, nh, nw, y0, x0, ch, cw)
+            if upscale and ch * cw <= self.WINDOW_FRACTION * nh * nw:
+                src = image.array(rows) if lazy else image
+                image = bilinear_window(src, nh, nw, y0, x0, ch, cw, in_h=h)
+            elif lazy:
+                full = np.asarray(image.pil_image(rows).resize((nw, nh), Image.BILINEAR))
+                image = full[y0 : y0 + ch, x0 : x0 + cw]
+                if self.image.format == "BGR":
+                    image = image[:, :, ::-1]
             else:
                 image = _pil_resize(image, nh, nw, Image.BILINEAR)[y0 : y0 + ch, x0 : x0 + cw]
             if sem_seg is not None:
@@ -576,6 +590,8 @@ class _NotFusable(Exception):
 
 
 def _replay(image, sem_seg, transforms) -> AugInput:
+    if not isinstance(image, np.ndarray):
+        image = image.array()
     inp = AugInput(image, sem_seg)
     for t in transforms:
         inp.transform(t)
@@ -594,7 +610,8 @@ def apply_augmentations(
 
     Args:
         augmentations: the pipeline.
-        image: (H, W, 3) uint8.
+        image: (H, W, 3) uint8, or an `atrous.data.image_io.LazyImage` (decoded only as far
+            as the result needs when `fused`).
         sem_seg: (H, W) integer labels, or None.
         rng: source of all random draws.
         fused: compute only the final window (`FusedAugInput`); False applies every transform
@@ -603,6 +620,8 @@ def apply_augmentations(
     Returns:
         (image, sem_seg, transforms); the arrays may be views of the inputs.
     """
+    if not fused and not isinstance(image, np.ndarray):
+        image = image.array()
     inp = FusedAugInput(image, sem_seg) if fused else AugInput(image, sem_seg)
     transforms = []
     for aug in augmentations:
@@ -675,8 +694,22 @@ def _clip8(acc: np.ndarray) -> np.ndarray:
     return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
+def _rows_needed(in_h: int, new_h: int, y0: int, h: int) -> int:
+    """Source rows [0, n) that output rows [y0, y0 + h) of a bilinear resize depend on."""
+    ymin, kk = _bilinear_coeffs(in_h, new_h, y0, h)
+    return min(int(ymin.max()) + kk.shape[1], in_h)
+
+
 def bilinear_window(
-    image: np.ndarray, new_h: int, new_w: int, y0: int, x0: int, h: int, w: int
+    image: np.ndarray,
+    new_h: int,
+    new_w: int,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    *,
+    in_h: int | None = None,
 ) -> np.ndarray:
     """``Image.resize((new_w, new_h), BILINEAR)`` of a uint8 image, cropped to a window.
 
@@ -687,11 +720,14 @@ def bilinear_window(
         image: (H, W, C) or (H, W) uint8.
         new_h, new_w: size of the full resized image.
         y0, x0, h, w: window inside the resized image.
+        in_h: height of the full source image when `image` holds only its top rows (at least
+            those the window depends on).
 
     Returns:
         (h, w, C) or (h, w) uint8.
     """
-    in_h, in_w = image.shape[:2]
+    in_w = image.shape[1]
+    in_h = image.shape[0] if in_h is None else in_h
     squeeze = image.ndim == 2
     if squeeze:
         image = image[:, :, None]
@@ -699,7 +735,7 @@ def bilinear_window(
     if new_h != in_h:
         ymin, kky = _bilinear_coeffs(in_h, new_h, y0, h)
         row_first = int(ymin[0])
-        row_last = min(int(ymin.max()) + kky.shape[1], in_h)
+        row_last = min(int(ymin.max()) + kky.shape[1], in_h, image.shape[0])
     else:
         row_first, row_last = y0, y0 + h
     rows = image[row_first:row_last]
