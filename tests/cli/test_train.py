@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,9 +197,12 @@ def test_nan_loss_stops_with_clear_error(datasets_dir: Path, tmp_path: Path) -> 
     assert "Loss became infinite or NaN at iteration=" in proc.stderr
     assert "total_loss" in proc.stderr
     assert not (out / "model_final.pth").exists()
+    failed_at = int(re.search(r"iteration=(\d+)", proc.stderr).group(1))
+    assert failed_at >= 1
+    # The checkpoint of the last iteration that had a finite loss is the one to resume from.
     last = (out / "last_checkpoint").read_text()
-    saved = _weights(out / last)
-    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point()) or True
+    assert last == f"model_{failed_at - 1:07d}.pth"
+    assert torch.load(out / last, weights_only=True)["iteration"] == failed_at - 1
 
 
 # A training entry point with one extra hook, as a user script would register it: it records each
@@ -212,11 +216,18 @@ _WRAPPER = textwrap.dedent(
     from atrous.utils import comm
 
     class DumpWeights(hooks.HookBase):
-        def after_train(self):
+        def _dump(self, tag):
             path = os.environ.get("DUMP_WEIGHTS")
-            if path and self.trainer.iter >= self.trainer.max_iter:
+            if path:
                 model = getattr(self.trainer.model, "module", self.trainer.model)
-                torch.save(model.state_dict(), f"{path}.rank{comm.get_rank()}")
+                torch.save(model.state_dict(), f"{path}.{tag}.rank{comm.get_rank()}")
+
+        def before_train(self):
+            self._dump("init")
+
+        def after_train(self):
+            if self.trainer.iter >= self.trainer.max_iter:
+                self._dump("final")
 
     _build_hooks = trainer.Trainer.build_hooks
     def build_hooks(self):
@@ -357,16 +368,27 @@ def test_two_gloo_processes_match_one_process(
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[n] = [r["total_loss"] for r in _metrics(out) if "total_loss" in r]
 
-    w0 = torch.load(f"{tmp_path / 'w2'}.rank0", weights_only=True)
-    w1 = torch.load(f"{tmp_path / 'w2'}.rank1", weights_only=True)
-    single = torch.load(f"{tmp_path / 'w1'}.rank0", weights_only=True)
+    def load(n: int, tag: str, rank: int) -> dict[str, torch.Tensor]:
+        return torch.load(f"{tmp_path / f'w{n}'}.{tag}.rank{rank}", weights_only=True)
+
+    w0, w1 = load(2, "final", 0), load(2, "final", 1)
+    single, init = load(1, "final", 0), load(1, "init", 0)
     for key in w0:
         assert torch.equal(w0[key], w1[key]), f"ranks differ in {key}"
+        assert torch.equal(load(2, "init", 0)[key], init[key])
     assert len(runs[1]) == len(runs[2]) == 3
+    # Near initialisation the loss barely moves (~ln 19), so the tolerance must be tight: with
+    # unsynchronised BN the losses already differ by ~2e-5 relative.
     for l1, l2 in zip(runs[1], runs[2]):
-        assert l2 == pytest.approx(l1, rel=2e-3)
-    for key in single:
-        if single[key].is_floating_point():
-            torch.testing.assert_close(w0[key], single[key], rtol=1e-3, atol=1e-4)
+        assert l2 == pytest.approx(l1, rel=2e-6)
+    # The weight updates agree. Synchronised BN computes the variance as E[x^2] - E[x]^2 over
+    # the all-reduced sums (as detectron2's naive SyncBN does), one process uses the native
+    # kernel; in float32 that leaves ~4% relative difference in these tiny early updates, while
+    # unsynchronised BN differs by ~45%.
+    keys = [k for k, v in single.items() if v.is_floating_point() and "running" not in k]
+    delta_1 = torch.cat([(single[k] - init[k]).flatten() for k in keys])
+    delta_2 = torch.cat([(w0[k] - init[k]).flatten() for k in keys])
+    assert delta_1.norm() > 0
+    assert (delta_2 - delta_1).norm() <= 0.1 * delta_1.norm()
     # Only rank 0 wrote: one log, one metrics line per logged iteration.
     assert not list((tmp_path / "np2").glob("*rank1*"))

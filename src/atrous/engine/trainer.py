@@ -266,6 +266,7 @@ class Trainer:
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self._resume_state: Mapping[str, Any] | None = None
         self._data_position = 0
+        self._data_seed: int | None = None
         self._trainer: SimpleTrainer | None = None
 
     # -- set-up ----------------------------------------------------------------------------
@@ -273,15 +274,18 @@ class Trainer:
     def resume_or_load(self, resume: bool = True) -> None:
         """With `resume` and a checkpoint in OUTPUT_DIR, continue from it; else load MODEL.WEIGHTS.
 
-        Raises:
-            ValueError: the checkpoint was written by a run with a different number of processes
-                (its per-rank RNG and data positions cannot be mapped).
+        Resuming restores the model, optimizer, scheduler (and grad scaler), the iteration, the
+        data stream's seed and position, and this rank's RNG states. A checkpoint written by a
+        different number of processes resumes everything but the RNG states (with a warning).
         """
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume) or {}
         if resume and self.checkpointer.has_checkpoint() and "iteration" in extra:
             self.start_iter = int(extra["iteration"]) + 1
             ranks = extra.get("ranks")
-            if ranks is not None:
+            if ranks:
+                # The stream seed is shared by all ranks; with SEED < 0 it was drawn at random.
+                if ranks[0].get("data_seed") is not None:
+                    self._data_seed = int(ranks[0]["data_seed"])
                 if len(ranks) != comm.get_world_size():
                     logger.warning(
                         "The checkpoint was saved by %d processes, this run has %d: the model, "
@@ -315,22 +319,22 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(model, **kwargs)
 
     def _data_iterator(self) -> Iterator[Any]:
-        """The training batches from `start_iter` on.
+        """The training batches from `start_iter` on, exactly those of an uninterrupted run.
 
-        The iterator is created before the RNG states are restored, exactly as in an
-        uninterrupted run, so that whatever creating it draws from the global generators is the
-        same in both.
+        The loader's sampler starts at the stream position of `start_iter` and every sample's
+        augmentation is seeded by its position, so nothing needs replaying. The stream seed is
+        the checkpoint's (a run with SEED < 0 drew it at random).
         """
         from atrous.data import build_train_loader
+        from atrous.data.loader import shared_random_seed
 
-        loader = build_train_loader(self.cfg)
-        iterator = iter(loader)
-        if self.start_iter > 0:
-            # Deterministic fast-forward: the sampler and augmentation sequence replay exactly.
-            for _ in range(self.start_iter):
-                next(iterator)
+        if self._data_seed is None:
+            self._data_seed = (
+                int(self.cfg.SEED) if int(self.cfg.SEED) >= 0 else shared_random_seed()
+            )
+        loader = build_train_loader(self.cfg, start_iter=self.start_iter, seed=self._data_seed)
         self._data_position = self.start_iter
-        return _CountingIterator(iterator, self)
+        return _CountingIterator(iter(loader), self)
 
     def build_hooks(self) -> list[hooks_mod.HookBase]:
         cfg = self.cfg
@@ -368,7 +372,11 @@ class Trainer:
         ]
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"rng": capture_rng_state(), "data_position": self._data_position}
+        return {
+            "rng": capture_rng_state(),
+            "data_position": self._data_position,
+            "data_seed": self._data_seed,
+        }
 
     # -- running ---------------------------------------------------------------------------
 
