@@ -4,12 +4,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from atrous.config import get_cfg
 from atrous.data import DatasetError, DatasetMapper, build_mapper, get_dataset_records
 from atrous.data.image_io import ImageReadError
-from atrous.data.transforms import RandomFlip, ResizeShortestEdge
+from atrous.data.transforms import (
+    RandomCropCategoryAreaConstraint,
+    RandomFlip,
+    ResizeShortestEdge,
+)
 
 
 @pytest.fixture
@@ -64,8 +70,6 @@ def test_fused_and_reference_pipelines_agree(records):
     augs = [
         ResizeShortestEdge(short_edge_length=(96, 160, 256), max_size=1024, sample_style="choice")
     ]
-    from atrous.data.transforms import RandomCropCategoryAreaConstraint
-
     augs += [
         RandomCropCategoryAreaConstraint(
             crop_type="absolute",
@@ -140,3 +144,37 @@ def test_lut_is_applied(broken):
     expected = np.where(raw < 19, 18 - raw, raw)
     np.testing.assert_array_equal(out["sem_seg"].numpy(), expected)
     assert "sem_seg_lut" not in out
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    h=st.integers(4, 48),
+    w=st.integers(4, 48),
+    short=st.lists(st.integers(2, 120), min_size=1, max_size=3),
+    crop=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_lazy_png_decoding_matches_reference(tmp_path, h, w, short, crop, seed):
+    rng = np.random.RandomState(seed)
+    image = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    label = rng.randint(0, 4, (h, w)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "im.png")
+    Image.fromarray(label).save(tmp_path / "lab.png")
+    record = {"file_name": str(tmp_path / "im.png"), "sem_seg_file_name": str(tmp_path / "lab.png")}
+    augs = [
+        ResizeShortestEdge(short_edge_length=tuple(short), max_size=400, sample_style="choice"),
+        RandomCropCategoryAreaConstraint(
+            crop_type="absolute", crop_size=crop, ignored_category=255
+        ),
+        RandomFlip(),
+    ]
+    for fmt in ("RGB", "BGR"):
+        fast = DatasetMapper(augmentations=augs, image_format=fmt, num_classes=4)
+        slow = DatasetMapper(augmentations=augs, image_format=fmt, num_classes=4, fused=False)
+        a, b = fast(record, np.random.RandomState(seed)), slow(record, np.random.RandomState(seed))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
+        assert a["image"].shape[1:] == crop

@@ -22,8 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:  # OpenCV is optional: Pillow alone gives identical results, only slower.
     import cv2
-
-    cv2.setNumThreads(1)  # data-loader workers are the parallelism; avoid oversubscription
 except ImportError:  # pragma: no cover - exercised only without opencv installed
     cv2 = None
 

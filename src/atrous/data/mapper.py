@@ -138,10 +138,11 @@ class DatasetMapper:
             for k, v in record.items()
             if k not in ("sem_seg_lut", "height", "width", "annotations")
         }
-        # One copy each: HWC (possibly a flipped or channel-reversed view) -> contiguous CHW.
-        out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # Exactly one copy each: HWC (possibly a flipped, channel-reversed, read-only view) ->
+        # a fresh, writable, C-contiguous CHW array.
+        out["image"] = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
         if sem_seg is not None:
-            out["sem_seg"] = torch.from_numpy(np.ascontiguousarray(sem_seg, dtype=np.int64))
+            out["sem_seg"] = torch.from_numpy(np.array(sem_seg, dtype=np.int64, order="C"))
         out["height"], out["width"] = height, width
         return out
 
