@@ -481,7 +481,8 @@ class FusedAugInput:
     replayed eagerly.
 
     Args:
-        image: (H, W, 3) uint8.
+        image: (H, W, 3) uint8, or a `LazyImage` (decoded only down to the rows the result
+            needs).
         sem_seg: (H, W) integer labels or None.
     """
 
@@ -489,7 +490,7 @@ class FusedAugInput:
     # otherwise Pillow's full resize is faster (both are exact).
     WINDOW_FRACTION = 0.45
 
-    def __init__(self, image: np.ndarray, sem_seg: np.ndarray | None = None) -> None:
+    def __init__(self, image, sem_seg: np.ndarray | None = None) -> None:
         self.image = image
         self.sem_seg = sem_seg
         self._input_shape = tuple(image.shape[:2])
