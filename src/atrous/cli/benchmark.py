@@ -2,7 +2,7 @@
 
 Examples::
 
-    atrous benchmark --config-file CONFIG.yaml --size 512x1024 --dtype bf16 --channels-last --fold-bn
+    atrous benchmark --config-file CONFIG.yaml --dtype bf16 --channels-last --fold-bn
     atrous benchmark --config-file CONFIG.yaml --mode train --batch 2 --dtype bf16 --channels-last
     atrous benchmark --config-file ... --onnx --json out/onnx.json
 
