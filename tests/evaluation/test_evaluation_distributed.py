@@ -70,23 +70,26 @@ def _pipeline(cfg, output_dir=None):
     )
 
 
-def _worker(rank, world, port, tmp_path, kind, cfg=None):
+def _worker(rank, world, port, tmp_path, kind, payload):
+    # `payload`: the (input, logits) items, or the config for "pipeline"; files were written by
+    # the parent, since two ranks writing the same files would read each other's half-written PNGs
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
         torch.set_num_threads(1)
         if kind == "sem_seg":
-            items = _toy_data(tmp_path)
-            res = _run_evaluator(lambda: SemSegEvaluator(META), items, rank, world)
+            res = _run_evaluator(lambda: SemSegEvaluator(META), payload, rank, world)
         elif kind == "pipeline":
-            res = _pipeline(cfg)
+            res = _pipeline(payload)
         else:
-            items = make_cityscapes_gt(tmp_path / "data")
             res = _run_evaluator(
-                lambda: CityscapesSemSegEvaluator(CITYSCAPES_META), items, rank, world
+                lambda: CityscapesSemSegEvaluator(CITYSCAPES_META), payload, rank, world
             )
         (tmp_path / f"rank{rank}.json").write_text(json.dumps(res))
+        # gloo reports "connection closed by peer" if one rank tears down its sockets while
+        # the other still finishes the last collective
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -102,11 +105,12 @@ def _same(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("kind", ["sem_seg", "cityscapes"])
 def test_two_gloo_processes_equal_single_process(tmp_path, kind):
     if kind == "sem_seg":
-        single = _run_evaluator(lambda: SemSegEvaluator(META), _toy_data(tmp_path), 0, 1)
+        items = _toy_data(tmp_path)
+        single = _run_evaluator(lambda: SemSegEvaluator(META), items, 0, 1)
     else:
         items = make_cityscapes_gt(tmp_path / "data")
         single = _run_evaluator(lambda: CityscapesSemSegEvaluator(CITYSCAPES_META), items, 0, 1)
-    mp.spawn(_worker, args=(2, _free_port(), tmp_path, kind), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path, kind, items), nprocs=2, join=True)
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text(), parse_constant=float)
         _same(got["sem_seg"], single["sem_seg"])
