@@ -390,5 +390,8 @@ def test_two_gloo_processes_match_one_process(
     delta_2 = torch.cat([(w0[k] - init[k]).flatten() for k in keys])
     assert delta_1.norm() > 0
     assert (delta_2 - delta_1).norm() <= 0.1 * delta_1.norm()
-    # Only rank 0 wrote: one log, one metrics line per logged iteration.
-    assert not list((tmp_path / "np2").glob("*rank1*"))
+    # Only rank 0 wrote: one event file, one metrics line per iteration, one checkpoint.
+    np2 = tmp_path / "np2"
+    assert len(list(np2.glob("events.out.tfevents.*"))) == 1
+    assert len((np2 / "metrics.json").read_text().splitlines()) == 3
+    assert sorted(p.name for p in np2.glob("*.pth")) == ["model_final.pth"]

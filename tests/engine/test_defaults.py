@@ -1,0 +1,82 @@
+"""detectron2's command-line flags and the per-run set-up (output dir, log, seed, config dump)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atrous.config import get_cfg
+from atrous.engine import default_argument_parser, default_setup, seed_all_rng
+
+SEED_CONFIG = (
+    "configs/Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger():
+    """default_setup configures the "atrous" logger for a run; undo it for the other tests."""
+    logger = logging.getLogger("atrous")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
+
+
+def test_seed_command_lines_parse() -> None:
+    parser = default_argument_parser()
+    args = parser.parse_args(["--config-file", SEED_CONFIG, "--num-gpus", "8"])
+    assert args.config_file == SEED_CONFIG and args.num_gpus == 8 and args.opts == []
+    assert not args.eval_only and not args.resume
+    args = parser.parse_args(
+        ["--config-file", SEED_CONFIG, "--eval-only", "MODEL.WEIGHTS", "/p/model_final_a8a355.pkl"]
+    )
+    assert args.eval_only and args.opts == ["MODEL.WEIGHTS", "/p/model_final_a8a355.pkl"]
+    args = parser.parse_args(
+        ["--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://10.0.0.1:1234",
+         "--resume", "--config-file", "c.yaml", "SOLVER.BASE_LR", "0.1"]
+    )  # fmt: skip
+    assert (args.num_machines, args.machine_rank, args.dist_url) == (2, 1, "tcp://10.0.0.1:1234")
+    assert args.resume and args.opts == ["SOLVER.BASE_LR", "0.1"]
+
+
+def _draws() -> tuple:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_default_setup_writes_config_log_and_seeds(tmp_path: Path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_file(SEED_CONFIG)
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path / "out"), "SEED", "7", "SOLVER.BASE_LR", 0.5])
+    args = default_argument_parser().parse_args(["--config-file", SEED_CONFIG])
+    assert default_setup(cfg, args) == 7
+    first = _draws()
+    seed_all_rng(7)
+    assert _draws() == first
+
+    saved = get_cfg()
+    saved.merge_from_file(str(tmp_path / "out" / "config.yaml"))
+    assert saved.SOLVER.BASE_LR == 0.5 and saved.MODEL.RESNETS.DEPTH == 101
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "Using seed 7" in log and "torch " in log and "Contents of args.config_file" in log
+
+
+def test_random_seed_is_logged_and_repeatable(tmp_path: Path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SEED", "-1"])
+    seed = default_setup(cfg, None)
+    draws = _draws()
+    log = (tmp_path / "log.txt").read_text()
+    logged = int(re.search(r"pass SEED (\d+) to repeat", log).group(1))
+    assert logged == seed
+    seed_all_rng(logged)
+    assert _draws() == draws
