@@ -72,7 +72,7 @@ def _setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     path = Path(args.config_file)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise SystemExit(
             f"Config file {str(path)!r} does not exist; pass a YAML file such as "
             "configs/Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml."
         )

@@ -1,0 +1,80 @@
+"""`atrous benchmark` on the small model: printed and JSON figures, FLOPs, train and ONNX modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from atrous.cli.main import main
+from atrous.modeling import build_model
+from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+
+HEAD = ["benchmark", "--config-file", str(V3PLUS_CONFIG), "--size", "64x128", "--warmup", "1"]
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "result.json"
+    assert main([*HEAD, *args, "--json", str(out), *SMALL_REFERENCE_OVERRIDES]) == 0
+    return json.loads(out.read_text())
+
+
+def _eager_forward_flops(batch: int) -> int:
+    """FLOPs of a real float32 forward, counted independently of the command's meta-device copy."""
+    model = build_model(load_config(V3PLUS_CONFIG, SMALL_REFERENCE_OVERRIDES)).eval()
+    inputs = [{"image": torch.zeros(3, 64, 128, dtype=torch.uint8)} for _ in range(batch)]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(inputs)
+    return counter.get_total_flops()
+
+
+def test_inference_fast_path(tmp_path, capsys):
+    result = _run(tmp_path, "--iters", "3", "--dtype", "bf16", "--channels-last", "--fold-bn")
+    printed = capsys.readouterr().out
+    for label in ("images/s:", "latency p50:", "p90:", "peak memory:", "parameters:", "FLOPs"):
+        assert label in printed
+    assert result["mode"] == "infer" and result["size"] == [64, 128]
+    assert result["dtype"] == "bf16" and result["channels_last"] and result["fold_bn"]
+    assert len(result["latencies_s"]) == 3 and all(t > 0 for t in result["latencies_s"])
+    assert result["latency_p50_ms"] <= result["latency_p90_ms"]
+    assert result["images_per_s"] == pytest.approx(1e3 / result["latency_mean_ms"])
+    assert result["peak_memory_kind"] == "peak_rss" and result["peak_memory_bytes"] > 50 * 2**20
+    model = build_model(load_config(V3PLUS_CONFIG, SMALL_REFERENCE_OVERRIDES))
+    assert result["parameters"] == sum(p.numel() for p in model.parameters())
+    assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
+    assert result["threads"] == torch.get_num_threads() and result["hardware"]
+
+
+def test_training_step_counts_forward_and_backward(tmp_path):
+    result = _run(tmp_path, "--mode", "train", "--batch", "2", "--iters", "1")
+    assert result["mode"] == "train" and result["batch"] == 2
+    forward = _eager_forward_flops(batch=2)
+    # Backward costs about twice the forward (input and weight gradients of every conv).
+    assert 2.5 * forward < result["flops_per_iter"] < 3.5 * forward
+    assert result["images_per_s"] > 0
+
+
+def test_onnxruntime_session(tmp_path):
+    result = _run(tmp_path, "--onnx", "--iters", "2")
+    assert result["runtime"].startswith("onnxruntime")
+    assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "512by1024"], "HxW"),
+        (["--dtype", "int8"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_explained(args, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--config-file", str(V3PLUS_CONFIG), *args])
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"nope\.yaml"):
+        main(["benchmark", "--config-file", str(tmp_path / "nope.yaml")])

@@ -1,0 +1,83 @@
+"""`atrous export` end to end: the written files load and match the PyTorch model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from atrous.checkpoint import Checkpointer
+from atrous.cli.main import main
+from atrous.modeling import build_model
+from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+
+CROP_OVERRIDES = ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.SIZE", "(64, 128)"]
+
+
+@pytest.fixture
+def weights_overrides(reference_dir):
+    return [*SMALL_REFERENCE_OVERRIDES, "MODEL.WEIGHTS", str(reference_dir / "small_v3plus.pkl")]
+
+
+def _pytorch_model(overrides):
+    cfg = load_config(V3PLUS_CONFIG, overrides)
+    model = build_model(cfg)
+    assert Checkpointer(model).load(cfg.MODEL.WEIGHTS).matched
+    return model.eval()
+
+
+def _natural_images(reference_dir, sizes):
+    picture = np.load(reference_dir / "input_128x256.npy")
+    image = torch.from_numpy(picture).permute(2, 0, 1).float()[None]
+    return [
+        torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        .round()
+        .clamp(0, 255)
+        for size in sizes
+    ]
+
+
+def test_torchscript_export_with_sliding_pooling(
+    tmp_path, weights_overrides, reference_dir, capsys
+):
+    overrides = [*weights_overrides, *CROP_OVERRIDES]
+    output = tmp_path / "out" / "model.pt"
+    code = main(
+        ["export", "--format", "torchscript", "--config-file", str(V3PLUS_CONFIG),
+         "--output", str(output), *overrides]
+    )  # fmt: skip
+    assert code == 0 and output.is_file()
+    assert "H >= 64, W >= 128" in capsys.readouterr().out
+    exported = torch.jit.load(str(output))
+    model = _pytorch_model(overrides)
+    for images in _natural_images(reference_dir, [(128, 256), (150, 300)]):
+        with torch.no_grad():
+            expected = model([{"image": images[0]}])[0]["sem_seg"]
+            got = exported(images)[0]
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= 1e-3
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path, weights_overrides, reference_dir):
+    output = tmp_path / "model.onnx"
+    code = main(
+        ["export", "--format", "onnx", "--config-file", str(V3PLUS_CONFIG),
+         "--output", str(output), *weights_overrides]
+    )  # fmt: skip
+    assert code == 0
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    model = _pytorch_model(weights_overrides)
+    for images in _natural_images(reference_dir, [(128, 256), (90, 170)]):
+        got = session.run(None, {"images": images.numpy()})[0][0]
+        with torch.no_grad():
+            expected = model([{"image": images[0]}])[0]["sem_seg"].numpy()
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-3
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary files left
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"nope\.yaml"):
+        main(["export", "--format", "onnx", "--config-file", str(tmp_path / "nope.yaml"),
+              "--output", str(tmp_path / "m.onnx")])  # fmt: skip
