@@ -140,11 +140,29 @@ def test_bad_ground_truth_is_reported_with_the_file_name(tmp_path):
             [{"sem_seg_file_name": str(tmp_path / "color.png")}],
             [{"sem_seg": torch.zeros(3, 1, 2)}],
         )
-    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+    with pytest.raises(ValueError, match=r"missing\.png: file not found"):
         ev.process(
             [{"sem_seg_file_name": str(tmp_path / "missing.png")}],
             [{"sem_seg": torch.zeros(3, 1, 2)}],
         )
+
+
+def test_ground_truth_goes_through_the_datasets_label_mapping(tmp_path):
+    # ADE20K-style storage: 0 is "unlabelled", class k is stored as k + 1.
+    gt_file = _write_gt(tmp_path / "ade.png", np.where(GT == 255, 0, GT + 1))
+    lut = np.arange(256, dtype=np.uint8) - 1
+    lut[0] = 255
+    records = [{"file_name": "img.png", "sem_seg_file_name": gt_file, "sem_seg_lut": lut}]
+    from_records = SemSegEvaluator(META, distributed=False, records=records)
+    from_records.process([{"file_name": "img.png"}], [{"sem_seg": _one_hot_logits(PRED, 3)}])
+    # Mapper outputs carry the record's label file and mapping themselves.
+    from_input = SemSegEvaluator(META, distributed=False)
+    from_input.process(
+        [{"file_name": "img.png", "sem_seg_file_name": gt_file, "sem_seg_lut": lut}],
+        [{"sem_seg": _one_hot_logits(PRED, 3)}],
+    )
+    for ev in (from_records, from_input):
+        np.testing.assert_array_equal(ev._conf.numpy(), CONF)
 
 
 def test_num_classes_must_match_metadata():

@@ -133,11 +133,7 @@ class DatasetMapper:
         )
         if not isinstance(image, np.ndarray):  # no transform at all: decode everything
             image = image.array()
-        out = {
-            k: v
-            for k, v in record.items()
-            if k not in ("sem_seg_lut", "height", "width", "annotations")
-        }
+        out = {k: v for k, v in record.items() if k not in ("height", "width", "annotations")}
         # Exactly one copy each: HWC (possibly a flipped, channel-reversed, read-only view) ->
         # a fresh, writable, C-contiguous CHW array.
         out["image"] = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))

@@ -9,10 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_label_image"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -53,23 +50,3 @@ def _nan_to_none(value: Any) -> Any:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON, NaN written as ``null``."""
     atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2) + "\n")
-
-
-def read_label_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a single-channel label PNG as an int64 array of shape (H, W).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a single-channel image (e.g. a colour visualisation was given
-            instead of a trainId/labelId map).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ground-truth label file not found: {path}")
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(
-                f"{path}: expected a single-channel label image (mode L, P or I), got mode "
-                f"{img.mode!r}; point the dataset at the trainId/label PNGs, not colour images"
-            )
-        return np.asarray(img, dtype=np.int64)

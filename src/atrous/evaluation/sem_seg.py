@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from atrous.utils import comm
 
-from ._io import atomic_write_json, atomic_write_text, read_label_image
+from ._io import atomic_write_json, atomic_write_text
 from .evaluator import DatasetEvaluator
 from .metadata import EvalMetadata, resolve_metadata
 
@@ -237,7 +237,7 @@ class SemSegEvaluator(DatasetEvaluator):
             )
             self._compute_boundary_iou = False
         self._records = records
-        self._gt_files: dict[str, str] | None = None
+        self._gt_records: dict[str, dict[str, Any]] | None = None
         self._num_report_samples = num_report_samples
         self._write_report = write_report
         self.reset()
@@ -250,29 +250,32 @@ class SemSegEvaluator(DatasetEvaluator):
         self._num_images = 0
         self._samples: list[dict[str, Any]] = []
 
-    def _gt_file_for(self, inp: dict[str, Any]) -> str | None:
+    def _gt_record_for(self, inp: dict[str, Any]) -> dict[str, Any] | None:
+        """The label file of an input and the value mapping (`sem_seg_lut`) its dataset applies."""
         if inp.get("sem_seg_file_name"):
-            return str(inp["sem_seg_file_name"])
+            return {k: inp[k] for k in ("sem_seg_file_name", "sem_seg_lut") if k in inp}
         file_name = inp.get("file_name")
         if file_name is None:
             return None
-        if self._gt_files is None:
+        if self._gt_records is None:
             records = self._records
             if records is None and self._dataset_name is not None:
                 from atrous.data import get_dataset_records
 
                 records = get_dataset_records(self._dataset_name)
-            self._gt_files = {
-                str(r["file_name"]): str(r["sem_seg_file_name"])
-                for r in records or []
-                if r.get("sem_seg_file_name")
+            self._gt_records = {
+                str(r["file_name"]): r for r in records or [] if r.get("sem_seg_file_name")
             }
-        return self._gt_files.get(str(file_name))
+        return self._gt_records.get(str(file_name))
 
     def _load_gt(self, inp: dict[str, Any], shape: tuple[int, int], device: torch.device):
-        gt_file = self._gt_file_for(inp)
-        if gt_file is not None:
-            gt = torch.from_numpy(read_label_image(gt_file)).to(device)
+        from atrous.data import load_sem_seg
+
+        record = self._gt_record_for(inp)
+        gt_file = None if record is None else str(record["sem_seg_file_name"])
+        if record is not None:
+            # Training labels, exactly as the mapper produces them (e.g. ADE20K's shift by one).
+            gt = torch.from_numpy(load_sem_seg(record).astype(np.int64)).to(device)
             source = gt_file
         elif "sem_seg" in inp:
             gt = torch.as_tensor(inp["sem_seg"]).to(device=device, dtype=torch.int64)
