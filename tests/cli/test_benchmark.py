@@ -62,6 +62,19 @@ def test_onnxruntime_session(tmp_path):
     assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
 
 
+def test_data_mode_runs_the_loader_benchmark(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    code = main(
+        ["benchmark", "--config-file", str(V3PLUS_CONFIG), "--mode", "data", "--size", "96x192",
+         "--warmup", "0", "--iters", "2", "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "data" and result["image_size"] == [96, 192]
+    assert result["samples"] == 2 and result["fast_images_per_s"] > 0 and result["identical"]
+    assert "images/s" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -13,7 +13,6 @@ not depend on the weights' values.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import re
 import tempfile
@@ -37,7 +36,12 @@ def _parse_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", required=True, metavar="FILE", help="model config YAML")
     parser.add_argument("--mode", choices=("infer", "train", "data"), default="infer")
-    parser.add_argument("--size", type=_parse_size, default=(512, 1024), help="HxW of the input")
+    parser.add_argument(
+        "--size",
+        type=_parse_size,
+        default=None,
+        help="HxW of the input (default 512x1024; --mode data: of the generated PNGs, 1024x2048)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per iteration")
     parser.add_argument("--dtype", choices=tuple(_DTYPE_NAMES), default="fp32")
     parser.add_argument("--channels-last", action="store_true", help="channels_last tensors")
@@ -134,9 +138,7 @@ def _onnx_step(args, model, inputs):
     try:
         import onnxruntime as ort
     except ImportError as error:
-        raise SystemExit(
-            "--onnx needs onnxruntime: pip install 'atrous[export]'."
-        ) from error
+        raise SystemExit("--onnx needs onnxruntime: pip install 'atrous[export]'.") from error
     from atrous.deploy.export import export_onnx
 
     if args.dtype != "fp32" or args.channels_last or args.compile:
@@ -184,47 +186,19 @@ def _train_step(args, cfg, model, inputs, device):
     return step, "pytorch"
 
 
-def _find_data_benchmark():
-    """The data engineer's loader benchmark, looked up by name so this module does not pin it."""
-    for module_name, attr in (
-        ("atrous.data.benchmark", "benchmark_data_loading"),
-        ("atrous.data.benchmark", "benchmark_loader"),
-        ("atrous.data", "benchmark_data_loading"),
-        ("atrous.data", "benchmark_loader"),
-        ("atrous.data.loader", "benchmark_data_loading"),
-        ("atrous.data.loader", "benchmark_loader"),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        fn = getattr(module, attr, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def _run_data(args, cfg) -> int:
-    fn = _find_data_benchmark()
-    if fn is None:
-        logger.error(
-            "--mode data needs atrous.data's loader benchmark (benchmark_data_loading), which "
-            "this installation does not have."
-        )
-        return 2
-    result = fn(cfg, warmup=args.warmup, iters=args.iters)
-    print(result if isinstance(result, str) else _format_mapping(result))
-    if args.json and isinstance(result, dict):
+    from atrous.data.benchmark import benchmark_data_loading, format_report
+
+    result = benchmark_data_loading(
+        cfg, warmup=args.warmup, iters=args.iters, size=args.size or (1024, 2048)
+    )
+    print(format_report(result))
+    if args.json:
         from atrous.deploy.benchmark import write_json
 
         write_json({"mode": "data", "config_file": args.config_file, **result}, args.json)
+        print(f"wrote {args.json}")
     return 0
-
-
-def _format_mapping(result: Any) -> str:
-    if isinstance(result, dict):
-        return "\n".join(f"{k}: {v}" for k, v in result.items())
-    return str(result)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -250,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "data":
         return _run_data(args, cfg)
 
+    args.size = args.size or (512, 1024)
     device = torch.device(cfg.MODEL.DEVICE)
     if args.onnx and device.type != "cpu":
         raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")

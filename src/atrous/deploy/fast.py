@@ -215,6 +215,13 @@ def optimize_for_inference(
         )
     if fold_bn:
         fold_batchnorm(model)
+    if torch_dtype != torch.float32:
+        # Autocast would cast every convolution's weight on every call (about 6% of the R103's
+        # bf16 time on CPU); cast them once instead. Only convolutions: autocast runs them in
+        # `dtype` anyway, while norms and interpolation keep float32 parameters.
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.to(torch_dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         target = getattr(model, "backbone", None)
