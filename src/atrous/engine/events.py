@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import resource
 import statistics
@@ -153,7 +154,9 @@ class JSONWriter(EventWriter):
         if not by_iter:
             return
         for it in sorted(by_iter):
-            self._file.write(json.dumps({"iteration": it, **by_iter[it]}, sort_keys=True) + "\n")
+            # NaN (e.g. the IoU of a class absent from the split) becomes null: strict JSON.
+            record = {k: (v if math.isfinite(v) else None) for k, v in by_iter[it].items()}
+            self._file.write(json.dumps({"iteration": it, **record}, sort_keys=True) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self._last_written = max(by_iter)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -188,10 +187,8 @@ class EvalHook(HookBase):
     def _do_eval(self) -> None:
         results = self.eval_function() or {}
         self.latest_results = results
+        # NaN (a class absent from the split) is kept: JSON and TensorBoard show it as such.
         flat = flatten_results(results)
-        for name, value in flat.items():
-            if not math.isfinite(value):
-                logger.warning("Evaluation metric %s is %s", name, value)
         self.trainer.storage.put_scalars(smoothing_hint=False, **flat)
         # Ranks that finish inference early must not race ahead into the next step.
         comm.synchronize()
