@@ -8,7 +8,7 @@ import torch
 
 from atrous.data.synthetic import generate_scene, render_scene
 from atrous.deploy import fast_path_supported, optimize_for_inference
-from atrous.deploy.fast import FastInferenceModel, cpu_flags, parse_dtype
+from atrous.deploy.fast import FastInferenceModel, Float32Island, cpu_flags, parse_dtype
 from atrous.modeling import build_model
 
 # Steps of fitting the small model to two 48x96 scenes: enough for confident predictions (when
@@ -94,6 +94,10 @@ def test_forward_contract_and_original_untouched(reference_model, reference_imag
     assert [o["sem_seg"].shape for o in out] == [(19, 64, 100), (19, 128, 256)]
     assert all(o["sem_seg"].dtype == torch.float32 for o in out)
     assert fast.num_classes == 19  # the segmentor's attributes stay reachable
+    # bf16 convolutions, except the final predictor whose logits are upsampled in float32.
+    assert fast.backbone.stem.conv1.weight.dtype == torch.bfloat16
+    assert isinstance(fast.sem_seg_head.predictor, Float32Island)
+    assert fast.sem_seg_head.predictor.module.weight.dtype == torch.float32
     # The original keeps its BatchNorms, its memory format and its ability to train.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference_model.modules())
     assert reference_model.backbone.stem.conv1.weight.is_contiguous()
