@@ -238,6 +238,9 @@ def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
