@@ -229,8 +229,8 @@ def optimize_for_inference(
     device = next(model.parameters()).device
     if not fast_path_supported(device, str(torch_dtype).replace("torch.", "")):
         logger.warning(
-            "%s is not supported natively on %s (no bf16/fp16 instructions found); the fast "
-            "path will run, but probably slower than float32.",
+            "%s is not supported natively on %s (no matching bf16/fp16 instructions found); "
+            "the fast path will run, but probably slower than float32.",
             torch_dtype,
             device,
         )
