@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.config import ConfigError
     from atrous.data.catalog import dataset_root
     from atrous.data.synthetic import generate_dataset
-    from atrous.engine.launch import launch
+    from atrous.engine.launch import default_backend, launch
 
     try:
         config_file = args.config_file or str(find_config())
@@ -159,7 +159,13 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     # The final evaluation (step 3) is the trainer's last hook, on the validation split.
-    launch(train_main, args.num_gpus, dist_url="auto", args=(train_args,))
+    launch(
+        train_main,
+        args.num_gpus,
+        dist_url="auto",
+        args=(train_args,),
+        backend=default_backend(cfg.MODEL.DEVICE),
+    )
 
     metrics_path = Path(cfg.OUTPUT_DIR) / "metrics.json"
     final: dict[str, float] = {}

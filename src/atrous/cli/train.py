@@ -15,7 +15,7 @@ from typing import Any
 
 from atrous.config import CfgNode, ConfigError, get_cfg
 from atrous.engine.defaults import add_train_arguments, default_setup
-from atrous.engine.launch import launch
+from atrous.engine.launch import default_backend, launch
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate the command line, then run `main` in every process; returns the exit status."""
     try:
         # Fail in the parent with one clear message rather than once per spawned process.
-        load_config(args)
+        cfg = load_config(args)
     except (ConfigError, FileNotFoundError) as error:
         _error(str(error))
         return 2
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
+            backend=default_backend(cfg.MODEL.DEVICE),
         )
     except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as error:
         _error(str(error))

@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 from atrous.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "find_free_port", "launch"]
+__all__ = ["DEFAULT_TIMEOUT", "default_backend", "find_free_port", "launch"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,11 @@ def _torchrun_env() -> tuple[int, int, int] | None:
     return rank, world_size, local_rank
 
 
-def _backend(use_cuda: bool) -> str:
-    return "nccl" if use_cuda else "gloo"
+def default_backend(device: str | None = None) -> str:
+    """NCCL when the model lives on CUDA (or, without a device, whenever CUDA exists), else gloo."""
+    if device is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
 
 
 def launch(
@@ -80,6 +83,7 @@ def launch(
     dist_url: str | None = None,
     args: Sequence[Any] = (),
     timeout: timedelta = DEFAULT_TIMEOUT,
+    backend: str | None = None,
 ) -> Any:
     """Run ``main_fn(*args)`` in every process of a (possibly distributed) job.
 
@@ -95,6 +99,9 @@ def launch(
         args: positional arguments for `main_fn`.
         timeout: how long a collective may wait for a missing rank before failing
             (``ATROUS_DIST_TIMEOUT`` in seconds overrides it).
+        backend: "nccl" or "gloo"; default `default_backend()` (NCCL whenever CUDA exists).
+            Pass ``default_backend(cfg.MODEL.DEVICE)`` so that a CPU model on a GPU machine
+            uses gloo.
 
     Returns:
         What `main_fn` returns in a single process (spawned processes' results are not returned).
@@ -104,6 +111,7 @@ def launch(
             failed; the others are terminated.
     """
     timeout = _timeout_from_env(timeout)
+    backend = backend or default_backend()
     env = _torchrun_env()
     if env is not None and env[1] > 1:
         rank, world_size, local_rank = env
@@ -141,7 +149,16 @@ def launch(
     mp.start_processes(
         _spawned_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_fn, args, world_size, num_gpus_per_machine, machine_rank, dist_url, timeout),
+        args=(
+            main_fn,
+            args,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            timeout,
+            backend,
+        ),
         daemon=False,
         start_method="spawn",
     )
@@ -157,6 +174,7 @@ def _spawned_worker(
     machine_rank: int,
     dist_url: str,
     timeout: timedelta,
+    backend: str,
 ) -> None:
     _run_in_group(
         main_fn,
@@ -166,6 +184,7 @@ def _spawned_worker(
         local_rank=local_rank,
         init_method=dist_url,
         timeout=timeout,
+        backend=backend,
         local_world_size=num_gpus_per_machine,
     )
 
@@ -179,9 +198,10 @@ def _run_in_group(
     local_rank: int,
     init_method: str,
     timeout: timedelta,
+    backend: str,
     local_world_size: int | None = None,
 ) -> Any:
-    use_cuda = torch.cuda.is_available()
+    use_cuda = backend == "nccl"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(
@@ -196,7 +216,7 @@ def _run_in_group(
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     dist.init_process_group(
-        backend=_backend(use_cuda),
+        backend=backend,
         init_method=init_method,
         world_size=world_size,
         rank=rank,
