@@ -123,6 +123,7 @@ def launch(
             local_rank=local_rank,
             init_method="env://",
             timeout=timeout,
+            backend=backend,
         )
 
     if num_gpus_per_machine < 1 or num_machines < 1:
