@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,22 @@ def test_spawned_failure_is_reported(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "rank 1 failed on purpose" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_machines": 2, "machine_rank": 0, "dist_url": "auto"}, "tcp://HOST:PORT"),
+        ({"num_machines": 2, "machine_rank": 2, "dist_url": "tcp://1.2.3.4:5"}, "--machine-rank"),
+        ({"num_machines": 0}, "at least 1"),
+    ],
+)
+def test_bad_launch_arguments_are_clear(
+    kwargs: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atrous.engine import launch
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launch(print, 1, **kwargs)
