@@ -145,3 +145,24 @@ def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
     assert all(torch.isfinite(torch.tensor(losses)))
     # float16 skips the first steps while the scaler finds a scale without overflow.
     assert sum(losses[-4:]) < sum(losses[:4]) / 4
+
+
+def test_naive_sync_bn_becomes_cuda_sync_bn_with_its_state() -> None:
+    from atrous.engine.trainer import _convert_naive_sync_bn
+    from atrous.layers import NaiveSyncBatchNorm
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 1), NaiveSyncBatchNorm(4), nn.Sequential(NaiveSyncBatchNorm(4)),
+        nn.BatchNorm2d(4),
+    )  # fmt: skip
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_()
+            m.weight.data.uniform_()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    converted = _convert_naive_sync_bn(net)
+    assert type(converted[1]) is nn.SyncBatchNorm and type(converted[2][0]) is nn.SyncBatchNorm
+    assert type(converted[3]) is nn.BatchNorm2d  # plain BN stays unsynchronised
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)

@@ -11,7 +11,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -191,10 +191,6 @@ def _device_type(model: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 # Config-driven trainer.
 # ---------------------------------------------------------------------------------------------
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _convert_naive_sync_bn(module: nn.Module) -> nn.Module:
@@ -469,38 +465,10 @@ def evaluate_dataset(cfg: Any, model: nn.Module, dataset_name: str) -> dict[str,
     ``--eval-only`` and the periodic evaluation measure what `atrous predict` computes.
     """
     from atrous.data import build_test_loader
+    from atrous.evaluation import build_evaluator, inference_on_dataset
+    from atrous.inference import build_inference_model
 
     output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     loader = build_test_loader(cfg, dataset_name)
-    try:
-        from atrous.evaluation import build_evaluator, inference_on_dataset
-        from atrous.inference import build_inference_model
-    except ImportError:  # evaluation package not available: plain mIoU
-        return _plain_miou(cfg, model, loader)
     evaluator = build_evaluator(cfg, dataset_name, output_dir)
     return inference_on_dataset(build_inference_model(cfg, model), loader, evaluator)
-
-
-@torch.no_grad()
-def _plain_miou(cfg: Any, model: nn.Module, loader: Iterable[Sequence[dict]]) -> dict[str, Any]:
-    """mIoU over a loader whose dicts carry ``sem_seg`` ground truth (ignore value excluded)."""
-    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    ignore = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    was_training = model.training
-    model.eval()
-    for batch in loader:
-        outputs = model(batch)
-        for inp, out in zip(batch, outputs):
-            pred = out["sem_seg"].argmax(0).cpu()
-            gt = inp["sem_seg"].cpu()
-            keep = gt != ignore
-            idx = gt[keep] * num_classes + pred[keep]
-            conf += torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-    model.train(was_training)
-    conf = comm.all_reduce_sum(conf)
-    tp = conf.diag().double()
-    union = conf.sum(0).double() + conf.sum(1).double() - tp
-    present = conf.sum(1) > 0
-    iou = tp[present] / union[present]
-    return {"sem_seg": {"mIoU": 100.0 * float(iou.mean()) if present.any() else float("nan")}}
