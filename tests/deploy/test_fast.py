@@ -98,6 +98,11 @@ def test_forward_contract_and_original_untouched(reference_model, reference_imag
     assert fast.backbone.stem.conv1.weight.dtype == torch.bfloat16
     assert isinstance(fast.sem_seg_head.predictor, Float32Island)
     assert fast.sem_seg_head.predictor.module.weight.dtype == torch.float32
+    unfolded = optimize_for_inference(reference_model, dtype="bfloat16", fold_bn=False)
+    norm = unfolded.backbone.stem.conv1.norm
+    assert isinstance(norm, torch.nn.BatchNorm2d) and norm.running_var.dtype == torch.float32
+    assert unfolded.backbone.stem.conv1.weight.dtype == torch.bfloat16
+    assert unfolded([{"image": reference_image}])[0]["sem_seg"].dtype == torch.float32
     # The original keeps its BatchNorms, its memory format and its ability to train.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference_model.modules())
     assert reference_model.backbone.stem.conv1.weight.is_contiguous()

@@ -251,7 +251,10 @@ def optimize_for_inference(
         }
         for module in model.modules():
             if isinstance(module, nn.Conv2d) and id(module) not in islands:
-                module.to(torch_dtype)
+                # The convolution's own weight and bias only: an unfolded norm attached to it
+                # (atrous.layers.Conv2d.norm) keeps float32 statistics.
+                for param in module.parameters(recurse=False):
+                    param.data = param.data.to(torch_dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         target = getattr(model, "backbone", None)
