@@ -88,6 +88,12 @@ def test_bad_arguments_are_explained(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only torch")
+def test_cuda_without_a_gpu_is_explained():
+    with pytest.raises(SystemExit, match="sees no GPU"):
+        main(["benchmark", "--config-file", str(V3PLUS_CONFIG), "--device", "cuda"])
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"nope\.yaml"):
         main(["benchmark", "--config-file", str(tmp_path / "nope.yaml")])

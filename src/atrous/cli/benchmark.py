@@ -226,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
 
     args.size = args.size or (512, 1024)
     device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; "
+            "use --device cpu or install a CUDA build of torch."
+        )
     if args.onnx and device.type != "cpu":
         raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
     torch.manual_seed(0)
