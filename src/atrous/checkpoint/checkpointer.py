@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ..utils import comm
+from ..utils.file_io import atomic_write
 from . import model_zoo
-from .atomic import atomic_write
 from .detectron2 import align_and_update_state_dicts
 from .download import download
 from .errors import (

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .atomic import fsync_dir
+from ..utils.file_io import fsync_dir
 from .errors import ChecksumMismatchError, DownloadError
 from .model_zoo import DEFAULT_BASE_URL, ENV_BASE_URL, PREFIX, resolve_url
 

@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     from atrous.checkpoint import Checkpointer
     from atrous.data import build_test_loader
     from atrous.evaluation import build_evaluator, inference_on_dataset
-    from atrous.evaluation._io import atomic_write_json
     from atrous.inference import build_inference_model
     from atrous.modeling import build_model
+    from atrous.utils.file_io import atomic_write_json
 
     out_root = Path(args.output or cfg.OUTPUT_DIR) / "inference"
     try:

@@ -13,13 +13,13 @@ import os
 import platform
 import random
 import sys
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from atrous.utils import comm
+from atrous.utils.file_io import atomic_write_text
 
 __all__ = [
     "add_train_arguments",
@@ -155,21 +155,6 @@ def _collect_env() -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
     """Prepare this process for a run described by `cfg`.
 
@@ -194,7 +179,7 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if rank == 0 and output_dir:
         path = os.path.join(output_dir, "config.yaml")
-        _write_text_atomic(path, cfg.dump())
+        atomic_write_text(path, cfg.dump())
         logger.info("Full config saved to %s", os.path.abspath(path))
 
     if cfg.SEED >= 0:

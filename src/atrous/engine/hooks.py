@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from atrous.utils import comm
+from atrous.utils.file_io import atomic_write
 
 from .events import EventWriter
 
@@ -279,7 +280,5 @@ def plot_training_curves(metrics_path: str, output_path: str) -> None:
         if len(keys) > 1 or title == "mIoU":
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = output_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(output_path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, output_path)

@@ -37,7 +37,7 @@ from PIL import Image
 
 from atrous.utils import comm
 
-from ._io import atomic_write_json
+from ..utils.file_io import atomic_write_json
 from .evaluator import DatasetEvaluator
 from .metadata import EvalMetadata, resolve_metadata
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from atrous.inference.visualize import colorize, overlay
 
-from ._io import atomic_write_text
+from ..utils.file_io import atomic_write_text
 from .metadata import EvalMetadata
 
 __all__ = ["plot_confusion_matrix", "plot_iou_bars", "write_report"]

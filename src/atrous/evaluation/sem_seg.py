@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from atrous.utils import comm
 
-from ._io import atomic_write_json, atomic_write_text
+from ..utils.file_io import atomic_write_json, atomic_write_text
 from .evaluator import DatasetEvaluator
 from .metadata import EvalMetadata, resolve_metadata
 

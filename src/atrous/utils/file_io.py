@@ -1,15 +1,27 @@
-"""Crash-safe file replacement: write elsewhere, make it durable, then rename into place."""
+"""Crash-safe file writes: write elsewhere, make it durable, then rename into place.
+
+Readers (and a run resumed after a crash or kill) see either the previous file or the complete
+new one, never a truncated file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fsync_dir",
+]
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -31,7 +43,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     The data goes to a uniquely named temporary file in the same directory (so the final
     ``os.replace`` is a rename within one file system), is flushed and fsynced, renamed over
     `path`, and the directory is fsynced. If `write` raises, the temporary file is removed and
-    `path` is untouched.
+    `path` is untouched. Missing parent directories are created.
 
     Args:
         path: destination file.
@@ -41,6 +53,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         `path` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -53,3 +66,27 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             tmp.unlink()
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _nan_to_none(value: Any) -> Any:
+    # JSON has no NaN; null keeps the file readable by strict parsers (browsers, jq).
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write `obj` as indented JSON, NaN written as ``null``."""
+    return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2) + "\n")

@@ -1,0 +1,37 @@
+"""Atomic writes: the destination holds the old content or the new one, never a fragment."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from atrous.utils.file_io import atomic_write, atomic_write_json, atomic_write_text
+
+
+def test_replaces_content_and_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "sub" / "file.txt"
+    atomic_write_text(path, "old")
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in path.parent.iterdir()] == ["file.txt"]
+
+
+def test_failure_while_writing_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "file.bin"
+    atomic_write_text(path, "intact")
+
+    def half_then_crash(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, half_then_crash)
+    assert path.read_text() == "intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_json_writes_nan_as_null(tmp_path):
+    path = atomic_write_json(tmp_path / "m.json", {"mIoU": math.nan, "per_class": [1.0, math.nan]})
+    assert json.loads(path.read_text()) == {"mIoU": None, "per_class": [1.0, None]}
