@@ -80,6 +80,8 @@ class ASPP(nn.Module):
         super().__init__()
         if len(dilations) != 3:
             raise ValueError(f"ASPP expects 3 dilations, got {len(dilations)}: {dilations}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
         self.dropout = dropout
         use_bias = norm == ""
         self.convs = nn.ModuleList()

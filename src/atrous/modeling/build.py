@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import CfgNode
-from ..layers import ShapeSpec
+from ..layers import ASPP, ShapeSpec
 from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
 from .heads import DeepLabV3Head, DeepLabV3PlusHead
 from .losses import build_sem_seg_loss
@@ -122,28 +122,34 @@ def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Mo
             f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not produced by the backbone "
             f"(MODEL.RESNETS.OUT_FEATURES gives {list(input_shape)})."
         )
+    if h.NAME not in ("DeepLabV3Head", "DeepLabV3PlusHead"):
+        raise ValueError(
+            f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use 'DeepLabV3Head' or "
+            "'DeepLabV3PlusHead'."
+        )
     shapes = {f: input_shape[f] for f in h.IN_FEATURES}
-    encoder_stride = max(s.stride for s in shapes.values())
-    common = dict(
-        num_classes=h.NUM_CLASSES,
-        aspp_channels=h.ASPP_CHANNELS,
-        aspp_dilations=list(h.ASPP_DILATIONS),
-        aspp_dropout=h.ASPP_DROPOUT,
+    # ASPP reads the coarsest feature (the only one for DeepLabV3).
+    coarsest = max(shapes.values(), key=lambda s: s.stride)
+    aspp = ASPP(
+        coarsest.channels,
+        h.ASPP_CHANNELS,
+        list(h.ASPP_DILATIONS),
         norm=h.NORM,
-        pool_kernel_size=aspp_pool_kernel_size(cfg, encoder_stride),
+        activation=nn.ReLU(),
+        pool_kernel_size=aspp_pool_kernel_size(cfg, coarsest.stride),
+        dropout=h.ASPP_DROPOUT,
         use_depthwise_separable_conv=h.USE_DEPTHWISE_SEPARABLE_CONV,
     )
     if h.NAME == "DeepLabV3Head":
-        return DeepLabV3Head(input_shape=shapes, **common)
-    if h.NAME == "DeepLabV3PlusHead":
-        return DeepLabV3PlusHead(
-            input_shape=shapes,
-            project_channels=list(h.PROJECT_CHANNELS),
-            decoder_channels=h.CONVS_DIM,
-            **common,
-        )
-    raise ValueError(
-        f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use 'DeepLabV3Head' or 'DeepLabV3PlusHead'."
+        return DeepLabV3Head(input_shape=shapes, aspp=aspp, num_classes=h.NUM_CLASSES)
+    return DeepLabV3PlusHead(
+        input_shape=shapes,
+        aspp=aspp,
+        project_channels=list(h.PROJECT_CHANNELS),
+        num_classes=h.NUM_CLASSES,
+        decoder_channels=h.CONVS_DIM,
+        norm=h.NORM,
+        use_depthwise_separable_conv=h.USE_DEPTHWISE_SEPARABLE_CONV,
     )
 
 

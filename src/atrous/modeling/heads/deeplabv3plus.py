@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import ASPP, Conv2d, DepthwiseSeparableConv2d, ShapeSpec, c2_xavier_fill, get_norm
+from .deeplabv3 import predictor_conv
 
 __all__ = ["DeepLabV3PlusHead"]
 
@@ -21,30 +22,24 @@ class DeepLabV3PlusHead(nn.Module):
 
     Args:
         input_shape: the backbone features it reads, e.g. res2 and res5.
+        aspp: the ASPP module applied to the coarsest feature.
         project_channels: projection channels of every feature but the coarsest, fine to coarse.
         num_classes: number of output classes.
-        aspp_channels: channels of ASPP.
-        aspp_dilations: dilations of the three 3x3 ASPP branches.
-        aspp_dropout: dropout after ASPP in training.
         decoder_channels: output channels of the fuse convs of every finer feature.
-        norm: norm name for all convolutions of the head.
-        pool_kernel_size: ASPP image-pooling window (None: global), see `ImagePooling`.
-        use_depthwise_separable_conv: depthwise-separable ASPP branches and one 5x5
-            depthwise-separable fuse conv instead of two 3x3 convs.
+        norm: norm name for the projection and fuse convolutions.
+        use_depthwise_separable_conv: one 5x5 depthwise-separable fuse conv instead of two 3x3
+            convs.
     """
 
     def __init__(
         self,
         *,
         input_shape: dict[str, ShapeSpec],
+        aspp: ASPP,
         project_channels: list[int] | tuple[int, ...],
         num_classes: int,
-        aspp_channels: int = 256,
-        aspp_dilations: tuple[int, ...] | list[int] = (6, 12, 18),
-        aspp_dropout: float = 0.1,
         decoder_channels: int = 256,
         norm: str = "BN",
-        pool_kernel_size: tuple[int, int] | None = None,
         use_depthwise_separable_conv: bool = False,
     ) -> None:
         super().__init__()
@@ -58,21 +53,12 @@ class DeepLabV3PlusHead(nn.Module):
         self.output_stride = ordered[0][1].stride
         use_bias = norm == ""
         # Input channels of each fuse conv: its projection plus the coarser decoder output.
-        coarser_channels = [decoder_channels] * (len(ordered) - 2) + [aspp_channels]
+        coarser_channels = [decoder_channels] * (len(ordered) - 2) + [aspp.out_channels]
         self.decoder = nn.ModuleDict()
         for index, (name, shape) in enumerate(ordered):
             stage = nn.ModuleDict()
             if index == len(ordered) - 1:
-                stage["project_conv"] = ASPP(
-                    shape.channels,
-                    aspp_channels,
-                    aspp_dilations,
-                    norm=norm,
-                    activation=nn.ReLU(),
-                    pool_kernel_size=pool_kernel_size,
-                    dropout=aspp_dropout,
-                    use_depthwise_separable_conv=use_depthwise_separable_conv,
-                )
+                stage["project_conv"] = aspp
                 stage["fuse_conv"] = None
             else:
                 proj = project_channels[index]
@@ -92,9 +78,7 @@ class DeepLabV3PlusHead(nn.Module):
                     use_depthwise_separable_conv,
                 )
             self.decoder[name] = stage
-        self.predictor = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
-        nn.init.normal_(self.predictor.weight, 0, 0.001)
-        nn.init.constant_(self.predictor.bias, 0)
+        self.predictor = predictor_conv(decoder_channels, num_classes)
 
     @staticmethod
     def _fuse_conv(in_channels: int, out_channels: int, norm: str, separable: bool) -> nn.Module:
