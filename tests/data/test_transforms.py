@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -185,6 +185,7 @@ crop_settings = st.one_of(
 )
 
 
+@example(h=8, w=8, short=[1], max_size=16, crop=("relative", (0.25, 1.0)), max_area=1.0, seed=0)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     h=st.integers(8, 64),

@@ -697,6 +697,8 @@ def _clip8(acc: np.ndarray) -> np.ndarray:
 
 def _rows_needed(in_h: int, new_h: int, y0: int, h: int) -> int:
     """Source rows [0, n) that output rows [y0, y0 + h) of a bilinear resize depend on."""
+    if h <= 0:  # an empty crop (e.g. a relative crop of a 1-pixel-high image) reads nothing
+        return 0
     ymin, kk = _bilinear_coeffs(in_h, new_h, y0, h)
     return min(int(ymin.max()) + kk.shape[1], in_h)
 
