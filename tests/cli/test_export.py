@@ -81,3 +81,13 @@ def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"nope\.yaml"):
         main(["export", "--format", "onnx", "--config-file", str(tmp_path / "nope.yaml"),
               "--output", str(tmp_path / "m.onnx")])  # fmt: skip
+
+
+def test_unloadable_weights_are_named(tmp_path):
+    bad = tmp_path / "weights.pkl"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"weights\.pkl"):
+        main(["export", "--format", "torchscript", "--config-file", str(V3PLUS_CONFIG),
+              "--output", str(tmp_path / "m.pt"), *SMALL_REFERENCE_OVERRIDES,
+              "MODEL.WEIGHTS", str(bad)])  # fmt: skip
+    assert not (tmp_path / "m.pt").exists()

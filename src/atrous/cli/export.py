@@ -61,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         from atrous.checkpoint import Checkpointer
+        from atrous.checkpoint.errors import CheckpointError
 
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        try:
+            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        except CheckpointError as error:
+            # The message already says what to do (local path, mirror); a traceback adds nothing.
+            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from None
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
     model.eval()
