@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EvalMetadata", "default_palette", "resolve_metadata"]
+__all__ = ["EvalMetadata", "resolve_metadata"]
 
 
 @dataclass(frozen=True)
@@ -20,25 +20,6 @@ class EvalMetadata:
     @property
     def num_classes(self) -> int:
         return len(self.stuff_classes)
-
-
-def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """Distinct, deterministic colours for datasets that declare none.
-
-    Uses the bit-interleaving scheme of the PASCAL VOC palette, so neighbouring ids get clearly
-    different colours and the palette is the same in every run.
-    """
-    colors = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i + 1  # skip black, which reads as "nothing" in overlays
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colors.append((r, g, b))
-    return tuple(colors)
 
 
 def resolve_metadata(
@@ -83,7 +64,9 @@ def resolve_metadata(
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES must match the dataset"
         )
     if colors is None or len(colors) < len(classes):
-        colors = default_palette(len(classes))
+        from atrous.data.catalog import default_colors
+
+        colors = default_colors(len(classes))
     return EvalMetadata(
         name=name,
         stuff_classes=classes,
