@@ -74,28 +74,32 @@ class FrozenBatchNorm2d(nn.Module):
         return module
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose gradient is again the sum over ranks (every rank used the sum)."""
+class _AllGather(torch.autograd.Function):
+    """Stack a tensor from every rank: (...) -> (world_size, ...), differentiable.
+
+    Every rank uses the whole stack, so the gradient of this rank's slice is the sum of all
+    ranks' gradients for it.
+    """
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.stack(gathered)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
+        grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return grad[dist.get_rank()]
 
 
 class NaiveSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d with batch statistics synchronised across ranks by one all-reduce.
+    """BatchNorm2d with batch statistics synchronised across ranks by one all-gather.
 
-    Each rank computes the per-channel mean and mean of squares of its batch; one all-reduce
-    averages them (gradients flow back through the all-reduce), so every rank normalises with
-    the global statistics. Assumes the same per-rank batch size, as the trainer guarantees.
+    Each rank computes the per-channel mean and variance of its batch; one all-gather shares
+    them (gradients flow back through it) and every rank combines them into the global
+    statistics. Assumes the same per-rank batch size, as the trainer guarantees.
     Without a process group of more than one rank, or in eval mode, it is plain BatchNorm2d.
     """
 
@@ -110,11 +114,14 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         channels = x.shape[1]
         compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         xf = x.to(compute_dtype)
-        mean = xf.mean(dim=(0, 2, 3))
-        mean_sq = (xf * xf).mean(dim=(0, 2, 3))
-        stats = _AllReduceSum.apply(torch.cat([mean, mean_sq])) / world_size
-        mean, mean_sq = torch.split(stats, channels)
-        var = mean_sq - mean * mean
+        # Per-rank mean and variance, combined exactly like nn.SyncBatchNorm does (equal counts):
+        # global var = mean of rank variances + variance of rank means. Unlike
+        # E[x^2] - E[x]^2 this does not cancel catastrophically when |mean| >> std.
+        local_var, local_mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+        stats = _AllGather.apply(torch.cat([local_mean, local_var]))  # (world_size, 2C)
+        rank_means, rank_vars = stats[:, :channels], stats[:, channels:]
+        mean = rank_means.mean(dim=0)
+        var = rank_vars.mean(dim=0) + (rank_means - mean).pow(2).mean(dim=0)
 
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -127,12 +134,13 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
             self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
             self.running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
 
+        # Centre first: x * scale - mean * scale would cancel just like the variance did.
         scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
         if self.affine:
             scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        out = xf * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        out = (xf - mean.reshape(1, -1, 1, 1)) * scale.reshape(1, -1, 1, 1)
+        if self.affine:
+            out = out + self.bias.reshape(1, -1, 1, 1)
         return out.to(x.dtype)
 
 
