@@ -94,7 +94,7 @@ def write_pictures(
     import numpy as np
     from PIL import Image
 
-    from atrous.data import get_dataset_records, get_metadata
+    from atrous.data import get_dataset_records, get_metadata, load_sem_seg, read_image
     from atrous.inference import Predictor
     from atrous.inference.visualize import colorize, overlay
 
@@ -107,12 +107,12 @@ def write_pictures(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for record in get_dataset_records(dataset_name)[:count]:
-        photo = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+        photo = np.ascontiguousarray(read_image(record["file_name"], "RGB"))
         labels = predictor(photo).labels
         panels = [photo, overlay(photo, labels, colors, opacity=0.6)]
         gt_file = record.get("sem_seg_file_name")
         if gt_file and os.path.exists(gt_file):
-            gt = np.asarray(Image.open(gt_file)).astype(np.int64)
+            gt = load_sem_seg(record).astype(np.int64)
             panels.append(colorize(np.where(gt == meta.ignore_label, -1, gt), colors))
         name = Path(record["file_name"]).stem.replace("_leftImg8bit", "") + "_prediction.png"
         path = out_dir / name

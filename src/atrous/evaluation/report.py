@@ -111,10 +111,12 @@ def _thumbnail(rgb: np.ndarray) -> Image.Image:
 def _read_photo(file_name: Any, shape: tuple[int, int]) -> np.ndarray | None:
     if not file_name:
         return None
+    from atrous.data import ImageReadError, read_image
+
     try:
-        with Image.open(file_name) as img:
-            photo = np.asarray(img.convert("RGB"))
-    except OSError:
+        # The data layer's reader applies EXIF orientation, as the mapper did for the prediction.
+        photo = read_image(file_name, "RGB")
+    except ImageReadError:
         return None
     return photo if photo.shape[:2] == shape else None
 
