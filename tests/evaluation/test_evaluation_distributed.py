@@ -117,15 +117,8 @@ def test_two_gloo_processes_equal_single_process(tmp_path, kind):
 
 
 @pytest.mark.slow
-def test_eval_pipeline_on_two_ranks_equals_one(
-    tmp_path, tiny_cfg, reference_dir, synthetic_cityscapes_root, monkeypatch
-):
-    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
-    cfg = tiny_cfg.clone()
-    cfg.MODEL.WEIGHTS = str(reference_dir / "small_v3plus.pkl")
-    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.INPUT.MIN_SIZE_TEST = 0
+def test_eval_pipeline_on_two_ranks_equals_one(tmp_path, synthetic_eval_cfg):
+    cfg = synthetic_eval_cfg
     cfg.TEST.AUG.ENABLED = True  # the TTA wrapper runs inside each rank, as with --eval-only
     cfg.TEST.AUG.MIN_SIZES = (128,)
     single = _pipeline(cfg, tmp_path / "single")

@@ -20,14 +20,8 @@ from atrous.modeling import build_model
 
 
 @pytest.fixture
-def cfg(tiny_cfg, reference_dir, synthetic_cityscapes_root, monkeypatch):
-    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
-    cfg = tiny_cfg.clone()
-    cfg.MODEL.WEIGHTS = str(reference_dir / "small_v3plus.pkl")
-    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.INPUT.MIN_SIZE_TEST = 0
-    return cfg
+def cfg(synthetic_eval_cfg):
+    return synthetic_eval_cfg
 
 
 def _model(cfg):
