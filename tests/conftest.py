@@ -23,7 +23,7 @@ V3_CONFIG = CONFIG_DIR / "deeplab_v3_R_103_os16_mg124_poly_90k_bs16.yaml"
 V3PLUS_CONFIG = CONFIG_DIR / "deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
 
 # The overrides under which the reference outputs of the original were produced
-# (shared/reference/detectron2/README.md), applied on top of the V3+ R103 config.
+# (tests/fixtures/detectron2/README.md), applied on top of the V3+ R103 config.
 SMALL_REFERENCE_OVERRIDES = [
     "MODEL.RESNETS.DEPTH", "50",
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
@@ -40,19 +40,20 @@ SMALL_REFERENCE_OVERRIDES = [
 ]  # fmt: skip
 
 
+FIXTURE_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "detectron2"
+
+
 def _find_reference_dir() -> Path:
-    candidates = [
-        os.environ.get("ATROUS_REFERENCE_DIR", ""),
-        REPO_ROOT.parent / "shared" / "reference" / "detectron2",
-        REPO_ROOT / "shared" / "reference" / "detectron2",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "small_v3plus.pkl").is_file():
-            return Path(candidate)
-    raise FileNotFoundError(
-        "The detectron2 reference outputs were not found; they live in "
-        "../shared/reference/detectron2 next to the repository (or set ATROUS_REFERENCE_DIR)."
-    )
+    # The suite carries its own copy of the original's outputs, so a clone anywhere runs it;
+    # ATROUS_REFERENCE_DIR points it at another copy of the same files.
+    override = os.environ.get("ATROUS_REFERENCE_DIR", "")
+    directory = Path(override) if override else FIXTURE_REFERENCE_DIR
+    if not (directory / "small_v3plus.pkl").is_file():
+        raise FileNotFoundError(
+            f"The detectron2 reference outputs are missing from {directory}"
+            + (" (ATROUS_REFERENCE_DIR)" if override else "; restore tests/fixtures/ from git")
+        )
+    return directory
 
 
 @pytest.fixture(scope="session")
