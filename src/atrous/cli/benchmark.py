@@ -71,16 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_cfg(args: argparse.Namespace):
-    from atrous.config import get_cfg
+    from atrous.config import get_cfg, resolve_config_file
 
     cfg = get_cfg()
-    path = Path(args.config_file)
-    if not path.is_file():
-        raise SystemExit(
-            f"Config file {str(path)!r} does not exist; pass a YAML file such as "
-            "configs/Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml."
-        )
-    cfg.merge_from_file(str(path))
+    try:
+        path = resolve_config_file(args.config_file)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    cfg.merge_from_file(path)
     cfg.merge_from_list(list(args.opts or []))
     # Random weights: speed does not depend on them and a benchmark must not download.
     cfg.MODEL.WEIGHTS = ""

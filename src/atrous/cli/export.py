@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.config import get_cfg
+    from atrous.config import get_cfg, resolve_config_file
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
     from atrous.modeling import build_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config_file = Path(args.config_file)
-    if not config_file.is_file():
-        raise SystemExit(f"Config file {str(config_file)!r} does not exist; pass a YAML config.")
+    try:
+        config_file = resolve_config_file(args.config_file)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     cfg = get_cfg()
-    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(args.opts or []))
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     cfg.MODEL.DEVICE = "cpu"

@@ -26,24 +26,10 @@ CONFIG_NAME = "Synthetic/deeplab_v3_plus_R_50_quickstart.yaml"
 
 
 def find_config(name: str = CONFIG_NAME) -> Path:
-    """Locate a file under the repository's ``configs/`` (source checkout or current directory).
+    """The shipped quickstart config (part of the package, so any install has it)."""
+    from atrous.config import get_config_file
 
-    Raises:
-        FileNotFoundError: the configs directory is not next to the package nor in the cwd.
-    """
-    import atrous
-
-    candidates = [
-        Path.cwd() / "configs" / name,
-        Path(atrous.__file__).resolve().parents[2] / "configs" / name,
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"configs/{name} was not found (looked in {', '.join(str(c) for c in candidates)}). "
-        "Run from the repository root or pass --config-file."
-    )
+    return Path(get_config_file(name))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """Configuration: detectron2-compatible keys, `_BASE_` YAML files and `KEY VALUE` overrides."""
 
 from .config import CfgNode, ConfigError
+from .shipped import get_config_file, list_config_files, resolve_config_file
 
 
 def get_cfg() -> CfgNode:
@@ -10,4 +11,11 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg"]
+__all__ = [
+    "CfgNode",
+    "ConfigError",
+    "get_cfg",
+    "get_config_file",
+    "list_config_files",
+    "resolve_config_file",
+]

@@ -15,6 +15,8 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
+from .shipped import resolve_config_file
+
 __all__ = ["CfgNode", "ConfigError"]
 
 
@@ -62,11 +64,14 @@ class CfgNode(_FvcoreCfgNode):
     def merge_from_file(self, cfg_filename: str | os.PathLike, allow_unsafe: bool = False) -> None:
         """Merge a YAML file (following `_BASE_`) into this config.
 
+        A path that is not a file but names a config shipped with atrous (``configs/X.yaml`` or
+        ``X.yaml``) reads the shipped copy; see :func:`~atrous.config.shipped.resolve_config_file`.
+
         Raises:
             FileNotFoundError: the file, or a `_BASE_` it names, does not exist.
             ConfigError: the file sets a key that does not exist.
         """
-        cfg_filename = os.fspath(cfg_filename)
+        cfg_filename = resolve_config_file(cfg_filename)
         _check_file_chain(cfg_filename)
         try:
             super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)

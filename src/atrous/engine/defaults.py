@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atrous.config import resolve_config_file
 from atrous.utils import comm
 from atrous.utils.file_io import atomic_write_text
 
@@ -175,6 +176,7 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
         logger.info("Command line arguments: %s", args)
         config_file = getattr(args, "config_file", "")
         if config_file:
+            config_file = resolve_config_file(config_file)
             with open(config_file, encoding="utf-8") as f:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if rank == 0 and output_dir:
