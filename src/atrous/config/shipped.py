@@ -54,7 +54,7 @@ def get_config_file(name: str) -> str:
         return str(path)
     shipped = "\n  ".join(list_config_files())
     raise FileNotFoundError(
-        f"{name!r} is neither an existing file nor a config shipped with atrous. "
+        f"Config file {name!r} does not exist and is not a config shipped with atrous. "
         f"Shipped configs (name them with or without the configs/ prefix):\n  {shipped}"
     )
 
