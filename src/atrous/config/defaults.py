@@ -110,6 +110,12 @@ _C.INPUT.COLOR_AUG.BRIGHTNESS = 0.2
 _C.INPUT.COLOR_AUG.CONTRAST = 0.2
 _C.INPUT.COLOR_AUG.SATURATION = 0.2
 
+# atrous: pixel budget (width x height) of every image and label file, checked from the file's
+# header before decoding, so that a small file claiming a huge size (a decompression bomb) is
+# refused with its name instead of exhausting memory. The default is Pillow's own limit
+# (PIL.Image.MAX_IMAGE_PIXELS); 0 or negative: no limit.
+_C.INPUT.MAX_IMAGE_PIXELS = 89_478_485
+
 # -----------------------------------------------------------------------------
 # Datasets
 # -----------------------------------------------------------------------------
