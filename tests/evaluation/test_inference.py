@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -84,3 +85,24 @@ def test_evaluators_read_ground_truth_within_the_configured_budget(cfg):
         build_evaluator(cfg, "synthetic_sem_seg_val").process(inputs, outputs)
     assert str(info.value).startswith(record["sem_seg_file_name"])
 
+
+class _Recorder(torch.nn.Module):
+    """A model that notes whether the previous batch's logits were still alive at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.previous = None
+        self.alive = []
+
+    def forward(self, inputs):
+        if self.previous is not None:
+            self.alive.append(self.previous() is not None)
+        logits = torch.zeros(3, 8, 8)
+        self.previous = weakref.ref(logits)
+        return [{"sem_seg": logits} for _ in inputs]
+
+
+def test_a_batch_logits_are_freed_before_the_next_batch_runs():
+    model = _Recorder()
+    inference_on_dataset(model, [[{"image": torch.zeros(3, 8, 8)}]] * 3, None)
+    assert model.alive == [False, False]  # the peak holds one batch of logits, not two

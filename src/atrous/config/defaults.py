@@ -221,6 +221,12 @@ _C.TEST.FAST.CHANNELS_LAST = True
 _C.TEST.FAST.FOLD_BN = True
 _C.TEST.FAST.COMPILE = False
 
+# atrous: largest prediction one image may produce, in MiB of float32 logits (num_classes x
+# height x width x 4 bytes at the image's original size). An image above it is refused before
+# the model runs, instead of exhausting memory; Cityscapes (19 x 1024 x 2048) needs 152 MiB.
+# 0 or negative: no limit.
+_C.TEST.MAX_OUTPUT_MB = 4096
+
 # -----------------------------------------------------------------------------
 # Misc
 # -----------------------------------------------------------------------------

@@ -119,6 +119,9 @@ def inference_on_dataset(
                 torch.cuda.synchronize()
             compute += time.perf_counter() - t0
             evaluator.process(inputs, outputs)
+            # Full-size logits (C, height, width) of this batch must not stay alive while the
+            # next batch's are computed: that would double the peak memory.
+            del inputs, outputs
             count += 1
             now = time.perf_counter()
             if now - last_log > log_period_s:
