@@ -182,3 +182,27 @@ def test_exported_labelids_score_like_the_evaluator(
     results = inference_on_dataset(predictor, loader, build_evaluator(cfg, "synthetic_sem_seg_val"))
     assert results["sem_seg"]["IoU"] == 100 * exported["averageScoreClasses"]
     assert results["sem_seg"]["iIoU"] == 100 * exported["averageScoreInstClasses"]
+
+
+def test_predict_skips_a_decompression_bomb_naming_the_file_and_the_key(
+    tmp_path, model_args, capsys
+):
+    from tests.data.bombs import bomb_png
+
+    src = tmp_path / "photos"
+    _images(src, ["a.png"])
+    bomb = bomb_png(src / "bomb.png", 20000, 20000)  # 1 MB on disk, 1.2 GB decoded
+    small = tmp_path / "small"
+    _images(small, ["b.png"])  # 40 x 56 = 2240 pixels
+    head, opts = model_args
+    out = tmp_path / "out"
+    assert main(["predict", *head, "--input", str(src), "--output", str(out), *opts]) == 1
+    err = capsys.readouterr().err
+    assert f"{bomb}: the image is 20000 x 20000 = 400,000,000 pixels" in err
+    assert "(INPUT.MAX_IMAGE_PIXELS)" in err and "1 of 2 images failed" in err
+    assert (out / "a_labels.png").is_file() and not list(out.glob("bomb*"))
+    # the config key is honoured: a budget below the image's size refuses it, 0 lifts the limit
+    args = ["predict", *head, "--input", str(small), "--output", str(out), *opts]
+    assert main([*args, "INPUT.MAX_IMAGE_PIXELS", "2239"]) == 1
+    assert "2,240 pixels, more than the limit of 2,239" in capsys.readouterr().err
+    assert main([*args, "INPUT.MAX_IMAGE_PIXELS", "0"]) == 0

@@ -9,13 +9,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from atrous.config import get_cfg
-from atrous.data import DatasetError, DatasetMapper, build_mapper, get_dataset_records
+from atrous.data import (
+    DatasetError,
+    DatasetMapper,
+    ImageTooLargeError,
+    build_mapper,
+    build_train_loader,
+    get_dataset_records,
+)
 from atrous.data.image_io import ImageReadError
 from atrous.data.transforms import (
     RandomCropCategoryAreaConstraint,
     RandomFlip,
     ResizeShortestEdge,
 )
+from tests.data.bombs import bomb_png
 
 
 @pytest.fixture
@@ -179,3 +187,44 @@ def test_fuzz_lazy_png_decoding_matches_reference(tmp_path, h, w, short, crop, s
         a, b = fast(record, np.random.RandomState(seed)), slow(record, np.random.RandomState(seed))
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
         assert a["image"].shape[1:] == crop
+
+
+def test_mapper_honours_the_pixel_budget_of_the_config(records, tmp_path):
+    # The synthetic images and labels are 128 x 256 = 32768 pixels.
+    cfg = _cfg()
+    for limit in (32768, 0, -1):
+        cfg.INPUT.MAX_IMAGE_PIXELS = limit
+        for is_train in (True, False):
+            assert build_mapper(cfg, is_train=is_train)(records[0])["sem_seg"].numel() > 0
+    cfg.INPUT.MAX_IMAGE_PIXELS = 32767
+    for is_train in (True, False):
+        with pytest.raises(ImageTooLargeError, match=r"INPUT\.MAX_IMAGE_PIXELS") as info:
+            build_mapper(cfg, is_train=is_train)(records[0])
+        assert str(info.value).startswith(f"{records[0]['file_name']}: the image is 256 x 128")
+    # a label larger than the budget is refused too, before it is compared with its image
+    mapper = DatasetMapper(
+        augmentations=[], image_format="RGB", num_classes=19, max_image_pixels=32768
+    )
+    big_label = bomb_png(tmp_path / "x.png", 300, 200, colour_type=0)
+    with pytest.raises(ImageTooLargeError, match=r"x\.png: the image is 300 x 200 = 60,000"):
+        mapper({**records[0], "sem_seg_file_name": str(big_label)})
+
+
+def test_training_loader_refuses_a_bomb_in_the_dataset(
+    synthetic_cityscapes_root, tmp_path, monkeypatch
+):
+    root = tmp_path / "synthetic"
+    shutil.copytree(synthetic_cityscapes_root, root)
+    monkeypatch.setenv("ATROUS_DATASETS", str(tmp_path))
+    bomb = sorted((root / "leftImg8bit" / "train").rglob("*.png"))[3]
+    bomb_png(bomb, 20000, 20000)  # 1.2 GB of pixels in a 1 MB file, where a photo was
+    cfg = _cfg()
+    cfg.DATASETS.TRAIN = ("synthetic_sem_seg_train",)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 8  # the first batch holds every image
+    loader = build_train_loader(cfg)
+    with pytest.raises(ImageTooLargeError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert message.startswith(f"{bomb}: the image is 20000 x 20000 = 400,000,000 pixels")
+    assert "limit of 89,478,485 pixels (INPUT.MAX_IMAGE_PIXELS)" in message

@@ -208,3 +208,26 @@ def test_clear_errors(tmp_path):
         32,
         33,
     ]
+
+
+def test_ground_truth_bomb_is_refused_before_the_library_decodes_it(tmp_path):
+    from atrous.data import ImageTooLargeError
+    from tests.data.bombs import bomb_png
+
+    gt = tmp_path / "gt" / "ulm_000001_000002_gtFine_labelIds.png"
+    gt.parent.mkdir()
+    bomb_png(gt, 20000, 20000, colour_type=0)
+    (tmp_path / "pred").mkdir()
+    _write(tmp_path / "pred" / "ulm_000001_000002_pred.png", np.full((4, 4), 7, np.uint8))
+    with pytest.raises(ImageTooLargeError, match=r"INPUT\.MAX_IMAGE_PIXELS") as info:
+        evaluate_cityscapes_files(tmp_path / "pred", [str(gt)], instance_level=False)
+    assert str(info.value).startswith(f"{gt}: the image is 20000 x 20000")
+    _write(gt, np.full((4, 4), 7, dtype=np.uint8))
+    with pytest.raises(ImageTooLargeError, match="16 pixels, more than the limit of 15"):
+        evaluate_cityscapes_files(
+            tmp_path / "pred", [str(gt)], instance_level=False, max_image_pixels=15
+        )
+    result = evaluate_cityscapes_files(
+        tmp_path / "pred", [str(gt)], instance_level=False, max_image_pixels=16
+    )
+    assert result["classScores"]["road"] == 1.0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
+import torch
 
 from atrous.checkpoint import Checkpointer
 from atrous.data import build_test_loader
@@ -66,3 +68,41 @@ def test_class_count_mismatch_is_explained(cfg):
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         build_evaluator(cfg, "synthetic_sem_seg_val")
+
+
+def test_evaluators_read_ground_truth_within_the_configured_budget(cfg):
+    from atrous.data import ImageTooLargeError, get_dataset_records
+
+    record = get_dataset_records("synthetic_sem_seg_val")[0]  # 128 x 256 = 32768 pixels
+    inputs = [{"file_name": record["file_name"], "height": 128, "width": 256}]
+    outputs = [{"sem_seg": torch.zeros(19, 128, 256)}]
+    cfg = cfg.clone()
+    for limit in (32768, 0):
+        cfg.INPUT.MAX_IMAGE_PIXELS = limit
+        build_evaluator(cfg, "synthetic_sem_seg_val").process(inputs, outputs)
+    cfg.INPUT.MAX_IMAGE_PIXELS = 32767
+    with pytest.raises(ImageTooLargeError, match=r"256 x 128 = 32,768 pixels") as info:
+        build_evaluator(cfg, "synthetic_sem_seg_val").process(inputs, outputs)
+    assert str(info.value).startswith(record["sem_seg_file_name"])
+
+
+class _Recorder(torch.nn.Module):
+    """A model that notes whether the previous batch's logits were still alive at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.previous = None
+        self.alive = []
+
+    def forward(self, inputs):
+        if self.previous is not None:
+            self.alive.append(self.previous() is not None)
+        logits = torch.zeros(3, 8, 8)
+        self.previous = weakref.ref(logits)
+        return [{"sem_seg": logits} for _ in inputs]
+
+
+def test_a_batch_logits_are_freed_before_the_next_batch_runs():
+    model = _Recorder()
+    inference_on_dataset(model, [[{"image": torch.zeros(3, 8, 8)}]] * 3, None)
+    assert model.alive == [False, False]  # the peak holds one batch of logits, not two

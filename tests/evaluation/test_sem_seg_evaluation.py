@@ -220,3 +220,25 @@ def test_boundary_iou_matches_reference_computation(tmp_path):
         assert res[f"min(IoU, B-Iou)-{name}"] == pytest.approx(
             min(res[f"IoU-{name}"], res[f"BoundaryIoU-{name}"]), nan_ok=True
         )
+
+
+def test_ground_truth_bomb_is_refused_from_its_header(tmp_path):
+    from atrous.data import ImageTooLargeError
+    from tests.data.bombs import bomb_png
+
+    bomb = str(bomb_png(tmp_path / "gt.png", 20000, 20000, colour_type=0))
+    ev = SemSegEvaluator(META, distributed=False, write_report=False)
+    inputs = [{"file_name": "img.png", "sem_seg_file_name": bomb, "height": 2, "width": 4}]
+    with pytest.raises(ImageTooLargeError) as info:
+        ev.process(inputs, [{"sem_seg": _one_hot_logits(PRED, 3)}])
+    assert str(info.value).startswith(f"{bomb}: the image is 20000 x 20000 = 400,000,000")
+    assert "(INPUT.MAX_IMAGE_PIXELS)" in str(info.value)
+    # the budget is the evaluator's: 8 pixels pass, 7 do not, 0 means no limit
+    gt_file = _write_gt(tmp_path / "small.png", GT)
+    inputs = [{**inputs[0], "sem_seg_file_name": gt_file}]
+    for budget in (8, 0):
+        ev = SemSegEvaluator(META, distributed=False, write_report=False, max_image_pixels=budget)
+        ev.process(inputs, [{"sem_seg": _one_hot_logits(PRED, 3)}])
+    ev = SemSegEvaluator(META, distributed=False, write_report=False, max_image_pixels=7)
+    with pytest.raises(ImageTooLargeError, match=r"small\.png: the image is 4 x 2 = 8 pixels"):
+        ev.process(inputs, [{"sem_seg": _one_hot_logits(PRED, 3)}])

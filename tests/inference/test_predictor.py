@@ -129,3 +129,18 @@ def test_fast_path_keeps_the_prediction(cfg, reference_dir):
     cfg.TEST.FAST.DTYPE = "float32"  # BN folding alone changes only rounding
     fast = Predictor(cfg)(image, return_probabilities=True)
     np.testing.assert_allclose(fast.probabilities, plain.probabilities, atol=1e-4)
+
+
+def test_prediction_over_the_output_budget_is_refused(cfg):
+    from atrous.modeling import OutputTooLargeError
+
+    cfg.merge_from_list(["TEST.MAX_OUTPUT_MB", "1"])  # 19 x 96 x 128 x 4 bytes = 0.89 MiB fit
+    predictor = Predictor(cfg)
+    assert predictor(np.zeros((96, 128, 3), np.uint8)).labels.shape == (96, 128)
+    with pytest.raises(OutputTooLargeError, match=r"128x128 \(HxW\) with 19 classes"):
+        predictor(np.zeros((128, 128, 3), np.uint8))
+    cfg.TEST.SLIDING_WINDOW.ENABLED = True
+    cfg.TEST.SLIDING_WINDOW.SIZE = (32, 32)
+    cfg.TEST.SLIDING_WINDOW.STRIDE = (16, 16)
+    with pytest.raises(OutputTooLargeError, match=r"TEST\.MAX_OUTPUT_MB"):
+        Predictor(cfg, model=predictor.model)(np.zeros((128, 128, 3), np.uint8))

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atrous.inference.sliding_window import SlidingWindowInference, window_starts
+from atrous.modeling import OutputTooLargeError
 
 
 class _WindowCoordinates(nn.Module):
@@ -104,3 +105,20 @@ def test_stitched_logits_are_resized_to_the_output_size(model):
 def test_stride_larger_than_window_is_refused():
     with pytest.raises(ValueError, match="skips pixels"):
         SlidingWindowInference(_Pointwise(), window=(8, 8), stride=(9, 4))
+
+
+def test_stitched_output_over_the_budget_is_refused_before_any_window(model):
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    image = torch.randint(0, 256, (3, 40, 72), dtype=torch.uint8)
+    # 19 classes x 80 x 144 x 4 bytes = 875520: the output size decides, not the window's
+    wrapper = SlidingWindowInference(
+        model, window=(32, 32), stride=(16, 16), max_output_bytes=875519
+    )
+    with torch.no_grad(), pytest.raises(OutputTooLargeError, match=r"TEST\.MAX_OUTPUT_MB"):
+        wrapper([{"image": image, "height": 80, "width": 144, "file_name": "x.png"}])
+    assert calls == []
+    wrapper.max_output_bytes = 875520
+    with torch.no_grad():
+        out = wrapper([{"image": image, "height": 80, "width": 144}])
+    assert out[0]["sem_seg"].shape == (19, 80, 144) and calls

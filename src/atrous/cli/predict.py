@@ -256,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
             loaded = []
             for path, name in chunk:
                 try:
-                    image = np.ascontiguousarray(read_image(path, format="RGB"))
+                    image = read_image(path, format="RGB", max_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
+                    image = np.ascontiguousarray(image)
                     if lut is not None:
                         from atrous.evaluation.cityscapes import cityscapes_prediction_name
 

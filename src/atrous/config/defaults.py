@@ -110,6 +110,12 @@ _C.INPUT.COLOR_AUG.BRIGHTNESS = 0.2
 _C.INPUT.COLOR_AUG.CONTRAST = 0.2
 _C.INPUT.COLOR_AUG.SATURATION = 0.2
 
+# atrous: pixel budget (width x height) of every image and label file, checked from the file's
+# header before decoding, so that a small file claiming a huge size (a decompression bomb) is
+# refused with its name instead of exhausting memory. The default is Pillow's own limit
+# (PIL.Image.MAX_IMAGE_PIXELS); 0 or negative: no limit.
+_C.INPUT.MAX_IMAGE_PIXELS = 89_478_485
+
 # -----------------------------------------------------------------------------
 # Datasets
 # -----------------------------------------------------------------------------
@@ -214,6 +220,12 @@ _C.TEST.FAST.DTYPE = "bfloat16"
 _C.TEST.FAST.CHANNELS_LAST = True
 _C.TEST.FAST.FOLD_BN = True
 _C.TEST.FAST.COMPILE = False
+
+# atrous: largest prediction one image may produce, in MiB of float32 logits (num_classes x
+# height x width x 4 bytes at the image's original size). An image above it is refused before
+# the model runs, instead of exhausting memory; Cityscapes (19 x 1024 x 2048) needs 152 MiB.
+# 0 or negative: no limit.
+_C.TEST.MAX_OUTPUT_MB = 4096
 
 # -----------------------------------------------------------------------------
 # Misc

@@ -9,7 +9,14 @@ from .catalog import (
     list_datasets,
     register_dataset,
 )
-from .image_io import ImageReadError, read_image, read_label
+from .image_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageReadError,
+    ImageTooLargeError,
+    check_image_size,
+    read_image,
+    read_label,
+)
 from .loader import (
     InferenceSampler,
     TrainingSampler,
@@ -25,9 +32,11 @@ from .mapper import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DatasetError",
     "DatasetMapper",
     "ImageReadError",
+    "ImageTooLargeError",
     "InferenceSampler",
     "Metadata",
     "TrainingSampler",
@@ -36,6 +45,7 @@ __all__ = [
     "build_test_loader",
     "build_train_augmentations",
     "build_train_loader",
+    "check_image_size",
     "dataset_root",
     "get_dataset_records",
     "get_metadata",

@@ -9,12 +9,23 @@ decoded by Pillow because JPEG decoders may differ in the last bit.
 
 Label maps come back as (H, W) integer arrays of the raw values stored in the file (palette
 PNGs give their indices, not their colours).
+
+Every reader takes a pixel budget (`max_pixels`, the config's INPUT.MAX_IMAGE_PIXELS; default
+Pillow's own limit) and checks it against the size in the file's header before any decoder
+runs, so a small file that claims a huge size (a decompression bomb) is refused with an
+`ImageTooLargeError` naming the file instead of exhausting memory. Pillow's process-wide limit
+(a warning above it, an anonymous error above twice it) is lifted while these readers run: the
+budget replaces it, exactly and with the file's name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +37,22 @@ except ImportError:  # pragma: no cover - exercised only without opencv installe
     cv2 = None
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DatasetError",
     "ImageReadError",
+    "ImageTooLargeError",
+    "check_image_size",
+    "check_pixel_budget",
     "image_size",
     "read_image",
     "read_label",
 ]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Pillow's default `PIL.Image.MAX_IMAGE_PIXELS` (1 GiB of 4-byte pixels / 3); the default of
+# INPUT.MAX_IMAGE_PIXELS and of every reader's `max_pixels`.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 class DatasetError(ValueError):
@@ -42,6 +61,64 @@ class DatasetError(ValueError):
 
 class ImageReadError(DatasetError):
     """An image or label file is missing, unreadable, truncated or of an unsupported kind."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image or label file has more pixels than the budget (INPUT.MAX_IMAGE_PIXELS)."""
+
+
+def check_pixel_budget(
+    path: str | os.PathLike, width: int, height: int, max_pixels: int | None
+) -> None:
+    """Refuse an image of `width` x `height` pixels if that is more than `max_pixels`.
+
+    Args:
+        path: the file, for the message.
+        width, height: size from the file's header.
+        max_pixels: the budget; None, 0 or negative means no limit.
+
+    Raises:
+        ImageTooLargeError: naming the file, its size, the limit and the config key.
+    """
+    if max_pixels is None or max_pixels <= 0:
+        return
+    pixels = int(width) * int(height)
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{path}: the image is {width} x {height} = {pixels:,} pixels, more than the limit "
+            f"of {int(max_pixels):,} pixels (INPUT.MAX_IMAGE_PIXELS); it was refused from its "
+            f"header, before decoding (decoded it would take {3 * pixels / 2**30:.1f} GiB as "
+            "RGB). A small file claiming such a size is a decompression bomb: remove it. If "
+            "the image is genuine, downscale it or raise INPUT.MAX_IMAGE_PIXELS (0: no limit)."
+        )
+
+
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's process-wide pixel limit raised to `max_pixels` (None/<= 0: off) for the block.
+
+    Pillow warns above `PIL.Image.MAX_IMAGE_PIXELS` and raises above twice it, without naming
+    the file; our budget must neither be pre-empted by that nor refused what it allows. The
+    limit is only ever raised, and restored afterwards. While it is raised the lock is held, so
+    that no other reader restores it under this one: briefly for a header, during the decode
+    only for budgets above Pillow's (data loader workers are processes and never wait).
+    """
+    wanted = None if max_pixels is None or max_pixels <= 0 else int(max_pixels)
+    _PILLOW_LIMIT_LOCK.acquire()
+    saved = Image.MAX_IMAGE_PIXELS
+    if saved is None or (wanted is not None and wanted <= saved):
+        _PILLOW_LIMIT_LOCK.release()
+        yield
+        return
+    Image.MAX_IMAGE_PIXELS = wanted
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+        _PILLOW_LIMIT_LOCK.release()
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
@@ -72,15 +149,31 @@ def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
     return width, height, data[24], data[25]
 
 
-def _open_pil(path, data: bytes) -> Image.Image:
-    import io
-
+def _open_pil(path, data: bytes, max_pixels: int | None) -> Image.Image:
+    """Pillow image of `data`, its header checked against the budget before decoding."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        with _pillow_limit(None):  # the header only: our check below replaces Pillow's
+            img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _corrupt(path, e) from e
+    check_pixel_budget(path, img.width, img.height, max_pixels)
+    try:
+        with _pillow_limit(max_pixels):
+            img.load()
+    except Image.DecompressionBombError as e:  # a frame or tile larger than the header said
+        raise ImageTooLargeError(
+            f"{path}: {e} Raise INPUT.MAX_IMAGE_PIXELS (0: no limit) if the image is genuine."
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _corrupt(path, e) from e
     return img
+
+
+def _cv2_decode(data: bytes) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. above OpenCV's own pixel limit: Pillow decodes it or says why
+        return None
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -114,24 +207,34 @@ def _png_has_exif(data: bytes) -> bool:
     return False
 
 
-def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
+def read_image(
+    path: str | os.PathLike,
+    format: str = "RGB",
+    *,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
     """Read an image file as three 8-bit channels.
 
     Args:
         path: image file (PNG, JPEG, BMP, TIFF, ... anything Pillow reads).
         format: channel order of the result, "RGB" or "BGR".
+        max_pixels: refuse images with more pixels than this, from the header before decoding
+            (INPUT.MAX_IMAGE_PIXELS); None, 0 or negative: no limit.
 
     Returns:
         (H, W, 3) uint8 array in `format` order. It may be a read-only or non-contiguous
         view; copy it before writing to it.
 
     Raises:
+        ImageTooLargeError: more pixels than `max_pixels`.
         ImageReadError: the file is missing, truncated or not an image.
     """
     if format not in ("RGB", "BGR"):
         raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
     data = _read_bytes(path)
     header = _png_header(data)
+    if header is not None:
+        check_pixel_budget(path, header[0], header[1], max_pixels)
     if (
         cv2 is not None
         and header is not None
@@ -139,12 +242,12 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
         and header[3] in (2, 6)  # truecolour 8-bit, with or without alpha
         and not _png_has_exif(data)  # Pillow applies the orientation tag
     ):
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = _cv2_decode(data)
         if arr is not None and arr.ndim == 3 and arr.shape[:2] == (header[1], header[0]):
             bgr = arr[:, :, :3]
             return bgr if format == "BGR" else bgr[:, :, ::-1]
         # A failed or partial decode: let Pillow produce a precise error (or succeed).
-    img = _open_pil(path, data)
+    img = _open_pil(path, data, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as e:  # malformed EXIF data must not hide the pixels
@@ -153,25 +256,32 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
     return rgb if format == "RGB" else rgb[:, :, ::-1]
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(
+    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Read a label map (class index per pixel).
 
     Args:
         path: single-channel PNG (8- or 16-bit grayscale, or palette: the indices are used).
+        max_pixels: refuse label maps with more pixels than this, from the header before
+            decoding (INPUT.MAX_IMAGE_PIXELS); None, 0 or negative: no limit.
 
     Returns:
         (H, W) uint8 or uint16 array of the stored values.
 
     Raises:
+        ImageTooLargeError: more pixels than `max_pixels`.
         ImageReadError: missing, truncated, or a colour image (labels must hold class indices).
     """
     data = _read_bytes(path)
     header = _png_header(data)
+    if header is not None:
+        check_pixel_budget(path, header[0], header[1], max_pixels)
     if cv2 is not None and header is not None and header[3] == 0 and header[2] in (8, 16):
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = _cv2_decode(data)
         if arr is not None and arr.ndim == 2 and arr.shape == (header[1], header[0]):
             return arr
-    img = _open_pil(path, data)
+    img = _open_pil(path, data, max_pixels)
     if img.mode in ("L", "P", "1"):
         return np.asarray(img.convert("L") if img.mode == "1" else img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -192,9 +302,36 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image as `read_image` returns it, reading only the header.
 
+    No pixel budget applies (nothing is decoded); `check_image_size` checks one.
+
     Raises:
         ImageReadError: missing file or unreadable header.
     """
+    return _header_size(path)[:2]
+
+
+def check_image_size(
+    path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """(height, width) of an image from its header, refused if over the pixel budget.
+
+    The check every reader of this module applies before decoding, for files that are handed
+    to other decoders (e.g. cityscapesscripts reading the ground truth).
+
+    Args:
+        path: image or label file.
+        max_pixels: the budget (INPUT.MAX_IMAGE_PIXELS); None, 0 or negative: no limit.
+
+    Raises:
+        ImageTooLargeError: more pixels than `max_pixels`.
+        ImageReadError: missing file or unreadable header.
+    """
+    h, w = _header_size(path)
+    check_pixel_budget(path, w, h, max_pixels)
+    return h, w
+
+
+def _header_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with open(path, "rb") as f:
             head = f.read(26)
@@ -207,7 +344,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         # An eXIf orientation in a PNG is rare; read_image reports the true size anyway.
         return header[1], header[0]
     try:
-        with Image.open(Path(path)) as img:
+        # Only the header is parsed; Pillow's limit must not turn a bomb into an anonymous error
+        with _pillow_limit(None), Image.open(Path(path)) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -227,16 +365,32 @@ class LazyImage:
     Args:
         path: image file.
         format: channel order of `array`, "RGB" or "BGR".
+        max_pixels: refuse images with more pixels than this, from the header before anything
+            is decoded (INPUT.MAX_IMAGE_PIXELS); None, 0 or negative: no limit.
+
+    Raises:
+        ImageTooLargeError: more pixels than `max_pixels`.
+        ImageReadError: the file is missing, truncated or not an image.
     """
 
-    def __init__(self, path: str | os.PathLike, format: str = "RGB") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        format: str = "RGB",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
         self.path, self.format = path, format
+        self.max_pixels = max_pixels
         self._idat: bytes | None = None
         self._rgb: np.ndarray | None = None
         data = _read_bytes(path)
         header = _png_header(data)
+        if header is not None:
+            # Pillow's decoder is fed directly below, bypassing its limit: check here.
+            check_pixel_budget(path, header[0], header[1], max_pixels)
         if (
             header is not None
             and header[2] == 8
@@ -248,7 +402,7 @@ class LazyImage:
             self.shape = (header[1], header[0])
             self._idat = _png_idat(data)
         if self._idat is None:
-            self._rgb = read_image(path, "RGB")
+            self._rgb = read_image(path, "RGB", max_pixels=max_pixels)
             self.shape = tuple(self._rgb.shape[:2])
 
     def _decode(self, rows: int, height: int) -> Image.Image:
@@ -261,7 +415,7 @@ class LazyImage:
             consumed, err = decoder.decode(self._idat)
             decoder.cleanup()
         except Exception:  # a Pillow without this internal API: decode fully instead
-            self._rgb = read_image(self.path, "RGB")
+            self._rgb = read_image(self.path, "RGB", max_pixels=self.max_pixels)
             self._idat = None
             return Image.fromarray(np.ascontiguousarray(self._rgb[:height]))
         if consumed >= 0 or err < 0:

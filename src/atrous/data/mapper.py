@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .image_io import DatasetError, LazyImage, read_image, read_label
+from .image_io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, LazyImage, read_image, read_label
 from .transforms import (
     Augmentation,
     ColorJitter,
@@ -37,13 +37,21 @@ __all__ = [
 ]
 
 
-def load_sem_seg(record: dict) -> np.ndarray:
+def load_sem_seg(record: dict, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """The training labels of a record: its label file with `sem_seg_lut` applied.
+
+    Args:
+        record: dataset record with "sem_seg_file_name" (and optionally "sem_seg_lut").
+        max_pixels: pixel budget of the label file (INPUT.MAX_IMAGE_PIXELS), checked from its
+            header before decoding; None, 0 or negative: no limit.
 
     Returns:
         (H, W) uint8/uint16 array.
+
+    Raises:
+        ImageTooLargeError: the label file has more pixels than `max_pixels`.
     """
-    label = read_label(record["sem_seg_file_name"])
+    label = read_label(record["sem_seg_file_name"], max_pixels=max_pixels)
     lut = record.get("sem_seg_lut")
     if lut is not None:
         label = np.take(lut, label)
@@ -77,6 +85,8 @@ class DatasetMapper:
         num_classes: number of classes (labels must be < num_classes or the ignore label).
         ignore_label: label of unlabelled pixels.
         fused: compute only the final crop window (identical output, faster).
+        max_image_pixels: pixel budget of every image and label file (INPUT.MAX_IMAGE_PIXELS),
+            checked from the header before decoding; None, 0 or negative: no limit.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class DatasetMapper:
         num_classes: int,
         ignore_label: int = 255,
         fused: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
@@ -95,6 +106,7 @@ class DatasetMapper:
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         self.fused = fused
+        self.max_image_pixels = max_image_pixels
 
     def __call__(self, record: dict, rng: np.random.RandomState | None = None) -> dict:
         """Map one record.
@@ -107,14 +119,18 @@ class DatasetMapper:
         if rng is None:
             rng = np.random.RandomState(0)
         if self.fused:
-            image = LazyImage(record["file_name"], self.image_format)
+            image = LazyImage(
+                record["file_name"], self.image_format, max_pixels=self.max_image_pixels
+            )
             height, width = image.shape
         else:
-            image = read_image(record["file_name"], self.image_format)
+            image = read_image(
+                record["file_name"], self.image_format, max_pixels=self.max_image_pixels
+            )
             height, width = image.shape[:2]
         sem_seg = None
         if record.get("sem_seg_file_name"):
-            sem_seg = load_sem_seg(record)
+            sem_seg = load_sem_seg(record, max_pixels=self.max_image_pixels)
             if sem_seg.shape != (height, width):
                 raise DatasetError(
                     f"label {record['sem_seg_file_name']} is {sem_seg.shape[0]}x"
@@ -204,4 +220,5 @@ def build_mapper(cfg, *, is_train: bool) -> DatasetMapper:
         image_format=cfg.INPUT.FORMAT,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        max_image_pixels=cfg.INPUT.MAX_IMAGE_PIXELS,
     )

@@ -123,6 +123,7 @@ def evaluate_cityscapes_files(
     *,
     instance_level: bool | None = None,
     export_file: str | os.PathLike[str] | None = None,
+    max_image_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Run cityscapesscripts' `evaluateImgLists` on labelIds prediction PNGs.
 
@@ -132,15 +133,21 @@ def evaluate_cityscapes_files(
         gt_files: ``*_gtFine_labelIds.png`` paths.
         instance_level: compute iIoU; None means "when every ``*_gtFine_instanceIds.png`` exists".
         export_file: where to write the library's full result dictionary as JSON.
+        max_image_pixels: pixel budget of the ground-truth files (INPUT.MAX_IMAGE_PIXELS),
+            checked from their headers before the library decodes them; None: the data layer's
+            default (Pillow's limit), 0 or negative: no limit.
 
     Returns:
         The library's result dictionary (``averageScoreClasses``, ``classScores``, ...).
 
     Raises:
+        ImageTooLargeError: a ground-truth file has more pixels than `max_image_pixels`.
         RuntimeError: the library reported an error (missing or duplicate prediction, size
             mismatch); its message is included.
     """
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+    from atrous.data import DEFAULT_MAX_IMAGE_PIXELS, check_image_size
 
     if not gt_files:
         raise ValueError("no ground-truth files to evaluate")
@@ -157,6 +164,11 @@ def evaluate_cityscapes_files(
     elif instance_level and not have_instances:
         missing = next(f for f in instance_files if not os.path.isfile(f))
         raise FileNotFoundError(f"instance-level evaluation needs {missing}")
+    if max_image_pixels is None:
+        max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+    # The library decodes these files itself, with Pillow: check their headers first.
+    for f in [*gt_files, *(instance_files if instance_level else [])]:
+        check_image_size(f, max_image_pixels)
 
     # A private copy of the library's settings: its module-global `args` stays untouched.
     args = copy.copy(cs_eval.args)
@@ -208,6 +220,7 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
         distributed: bool = True,
         gt_dir: str | os.PathLike[str] | None = None,
         instance_level: bool | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
         """
         Args:
@@ -217,6 +230,8 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
             distributed: gather predictions from all ranks in `evaluate`.
             gt_dir: folder with ``<city>/*_gtFine_labelIds.png``; overrides the metadata's.
             instance_level: compute iIoU; None means when instanceIds ground truth exists.
+            max_image_pixels: pixel budget of the ground-truth files (INPUT.MAX_IMAGE_PIXELS);
+                None: the data layer's default (Pillow's limit), 0 or negative: no limit.
         """
         raw = metadata
         if isinstance(metadata, str):
@@ -230,6 +245,7 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
         self._output_dir = Path(output_dir) if output_dir else None
         self._distributed = distributed
         self._instance_level = instance_level
+        self._max_image_pixels = max_image_pixels
         self.reset()
 
     def reset(self) -> None:
@@ -297,7 +313,11 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
             export = self._output_dir / "cityscapes_evaluation.json" if self._output_dir else None
             logger.info("Evaluating %d images with cityscapesscripts ...", len(unique))
             result = evaluate_cityscapes_files(
-                tmp, sorted(unique), instance_level=self._instance_level, export_file=export
+                tmp,
+                sorted(unique),
+                instance_level=self._instance_level,
+                export_file=export,
+                max_image_pixels=self._max_image_pixels,
             )
         res = {
             "IoU": 100 * float(result["averageScoreClasses"]),

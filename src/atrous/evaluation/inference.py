@@ -43,17 +43,20 @@ def build_evaluator(
 
     meta = get_metadata(dataset_name)
     evaluator_type = getattr(meta, "evaluator_type", "sem_seg")
+    max_pixels = int(cfg.INPUT.MAX_IMAGE_PIXELS)
     sem_seg = SemSegEvaluator(
         dataset_name,
         output_dir=output_dir,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        max_image_pixels=max_pixels,
     )
     if evaluator_type == "sem_seg":
         return sem_seg
     if evaluator_type == "cityscapes_sem_seg":
-        return DatasetEvaluators(
-            [CityscapesSemSegEvaluator(dataset_name, output_dir=output_dir), sem_seg]
+        cityscapes = CityscapesSemSegEvaluator(
+            dataset_name, output_dir=output_dir, max_image_pixels=max_pixels
         )
+        return DatasetEvaluators([cityscapes, sem_seg])
     raise ValueError(
         f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; atrous evaluates "
         "'sem_seg' and 'cityscapes_sem_seg'"
@@ -116,6 +119,9 @@ def inference_on_dataset(
                 torch.cuda.synchronize()
             compute += time.perf_counter() - t0
             evaluator.process(inputs, outputs)
+            # Full-size logits (C, height, width) of this batch must not stay alive while the
+            # next batch's are computed: that would double the peak memory.
+            del inputs, outputs
             count += 1
             now = time.perf_counter()
             if now - last_log > log_period_s:

@@ -115,7 +115,8 @@ def _read_photo(file_name: Any, shape: tuple[int, int]) -> np.ndarray | None:
 
     try:
         # The data layer's reader applies EXIF orientation, as the mapper did for the prediction.
-        photo = read_image(file_name, "RGB")
+        # Only a photo of the prediction's size is used, so no larger one is decoded.
+        photo = read_image(file_name, "RGB", max_pixels=shape[0] * shape[1])
     except ImageReadError:
         return None
     return photo if photo.shape[:2] == shape else None

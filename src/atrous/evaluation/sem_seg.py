@@ -202,6 +202,7 @@ class SemSegEvaluator(DatasetEvaluator):
         dilation_ratio: float = 0.02,
         num_report_samples: int = 8,
         write_report: bool = True,
+        max_image_pixels: int | None = None,
     ) -> None:
         """
         Args:
@@ -217,6 +218,9 @@ class SemSegEvaluator(DatasetEvaluator):
             dilation_ratio: boundary width relative to the image diagonal.
             num_report_samples: images of this rank kept for the report's sample grid.
             write_report: write ``report.html`` with charts into `output_dir`.
+            max_image_pixels: pixel budget of the ground-truth files (INPUT.MAX_IMAGE_PIXELS),
+                checked from their headers before decoding; None: the data layer's default
+                (Pillow's limit), 0 or negative: no limit.
         """
         self._dataset_name = metadata if isinstance(metadata, str) else None
         self.metadata: EvalMetadata = resolve_metadata(
@@ -240,6 +244,11 @@ class SemSegEvaluator(DatasetEvaluator):
         self._gt_records: dict[str, dict[str, Any]] | None = None
         self._num_report_samples = num_report_samples
         self._write_report = write_report
+        if max_image_pixels is None:
+            from atrous.data import DEFAULT_MAX_IMAGE_PIXELS
+
+            max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+        self._max_image_pixels = int(max_image_pixels)
         self.reset()
 
     # -- accumulation -----------------------------------------------------------------------
@@ -275,7 +284,8 @@ class SemSegEvaluator(DatasetEvaluator):
         gt_file = None if record is None else str(record["sem_seg_file_name"])
         if record is not None:
             # Training labels, exactly as the mapper produces them (e.g. ADE20K's shift by one).
-            gt = torch.from_numpy(load_sem_seg(record).astype(np.int64)).to(device)
+            label = load_sem_seg(record, max_pixels=self._max_image_pixels)
+            gt = torch.from_numpy(label.astype(np.int64)).to(device)
             source = gt_file
         elif "sem_seg" in inp:
             gt = torch.as_tensor(inp["sem_seg"]).to(device=device, dtype=torch.int64)

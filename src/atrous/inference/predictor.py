@@ -47,10 +47,13 @@ def build_inference_model(cfg: Any, model: nn.Module) -> nn.Module:
             compile=test.FAST.COMPILE,
         )
     if test.SLIDING_WINDOW.ENABLED:
+        from atrous.modeling import max_output_bytes
+
         model = SlidingWindowInference(
             model,
             window=tuple(test.SLIDING_WINDOW.SIZE),
             stride=tuple(test.SLIDING_WINDOW.STRIDE),
+            max_output_bytes=max_output_bytes(cfg),
         )
     if test.AUG.ENABLED:
         model = SemanticSegmentorWithTTA(
@@ -165,7 +168,10 @@ class Predictor:
                     scores = out["sem_seg"].float()
                     probs = scores.softmax(dim=0).cpu().numpy() if return_probabilities else None
                     results[i] = SegmentationResult(
-                        labels=scores.argmax(dim=0).cpu().numpy().astype(np.int64),
+                        # argmax gives int64 already: no second (H, W) copy
+                        labels=scores.argmax(dim=0).cpu().numpy().astype(np.int64, copy=False),
                         probabilities=probs,
                     )
+                # this chunk's full-size logits must not live on while the next is computed
+                outputs = scores = None
         return [r for r in results if r is not None]

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from atrous.modeling.segmentor import check_output_size
+
 __all__ = ["SlidingWindowInference", "window_starts"]
 
 
@@ -39,6 +41,9 @@ class SlidingWindowInference(nn.Module):
         stride: (H, W) step between windows; smaller than the window gives overlaps.
         batch_size: windows run through the model at once (all windows have the same size, so
             batching adds no padding).
+        max_output_bytes: refuse, before running any window, an image whose stitched logits at
+            ``height`` x ``width`` would take more memory than this (TEST.MAX_OUTPUT_MB); 0 or
+            negative: no limit. Applies when the model has a ``num_classes`` attribute.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class SlidingWindowInference(nn.Module):
         window: tuple[int, int],
         stride: tuple[int, int],
         batch_size: int = 1,
+        max_output_bytes: int = 0,
     ) -> None:
         super().__init__()
         if len(window) != 2 or len(stride) != 2:
@@ -60,6 +66,7 @@ class SlidingWindowInference(nn.Module):
         self.window = (int(window[0]), int(window[1]))
         self.stride = (int(stride[0]), int(stride[1]))
         self.batch_size = max(1, int(batch_size))
+        self.max_output_bytes = int(max_output_bytes)
 
     def _stitch(self, image: torch.Tensor) -> torch.Tensor:
         h, w = int(image.shape[-2]), int(image.shape[-1])
@@ -94,9 +101,20 @@ class SlidingWindowInference(nn.Module):
             if h <= self.window[0] and w <= self.window[1]:
                 results.append(self.model([inp])[0])
                 continue
+            height, width = int(inp.get("height", h)), int(inp.get("width", w))
+            num_classes = getattr(self.model, "num_classes", None)
+            if self.max_output_bytes > 0 and num_classes is not None:
+                # The windows are small; the stitched logits at (h, w) and then at the output
+                # size are what may not fit.
+                check_output_size(
+                    num_classes=int(num_classes),
+                    height=max(height, h),
+                    width=max(width, w),
+                    max_bytes=self.max_output_bytes,
+                    name=str(inp.get("file_name", "image")),
+                )
             with torch.no_grad():
                 logits = self._stitch(image)
-            height, width = int(inp.get("height", h)), int(inp.get("width", w))
             if (height, width) != (h, w):
                 logits = F.interpolate(
                     logits[None], size=(height, width), mode="bilinear", align_corners=False

@@ -14,7 +14,13 @@ from .heads import DeepLabV3Head, DeepLabV3PlusHead
 from .losses import build_sem_seg_loss
 from .segmentor import SemanticSegmentor
 
-__all__ = ["aspp_pool_kernel_size", "build_backbone", "build_model", "build_sem_seg_head"]
+__all__ = [
+    "aspp_pool_kernel_size",
+    "build_backbone",
+    "build_model",
+    "build_sem_seg_head",
+    "max_output_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +159,11 @@ def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Mo
     )
 
 
+def max_output_bytes(cfg: CfgNode) -> int:
+    """TEST.MAX_OUTPUT_MB in bytes (0: no limit)."""
+    return max(0, int(cfg.TEST.MAX_OUTPUT_MB) * 2**20)
+
+
 def build_model(cfg: CfgNode) -> SemanticSegmentor:
     """Build the segmentor described by `cfg`, initialised as the original, on MODEL.DEVICE.
 
@@ -185,5 +196,6 @@ def build_model(cfg: CfgNode) -> SemanticSegmentor:
         num_classes=h.NUM_CLASSES,
         ignore_value=h.IGNORE_VALUE,
         loss_weight=h.LOSS_WEIGHT,
+        max_output_bytes=max_output_bytes(cfg),
     )
     return model.to(torch.device(cfg.MODEL.DEVICE))

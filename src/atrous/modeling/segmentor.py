@@ -13,7 +13,42 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["SemanticSegmentor", "pad_to_batch", "sem_seg_postprocess"]
+__all__ = [
+    "OutputTooLargeError",
+    "SemanticSegmentor",
+    "check_output_size",
+    "pad_to_batch",
+    "sem_seg_postprocess",
+]
+
+
+class OutputTooLargeError(ValueError):
+    """An image's prediction at its output size would exceed the budget (TEST.MAX_OUTPUT_MB)."""
+
+
+def check_output_size(
+    *, num_classes: int, height: int, width: int, max_bytes: int, name: str = "image"
+) -> None:
+    """Refuse to produce (num_classes, height, width) float32 logits larger than `max_bytes`.
+
+    Args:
+        num_classes, height, width: shape of the logits that would be returned.
+        max_bytes: the budget; 0 or negative means no limit.
+        name: what the message calls the image (its file name when known).
+
+    Raises:
+        OutputTooLargeError: naming the image, the size, the memory and the config key.
+    """
+    need = 4 * int(num_classes) * int(height) * int(width)
+    if max_bytes <= 0 or need <= max_bytes:
+        return
+    raise OutputTooLargeError(
+        f"{name}: its prediction at {height}x{width} (HxW) with {num_classes} classes would take "
+        f"{need / 2**20:,.0f} MiB of float32 logits, more than TEST.MAX_OUTPUT_MB "
+        f"({max_bytes / 2**20:,.0f} MiB); refused before running the model. Raise "
+        "TEST.MAX_OUTPUT_MB (0: no limit) if the memory is there, or downscale the image "
+        "(INPUT.MAX_IMAGE_PIXELS limits the images read from files)."
+    )
 
 
 def pad_to_batch(tensors: Sequence[torch.Tensor], pad_value: float) -> torch.Tensor:
@@ -69,6 +104,9 @@ class SemanticSegmentor(nn.Module):
         common_stride: stride of the head's logits; they are upsampled by it.
         ignore_value: label value ignored by the loss (also the label padding value).
         loss_weight: factor applied to the loss.
+        max_output_bytes: at inference, refuse (before running the backbone) an image whose
+            logits at its output ``height`` x ``width`` would take more memory than this
+            (`check_output_size`); 0 or negative: no limit.
     """
 
     def __init__(
@@ -83,6 +121,7 @@ class SemanticSegmentor(nn.Module):
         num_classes: int,
         ignore_value: int = 255,
         loss_weight: float = 1.0,
+        max_output_bytes: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -92,6 +131,7 @@ class SemanticSegmentor(nn.Module):
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
+        self.max_output_bytes = int(max_output_bytes)
         # Not saved in checkpoints: model-zoo files do not carry them, the config does.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -135,6 +175,15 @@ class SemanticSegmentor(nn.Module):
         )
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
+        if not self.training and self.max_output_bytes > 0:
+            for x in batched_inputs:
+                check_output_size(
+                    num_classes=self.num_classes,
+                    height=int(x.get("height", x["image"].shape[-2])),
+                    width=int(x.get("width", x["image"].shape[-1])),
+                    max_bytes=self.max_output_bytes,
+                    name=str(x.get("file_name", "image")),
+                )
         images, sizes = self.preprocess([x["image"] for x in batched_inputs])
         logits = self.logits(images)
         if self.training:
