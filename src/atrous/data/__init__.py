@@ -3,6 +3,7 @@
 from .catalog import (
     DatasetError,
     Metadata,
+    check_datasets,
     dataset_root,
     get_dataset_records,
     get_metadata,
@@ -36,6 +37,7 @@ __all__ = [
     "build_test_loader",
     "build_train_augmentations",
     "build_train_loader",
+    "check_datasets",
     "dataset_root",
     "get_dataset_records",
     "get_metadata",
