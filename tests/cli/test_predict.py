@@ -182,3 +182,15 @@ def test_exported_labelids_score_like_the_evaluator(
     results = inference_on_dataset(predictor, loader, build_evaluator(cfg, "synthetic_sem_seg_val"))
     assert results["sem_seg"]["IoU"] == 100 * exported["averageScoreClasses"]
     assert results["sem_seg"]["iIoU"] == 100 * exported["averageScoreInstClasses"]
+
+
+def test_predict_refuses_an_output_folder_in_use(tmp_path, model_args, capsys, lock_holder):
+    _images(tmp_path / "photos", ["a.png"])
+    out = tmp_path / "out"
+    holder = lock_holder(out)
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(tmp_path / "photos"), "--output", str(out),
+                 *opts])  # fmt: skip
+    assert code == 2
+    assert f"in use by another atrous run: PID {holder.pid}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".atrous.lock"]  # no picture written
