@@ -508,3 +508,18 @@ def test_unknown_test_dataset_fails_before_training(datasets_dir: Path, tmp_path
     assert "DATASETS.TEST: unknown dataset 'no_such_dataset_val'" in proc.stderr
     assert "Starting training" not in (out / "log.txt").read_text()
     assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_refusal_on_rank_0_stops_every_rank(
+    datasets_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    start = time.monotonic()
+    proc = _train(datasets_dir, out, "--num-gpus", "2", timeout=150)
+    # Rank 1 must not sit in the next collective until the process-group timeout.
+    assert time.monotonic() - start < 120
+    assert proc.returncode == 1
+    assert f"OUTPUT_DIR {out} holds a previous run" in proc.stderr
+    assert "[rank 1] failed" in proc.stderr

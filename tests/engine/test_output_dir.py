@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from atrous.engine.output_dir import (
     PREVIOUS_DIR,
+    check_checkpoint_space,
+    checkpoint_size_estimate,
     prepare_output_dir,
     previous_run_files,
     release_output_dir,
@@ -102,3 +105,18 @@ def test_lock_is_held_until_released_and_reentrant_in_one_process(tmp_path: Path
         OutputDirLock(out).acquire()  # anyone else is refused
     release_output_dir(out)
     assert not (out / LOCK_NAME).exists()
+
+
+def test_checkpoint_size_estimate_matches_a_saved_checkpoint(tmp_path: Path) -> None:
+    from atrous.checkpoint import Checkpointer
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.BatchNorm1d(256))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 256)).sum().backward()
+    optimizer.step()  # creates the momentum buffers
+    path = Checkpointer(model, save_dir=tmp_path, optimizer=optimizer).save("model_0000000")
+    estimate = checkpoint_size_estimate(model, optimizer)
+    assert 0.9 * path.stat().st_size <= estimate <= 1.1 * path.stat().st_size
+    adam = torch.optim.AdamW(model.parameters())
+    assert checkpoint_size_estimate(model, adam) > estimate
+    check_checkpoint_space(tmp_path, model, optimizer)  # a test machine has room for 0.5 MB
