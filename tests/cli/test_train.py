@@ -508,6 +508,7 @@ def test_unknown_test_dataset_fails_before_training(datasets_dir: Path, tmp_path
     assert "DATASETS.TEST: unknown dataset 'no_such_dataset_val'" in proc.stderr
     assert "Starting training" not in (out / "log.txt").read_text()
     assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
+    assert not (out / ".atrous.lock").exists()  # released on the way out
 
 
 @pytest.mark.slow
