@@ -271,19 +271,19 @@ class OutputDirLock:
 
     def _refuse(self, holder: dict[str, Any], *, other_host: bool = False) -> OutputDirLockedError:
         if other_host:
-            advice = (
-                f"That process cannot be checked from {socket.gethostname()}. If no run is "
-                f"active there any more, delete {self.path} and start again."
+            message = (
+                f"{self.directory} is locked by an atrous run on another host: "
+                f"{_describe(holder)}. That process cannot be checked from "
+                f"{socket.gethostname()}; if no run is active there any more, delete {self.path} "
+                "and start again."
             )
         else:
-            advice = (
-                "Wait for it to finish, stop it, or set OUTPUT_DIR to another folder. If it "
-                f"is not an atrous run in this folder, delete {self.path}."
+            message = (
+                f"{self.directory} is in use by another atrous run: {_describe(holder)}. Wait "
+                "for it to finish, stop it, or set OUTPUT_DIR to another folder. If it is not "
+                f"an atrous run in this folder, delete {self.path}."
             )
-        return OutputDirLockedError(
-            f"{self.directory} is in use by another atrous run: {_describe(holder)}. {advice}",
-            holder=holder,
-        )
+        return OutputDirLockedError(message, holder=holder)
 
     def _judge_previous(self, holder: dict[str, Any]) -> str | None:
         """Raise for a holder that may still run; return the take-over warning otherwise."""
