@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,38 @@ def synthetic_cityscapes_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("datasets") / "synthetic"
     return generate_dataset(root, num_train=8, num_val=4, size=(128, 256), seed=0)
+
+
+_HOLD_LOCK = (
+    "import sys; from atrous.utils.output_dir import OutputDirLock; "
+    "lock = OutputDirLock(sys.argv[1], command='another run'); lock.acquire(); "
+    "print('locked', flush=True); sys.stdin.read(); lock.release()"
+)
+
+
+@pytest.fixture
+def lock_holder():
+    """Factory: start another process that holds a folder's output lock for the test's duration.
+
+    Returns the process (its ``pid`` is what refusals must name); it releases at teardown.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(folder: Path) -> subprocess.Popen:
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stdin.close()
+        proc.wait(timeout=30)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from atrous.cli.main import main
 from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
@@ -43,3 +45,47 @@ def test_evaluate_reports_a_missing_dataset(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     assert code == 1
     assert "synthetic" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_folder_in_use(
+    tmp_path, synthetic_cityscapes_root, monkeypatch, capsys, lock_holder
+):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    out = tmp_path / "busy"
+    holder = lock_holder(out)
+    code = main(
+        ["evaluate", "--config-file", str(V3PLUS_CONFIG), "--output", str(out),
+         *SMALL_REFERENCE_OVERRIDES, "DATASETS.TEST", "('synthetic_sem_seg_val',)"]
+    )  # fmt: skip
+    assert code == 2
+    assert f"in use by another atrous run: PID {holder.pid}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".atrous.lock"]  # nothing written
+
+
+def test_evaluate_dataset_named_by_path_stays_in_output(
+    tmp_path, reference_dir, synthetic_cityscapes_root, capsys
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    images = sorted((synthetic_cityscapes_root / "leftImg8bit" / "val").rglob("*.png"))[:2]
+    lines = [
+        f"{image} {str(image).replace('leftImg8bit', 'gtFine', 1)[: -len('leftImg8bit.png')]}"
+        "gtFine_labelTrainIds.png"
+        for image in images
+    ]
+    (data / "val.txt").write_text("\n".join(lines) + "\n")
+    spec = {"classes": [f"c{i}" for i in range(19)], "ignore_value": 255,
+            "splits": {"val": {"list": "val.txt"}}}  # fmt: skip
+    (data / "d.yaml").write_text(yaml.safe_dump(spec))
+    before = sorted(str(p) for p in data.rglob("*"))
+    out = tmp_path / "out"
+    code = main(
+        ["evaluate", "--config-file", str(V3PLUS_CONFIG), "--output", str(out),
+         "--dataset", f"{data / 'd.yaml'}:val", *SMALL_REFERENCE_OVERRIDES,
+         "MODEL.WEIGHTS", str(reference_dir / "small_v3plus.pkl"),
+         "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "0"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert sorted(str(p) for p in data.rglob("*")) == before
+    assert len(list((out / "inference").glob("d.yaml_val-*/report.html"))) == 1
+    assert f"{data / 'd.yaml'}:val" in json.loads((out / "inference" / "results.json").read_text())

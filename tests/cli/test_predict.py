@@ -206,3 +206,15 @@ def test_predict_skips_a_decompression_bomb_naming_the_file_and_the_key(
     assert main([*args, "INPUT.MAX_IMAGE_PIXELS", "2239"]) == 1
     assert "2,240 pixels, more than the limit of 2,239" in capsys.readouterr().err
     assert main([*args, "INPUT.MAX_IMAGE_PIXELS", "0"]) == 0
+
+
+def test_predict_refuses_an_output_folder_in_use(tmp_path, model_args, capsys, lock_holder):
+    _images(tmp_path / "photos", ["a.png"])
+    out = tmp_path / "out"
+    holder = lock_holder(out)
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(tmp_path / "photos"), "--output", str(out),
+                 *opts])  # fmt: skip
+    assert code == 2
+    assert f"in use by another atrous run: PID {holder.pid}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".atrous.lock"]  # no picture written

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,3 +47,26 @@ def test_quickstart_bad_size_is_a_clear_error(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "--size must look like 256x512" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_twice_starts_afresh_and_keeps_the_first_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "ATROUS_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "atrous.cli.main", "quickstart",
+        "--num-train", "2", "--num-val", "1", "--size", "64x128", "--num-pictures", "0",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.RESNETS.WIDTH_PER_GROUP", "8", "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16", "INPUT.CROP.SIZE", "(64, 64)",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
+        "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (previous,) = (out / "previous").iterdir()
+    assert (previous / "model_final.pth").is_file() and (out / "model_final.pth").is_file()
+    assert len((out / "metrics.json").read_text().splitlines()) == 2  # iteration 0 + evaluation
+    assert f"moved the previous contents of {out} to {previous}" in proc.stdout

@@ -1,8 +1,10 @@
 """`train_net.py` / `atrous train` end to end: real processes on a generated Cityscapes-layout set.
 
 Covers a short training run and everything it writes, ``--eval-only`` from its checkpoint, bad
-command lines, a 2-process gloo run against a single process, a NaN loss, and a run killed with
-SIGKILL in the middle of a checkpoint save and resumed to bit-identical weights.
+command lines, a 2-process gloo run against a single process, a NaN loss, a run killed with
+SIGKILL in the middle of a checkpoint save and resumed to bit-identical weights, and the output
+folder's guards: a busy folder, a used one, a resumed metrics.json, a dataset named by an
+absolute path, an unknown test dataset.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
@@ -359,3 +364,163 @@ def test_two_gloo_processes_match_one_process(
     assert len(list(np2.glob("events.out.tfevents.*"))) == 1
     assert len((np2 / "metrics.json").read_text().splitlines()) == 3
     assert sorted(p.name for p in np2.glob("*.pth")) == ["model_final.pth"]
+
+
+# -- the output folder: one run at a time, no silent mixing, nothing written outside ------------
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".atrous.lock"
+    }
+
+
+def _train_iterations(out: Path) -> list[int]:
+    return [r["iteration"] for r in _metrics(out) if "total_loss" in r]
+
+
+@pytest.mark.slow
+def test_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(
+    datasets_dir: Path, tmp_path: Path, wrapper: Path
+) -> None:
+    out = tmp_path / "busy"
+    started = tmp_path / "save_started"
+    cmd = [sys.executable, str(wrapper), "--config-file", str(QUICKSTART), *TINY,
+           "OUTPUT_DIR", str(out)]  # fmt: skip
+    env = _env(datasets_dir, SLOW_SAVE_OF="model_0000001.pth", SAVE_STARTED=str(started))
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not started.exists():  # the first run is inside its first checkpoint save
+            assert first.poll() is None, "the first run ended early"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = _train(datasets_dir, out)
+        assert second.returncode == 1
+        host = socket.gethostname()
+        assert f"in use by another atrous run: PID {first.pid} on host {host}" in second.stderr
+        assert "train_with_hooks.py" in second.stderr  # the first run's command
+        assert "Traceback" not in second.stderr
+        # Refused before it wrote anything there.
+        assert (out / "log.txt").read_text().count("Rank of current process") == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+
+    # The killed run's lock record stays behind; its PID is dead, so the resumed run takes over.
+    assert (out / ".atrous.lock").exists()
+    resumed = _train(datasets_dir, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Taking over the lock of {out} left by PID {first.pid}" in (out / "log.txt").read_text()
+    # No checkpoint was complete, so it restarted at 0: the first run's iteration 0 is gone.
+    assert _train_iterations(out) == [0, 1, 2, 3]
+    assert not (out / ".atrous.lock").exists()  # released at the end
+
+
+@pytest.mark.slow
+def test_used_output_dir_needs_a_flag_and_overwrite_keeps_the_old_run(
+    datasets_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = _tree(out)
+
+    refused = _train(datasets_dir, out)
+    assert refused.returncode == 1
+    assert f"OUTPUT_DIR {out} holds a previous run" in refused.stderr
+    assert "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert _tree(out) == before  # not even log.txt was touched
+
+    fresh = _train(datasets_dir, out, "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    (previous,) = (out / "previous").iterdir()
+    assert _tree(previous) == before  # moved aside, byte for byte
+    assert _train_iterations(out) == [0, 1, 2, 3]  # one run in metrics.json and in the plot
+    assert (out / "training_curves.png").is_file()
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_resume_keeps_each_iteration_once_in_metrics(
+    datasets_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    # As if the run had been killed after the checkpoint of iteration 5 and its metrics of 6-8.
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    proc = _train(datasets_dir, out, "--resume", opts=["SOLVER.MAX_ITER", "8",
+                                                       "SOLVER.MAX_TO_KEEP", "2"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _train_iterations(out) == list(range(8))
+    assert [r["iteration"] for r in _metrics(out) if "sem_seg/mIoU" in r] == [8]
+    a, b = _weights(trained / "model_final.pth"), _weights(out / "model_final.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _dataset_yaml(datasets_dir: Path, folder: Path) -> str:
+    """A dataset YAML in `folder` over the synthetic val split; returns its "path:split" name."""
+    folder.mkdir()
+    synthetic = datasets_dir / "synthetic"
+    lines = []
+    for image in sorted((synthetic / "leftImg8bit" / "val").rglob("*_leftImg8bit.png")):
+        city = image.parent.name
+        stem = image.name.replace("_leftImg8bit.png", "")
+        label = synthetic / "gtFine" / "val" / city / f"{stem}_gtFine_labelTrainIds.png"
+        lines.append(f"{image} {label}")
+    (folder / "val.txt").write_text("\n".join(lines) + "\n")
+    spec = {"classes": [f"class{i}" for i in range(19)], "ignore_value": 255,
+            "splits": {"val": {"list": "val.txt"}}}  # fmt: skip
+    (folder / "d.yaml").write_text(yaml.safe_dump(spec))
+    return f"{folder / 'd.yaml'}:val"
+
+
+@pytest.mark.slow
+def test_dataset_yaml_by_absolute_path_writes_only_into_output_dir(
+    datasets_dir: Path, tmp_path: Path
+) -> None:
+    name = _dataset_yaml(datasets_dir, tmp_path / "mri")
+    before = _tree(tmp_path / "mri")
+    out = tmp_path / "out"
+    test_set = ["DATASETS.TEST", f'("{name}",)']
+    proc = _train(datasets_dir, out, opts=[*test_set, "SOLVER.MAX_ITER", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _tree(tmp_path / "mri") == before and not Path(name).exists()
+    (report,) = (out / "inference").glob("d.yaml_val-*/report.html")
+    assert (report.parent / "report_files").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mri", "out"]
+
+    # A folder named like the dataset (what older versions left there) does not hide it.
+    Path(name, "report_files").mkdir(parents=True)
+    again = _train(datasets_dir, tmp_path / "eval", "--eval-only",
+                   opts=[*test_set, "MODEL.WEIGHTS", str(out / "model_final.pth")])  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Evaluation results" in (tmp_path / "eval" / "log.txt").read_text()
+
+
+def test_unknown_test_dataset_fails_before_training(datasets_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _train(datasets_dir, out, opts=["DATASETS.TEST", '("no_such_dataset_val",)'])
+    assert proc.returncode == 1
+    assert "DATASETS.TEST: unknown dataset 'no_such_dataset_val'" in proc.stderr
+    assert "Starting training" not in (out / "log.txt").read_text()
+    assert not list(out.glob("*.pth")) and not (out / "metrics.json").exists()
+    assert not (out / ".atrous.lock").exists()  # released on the way out
+
+
+@pytest.mark.slow
+def test_refusal_on_rank_0_stops_every_rank(
+    datasets_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    start = time.monotonic()
+    proc = _train(datasets_dir, out, "--num-gpus", "2", timeout=150)
+    # Rank 1 must not sit in the next collective until the process-group timeout.
+    assert time.monotonic() - start < 120
+    assert proc.returncode == 1
+    assert f"OUTPUT_DIR {out} holds a previous run" in proc.stderr
+    assert "[rank 1] failed" in proc.stderr

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,10 @@ import torch
 
 from atrous.config import get_cfg
 from atrous.engine import default_argument_parser, default_setup, seed_all_rng
+from atrous.engine.output_dir import release_output_dir
+from atrous.utils.output_dir import LOCK_NAME, OutputDirError, OutputDirLockedError
+
+REPO = Path(__file__).resolve().parents[2]
 
 SEED_CONFIG = (
     "configs/Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
@@ -30,6 +38,7 @@ def _restore_logger():
             handler.close()
     logger.handlers[:] = saved[0]
     logger.propagate, logger.level = saved[1], saved[2]
+    release_output_dir()
 
 
 def test_seed_command_lines_parse() -> None:
@@ -80,3 +89,70 @@ def test_random_seed_is_logged_and_repeatable(tmp_path: Path) -> None:
     assert logged == seed
     seed_all_rng(logged)
     assert _draws() == draws
+
+
+def test_overwrite_flag_parses_and_excludes_resume(capsys) -> None:
+    parser = default_argument_parser()
+    assert parser.parse_args(["--overwrite"]).overwrite
+    assert not parser.parse_args([]).overwrite
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--resume", "--overwrite"])
+    assert "not allowed with argument --resume" in capsys.readouterr().err
+
+
+_SETUP_AND_WAIT = textwrap.dedent(
+    """
+    import sys
+    from atrous.config import get_cfg
+    from atrous.engine import default_argument_parser, default_setup
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", sys.argv[1]])
+    default_setup(cfg, default_argument_parser().parse_args([]))
+    print("set up", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_second_setup_on_a_folder_in_use_is_refused_naming_the_first(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-c", _SETUP_AND_WAIT, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in first.stdout:  # the log goes to stdout too
+            if line.strip() == "set up":
+                break
+        cfg = get_cfg()
+        cfg.merge_from_list(["OUTPUT_DIR", str(out)])
+        log_before = (out / "log.txt").read_text()
+        with pytest.raises(
+            OutputDirLockedError, match=rf"in use by another atrous run: PID {first.pid} "
+        ):
+            default_setup(cfg, default_argument_parser().parse_args([]))
+        assert (out / "log.txt").read_text() == log_before  # refused before logging there
+    finally:
+        first.stdin.close()
+        first.wait(timeout=60)
+    assert first.returncode == 0 and not (out / LOCK_NAME).exists()  # released at exit
+    default_setup(cfg, default_argument_parser().parse_args([]))
+
+
+def test_used_folder_needs_a_flag_and_eval_only_keeps_its_config(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"iteration": 0}\n')
+    (out / "config.yaml").write_text("TRAINING: run\n")
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", str(out)])
+    parser = default_argument_parser()
+    with pytest.raises(OutputDirError, match="holds a previous run"):
+        default_setup(cfg, parser.parse_args([]))
+    default_setup(cfg, parser.parse_args(["--eval-only"]))
+    assert (out / "config.yaml").read_text() == "TRAINING: run\n"
+    assert "OUTPUT_DIR" in (out / "eval_config.yaml").read_text()

@@ -6,9 +6,11 @@ atrous evaluate --config-file cfg.yaml --tta --output out/eval MODEL.WEIGHTS Dee
 For every dataset in DATASETS.TEST (or ``--dataset``) it writes, under
 ``<output>/inference/<dataset>/``, the metrics as JSON and CSV, the confusion matrix, the official
 Cityscapes results for Cityscapes-style datasets, and ``report.html`` with charts and samples. All
-results are also collected in ``<output>/inference/results.json``.
+results are also collected in ``<output>/inference/results.json``. A dataset named by a path
+(``data/d.yaml:val``) gets a folder name without separators (``d.yaml_val-<hash>``).
 
-One process; for several GPUs use ``atrous train --eval-only --num-gpus N`` (same evaluators).
+The output folder is locked while this runs: a training run or another evaluation writing there
+is refused. One process; for several GPUs use ``atrous train --eval-only --num-gpus N``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def _format(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; returns 0 on success, 1 when evaluation failed, 2 for a bad command line."""
+    """Evaluate; returns 0 on success, 1 when evaluation failed, 2 for a bad command line or an
+    output folder that cannot be used (not writable, full, or in use by another run)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     from atrous.config import ConfigError, get_cfg
@@ -85,14 +88,46 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg.freeze()
 
+    from atrous.data import check_datasets
+    from atrous.utils.output_dir import OutputDirError, OutputDirLock, check_writable
+
+    output = args.output or cfg.OUTPUT_DIR
+    out_root = Path(output) / "inference"
+    try:
+        # Every name resolves before the model is built; a bad second dataset fails at once.
+        check_datasets(
+            datasets,
+            key="--dataset" if args.dataset else "DATASETS.TEST",
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        check_writable(output, label="--output" if args.output else "OUTPUT_DIR")
+        lock = OutputDirLock(output)
+        note = lock.acquire()
+    except OutputDirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if note:
+        logger.warning(note)
+    try:
+        return _evaluate(cfg, datasets, out_root)
+    finally:
+        lock.release()
+
+
+def _evaluate(cfg, datasets: list[str], out_root: Path) -> int:
     from atrous.checkpoint import Checkpointer
+    from atrous.config import ConfigError
     from atrous.data import build_test_loader
     from atrous.evaluation import build_evaluator, inference_on_dataset
     from atrous.inference import build_inference_model
     from atrous.modeling import build_model
     from atrous.utils.file_io import atomic_write_json
+    from atrous.utils.output_dir import safe_dataset_dirname
 
-    out_root = Path(args.output or cfg.OUTPUT_DIR) / "inference"
     try:
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
@@ -103,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         all_results = {}
         for name in datasets:
             loader = build_test_loader(cfg, name)
-            evaluator = build_evaluator(cfg, name, out_root / name)
+            evaluator = build_evaluator(cfg, name, out_root / safe_dataset_dirname(name))
             results = inference_on_dataset(inference_model, loader, evaluator)
             all_results[name] = results
             print(f"{name}\n{_format(results)}")

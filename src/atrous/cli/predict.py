@@ -191,7 +191,8 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict every input; returns 0, 1 when some image failed, 2 for a bad command line."""
+    """Predict every input; returns 0, 1 when some image failed, 2 for a bad command line or an
+    output folder that cannot be used (not writable, full, or in use by another run)."""
     _setup_logging()
     from atrous.config import ConfigError, get_cfg
 
@@ -239,6 +240,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg.freeze()
 
+    from atrous.utils.output_dir import OutputDirError, OutputDirLock, check_writable
+
+    try:
+        check_writable(args.output, label="--output")
+        lock = OutputDirLock(args.output)
+        note = lock.acquire()
+    except OutputDirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if note:
+        logger.warning(note)
+    try:
+        return _predict(cfg, args, items)
+    finally:
+        lock.release()
+
+
+def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]]) -> int:
     from tqdm import tqdm
 
     from atrous.data.image_io import read_image

@@ -61,9 +61,12 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _train_args(config_file: str, num_gpus: int, opts: list[str]) -> argparse.Namespace:
+    # A demo that is rerun by design: a previous quickstart in OUTPUT_DIR is moved aside to
+    # OUTPUT_DIR/previous/<time>/ (never deleted) rather than refused.
     return argparse.Namespace(
         config_file=config_file,
         resume=False,
+        overwrite=True,
         eval_only=False,
         num_gpus=num_gpus,
         num_machines=1,

@@ -3,6 +3,7 @@
 atrous train --config-file cfg.yaml --num-gpus 8
 atrous train --config-file cfg.yaml --eval-only MODEL.WEIGHTS /path/to/model_final.pkl
 atrous train --config-file cfg.yaml --resume          # continue the run in OUTPUT_DIR
+atrous train --config-file cfg.yaml --overwrite       # start afresh; the old run goes to previous/
 torchrun --nproc-per-node 8 -m atrous.cli.train --config-file cfg.yaml
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from atrous.config import CfgNode, ConfigError, get_cfg
 from atrous.engine.defaults import add_train_arguments, default_setup
 from atrous.engine.launch import default_backend, launch
+from atrous.utils.output_dir import OutputDirError
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
@@ -53,9 +55,19 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def main(args: argparse.Namespace) -> Any:
     """Per-process entry point: evaluate (``--eval-only``) or train."""
+    from atrous.engine.output_dir import release_output_dir
+
+    cfg = load_config(args)
+    try:
+        default_setup(cfg, args)
+        return _evaluate_or_train(cfg, args)
+    finally:
+        release_output_dir(cfg.OUTPUT_DIR)
+
+
+def _evaluate_or_train(cfg: CfgNode, args: argparse.Namespace) -> Any:
     from atrous.engine.trainer import Trainer
 
-    cfg = setup(args)
     if args.eval_only:
         from atrous.checkpoint import Checkpointer
         from atrous.modeling import build_model
@@ -94,7 +106,13 @@ def run(args: argparse.Namespace) -> int:
             args=(args,),
             backend=default_backend(cfg.MODEL.DEVICE),
         )
-    except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as error:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        FloatingPointError,
+        ValueError,
+        OutputDirError,
+    ) as error:
         _error(str(error))
         return 1
     except Exception as error:

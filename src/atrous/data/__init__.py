@@ -3,6 +3,7 @@
 from .catalog import (
     DatasetError,
     Metadata,
+    check_datasets,
     dataset_root,
     get_dataset_records,
     get_metadata,
@@ -45,6 +46,7 @@ __all__ = [
     "build_test_loader",
     "build_train_augmentations",
     "build_train_loader",
+    "check_datasets",
     "check_image_size",
     "dataset_root",
     "get_dataset_records",

@@ -26,6 +26,7 @@ from .image_io import DatasetError
 __all__ = [
     "DatasetError",
     "Metadata",
+    "check_datasets",
     "dataset_root",
     "get_dataset_records",
     "get_metadata",
@@ -195,7 +196,9 @@ def _register_builtin(
 
 
 def _is_yaml_name(name: str) -> bool:
-    path = name.rsplit(":", 1)[0] if ":" in name and not os.path.exists(name) else name
+    # Only a file may carry the whole name: a folder that happens to be called "d.yaml:val"
+    # must not turn the dataset "d.yaml" split "val" into an unknown name.
+    path = name.rsplit(":", 1)[0] if ":" in name and not os.path.isfile(name) else name
     return path.endswith((".yaml", ".yml"))
 
 
@@ -250,6 +253,34 @@ def _complete(name: str, records: list[dict]) -> list[dict]:
             r = {**r, "height": h, "width": w}
         out.append(r)
     return out
+
+
+def check_datasets(
+    names: Sequence[str], *, key: str, num_classes: int | None = None, records: bool = True
+) -> None:
+    """Resolve dataset names now, so that a bad one fails before a run, not after its training.
+
+    Args:
+        names: dataset names (e.g. ``cfg.DATASETS.TEST``).
+        key: the config key or flag they came from, for the message.
+        num_classes: when given, every dataset must have this many classes.
+        records: also build the records (the files exist and pair up), not just the metadata.
+
+    Raises:
+        DatasetError: naming `key` and the dataset.
+    """
+    for name in names:
+        try:
+            meta = get_metadata(name)
+            if num_classes is not None and meta.num_classes != num_classes:
+                raise DatasetError(
+                    f"dataset {name!r} has {meta.num_classes} classes but "
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}; set it to {meta.num_classes}"
+                )
+            if records:
+                get_dataset_records(name)
+        except DatasetError as error:
+            raise DatasetError(f"{key}: {error}") from error
 
 
 def list_datasets() -> list[str]:

@@ -232,7 +232,7 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
-    if os.path.exists(name) or ":" not in name:
+    if os.path.isfile(name) or ":" not in name:
         return name, None
     path, split = name.rsplit(":", 1)
     return path, split

@@ -1,8 +1,9 @@
 """Command-line flags and per-run setup shared by `train_net.py`, `atrous train` and friends.
 
 The flags are detectron2's (`default_argument_parser`), so the seed's command lines work verbatim.
-`default_setup` prepares one process of a run: output directory, log file, seed, the resolved
-config next to the results, and a record of the environment.
+`default_setup` prepares one process of a run: output directory (checked, locked, and guarded
+against mixing a fresh run into an old one, see `atrous.engine.output_dir`), log file, seed, the
+resolved config next to the results, and a record of the environment.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from atrous.config import resolve_config_file
 from atrous.utils import comm
 from atrous.utils.file_io import atomic_write_text
+
+from .output_dir import on_main_process, prepare_output_dir, previous_run_files
 
 __all__ = [
     "add_train_arguments",
@@ -51,11 +54,18 @@ Or start every process with torchrun (env:// rendezvous; --num-gpus is then igno
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add detectron2's training flags to `parser`."""
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--resume",
         action="store_true",
         help="resume from the last checkpoint in OUTPUT_DIR (model, optimizer, scheduler, "
         "iteration, RNG states, data position); without it, start from MODEL.WEIGHTS",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUTPUT_DIR that holds a previous run: its files are moved to "
+        "OUTPUT_DIR/previous/<time>/ (nothing is deleted); without it such a folder is refused",
     )
     parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
     parser.add_argument(
@@ -159,17 +169,37 @@ def _collect_env() -> str:
 def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
     """Prepare this process for a run described by `cfg`.
 
-    Creates ``cfg.OUTPUT_DIR`` and ``log.txt`` there (rank 0), logs the command line, the
-    environment and the config, writes the resolved ``config.yaml`` (rank 0), and seeds every
+    Rank 0 checks that ``cfg.OUTPUT_DIR`` is writable and has room, locks it for the rest of the
+    process (a second run on it is refused), and refuses a fresh training run in a folder that
+    holds a previous one unless ``args.resume`` or ``args.overwrite`` (see
+    `atrous.engine.output_dir`). Then it opens ``log.txt`` there, logs the command line, the
+    environment and the config, writes the resolved ``config.yaml`` (``eval_config.yaml`` for an
+    ``--eval-only`` run in a training run's folder, whose config stays), and seeds every
     generator: ``cfg.SEED + rank`` when ``cfg.SEED >= 0``, otherwise a random seed that is logged
     so the run can be repeated.
 
     Returns:
         The seed used by this process.
+
+    Raises:
+        OutputDirError: OUTPUT_DIR cannot be used (on every rank, with rank 0's message).
     """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
+    notes: list[str] = []
+    if output_dir:
+        notes = on_main_process(
+            lambda: prepare_output_dir(
+                output_dir,
+                resume=bool(getattr(args, "resume", False)),
+                overwrite=bool(getattr(args, "overwrite", False)),
+                eval_only=bool(getattr(args, "eval_only", False)),
+            ),
+            [],
+        )
     logger = setup_logger(output_dir)
+    for note in notes:
+        logger.warning(note)
     logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     logger.info("Environment info:\n%s", _collect_env())
     if args is not None:
@@ -180,7 +210,10 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
             with open(config_file, encoding="utf-8") as f:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if rank == 0 and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
+        name = "config.yaml"
+        if getattr(args, "eval_only", False) and previous_run_files(output_dir):
+            name = "eval_config.yaml"  # the training run's config.yaml describes its results
+        path = os.path.join(output_dir, name)
         atomic_write_text(path, cfg.dump())
         logger.info("Full config saved to %s", os.path.abspath(path))
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from atrous.utils.file_io import atomic_write_text
+
 __all__ = [
     "CommonMetricPrinter",
     "EventStorage",
@@ -28,6 +30,7 @@ __all__ = [
     "JSONWriter",
     "TensorboardWriter",
     "peak_memory_mb",
+    "truncate_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,9 +142,18 @@ class JSONWriter(EventWriter):
     """Appends one JSON object per iteration with new values to `path` (``metrics.json``).
 
     Lines are flushed after each write so an interrupted run keeps what it logged.
+
+    Args:
+        path: the file.
+        window_size: median window of smoothed scalars.
+        start_iter: for a resumed run, the iteration it resumes at: lines of that iteration and
+            later (written by the interrupted run after its last checkpoint) are dropped first,
+            so that every iteration appears once and the curves show one run.
     """
 
-    def __init__(self, path: str, window_size: int = 20) -> None:
+    def __init__(self, path: str, window_size: int = 20, *, start_iter: int | None = None) -> None:
+        if start_iter is not None and os.path.exists(path):
+            truncate_metrics(path, start_iter)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
         self._window_size = window_size
         self._last_written = -1
@@ -163,6 +175,34 @@ class JSONWriter(EventWriter):
 
     def close(self) -> None:
         self._file.close()
+
+
+def truncate_metrics(path: str, start_iter: int) -> int:
+    """Keep only the lines of ``metrics.json`` before `start_iter`; returns how many were dropped.
+
+    The file is replaced atomically, so a crash here leaves the old file. A line cut short by a
+    crash while it was written (not valid JSON) is dropped too.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("iteration", -1)) < start_iter:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        logger.info(
+            "Resuming at iteration %d: dropped %d lines of %s written after the last checkpoint",
+            start_iter,
+            dropped,
+            path,
+        )
+    return dropped
 
 
 class TensorboardWriter(EventWriter):

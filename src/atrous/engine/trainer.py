@@ -20,6 +20,7 @@ from torch import nn
 
 from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
 from atrous.utils import comm
+from atrous.utils.output_dir import safe_dataset_dirname
 
 from . import hooks as hooks_mod
 from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
@@ -28,6 +29,7 @@ __all__ = [
     "SimpleTrainer",
     "Trainer",
     "TrainerBase",
+    "check_config_datasets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,11 +236,19 @@ class Trainer:
         from atrous.modeling import build_model
         from atrous.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
+        from .output_dir import check_checkpoint_space, on_main_process
+
         self.cfg = cfg
+        # A bad dataset name fails now, not when the first evaluation (or the end) comes.
+        check_config_datasets(cfg, test=True)
         model = build_model(cfg)
         if cfg.SOLVER.CHANNELS_LAST:
             model = model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg, model)
+        if cfg.OUTPUT_DIR:
+            on_main_process(
+                lambda: check_checkpoint_space(cfg.OUTPUT_DIR, model, self.optimizer), None
+            )
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.grad_clipper = build_gradient_clipper(cfg)
         self.amp_dtype = _amp_dtype(cfg)
@@ -261,6 +271,7 @@ class Trainer:
         self.start_iter = 0
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
         self._resume_state: Mapping[str, Any] | None = None
+        self._resumed = False
         self._data_position = 0
         self._data_seed: int | None = None
         self._trainer: SimpleTrainer | None = None
@@ -275,6 +286,8 @@ class Trainer:
         different number of processes resumes everything but the RNG states (with a warning).
         """
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume) or {}
+        # A resumed run rewrites metrics.json from its start iteration on.
+        self._resumed = bool(resume)
         if resume and self.checkpointer.has_checkpoint() and "iteration" in extra:
             self.start_iter = int(extra["iteration"]) + 1
             ranks = extra.get("ranks")
@@ -363,7 +376,10 @@ class Trainer:
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         return [
             CommonMetricPrinter(self.max_iter),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            JSONWriter(
+                os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                start_iter=self.start_iter if self._resumed else None,
+            ),
             TensorboardWriter(self.cfg.OUTPUT_DIR),
         ]
 
@@ -417,6 +433,7 @@ class Trainer:
             ``{dataset_name: {"sem_seg": {"mIoU": ..., ...}}}`` for several datasets, or the
             single dataset's result dict when there is one (as detectron2 does).
         """
+        check_config_datasets(cfg, train=False)
         results: dict[str, Any] = {}
         for name in cfg.DATASETS.TEST:
             results[name] = evaluate_dataset(cfg, model, name)
@@ -441,6 +458,27 @@ class _CountingIterator:
         batch = next(self._iterator)
         self._owner._data_position += 1
         return batch
+
+
+def check_config_datasets(cfg: Any, *, train: bool = True, test: bool = True) -> None:
+    """Resolve DATASETS.TRAIN (metadata) and DATASETS.TEST (metadata and files) up front.
+
+    The training loader reads the training records right away; the test records are otherwise
+    first read at the first evaluation, possibly hours in.
+
+    Raises:
+        DatasetError: an unknown name, a YAML file that does not parse, missing files, or a
+            class count other than MODEL.SEM_SEG_HEAD.NUM_CLASSES, naming the config key.
+    """
+    from atrous.data import check_datasets
+
+    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if train:
+        check_datasets(
+            cfg.DATASETS.TRAIN, key="DATASETS.TRAIN", num_classes=num_classes, records=False
+        )
+    if test:
+        check_datasets(cfg.DATASETS.TEST, key="DATASETS.TEST", num_classes=num_classes)
 
 
 def _amp_dtype(cfg: Any) -> torch.dtype | None:
@@ -468,7 +506,8 @@ def evaluate_dataset(cfg: Any, model: nn.Module, dataset_name: str) -> dict[str,
     from atrous.evaluation import build_evaluator, inference_on_dataset
     from atrous.inference import build_inference_model
 
-    output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    # The name may be a path ("/data/d.yaml:val"): joined as it is, it would leave OUTPUT_DIR.
+    output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", safe_dataset_dirname(dataset_name))
     loader = build_test_loader(cfg, dataset_name)
     evaluator = build_evaluator(cfg, dataset_name, output_dir)
     return inference_on_dataset(build_inference_model(cfg, model), loader, evaluator)
