@@ -1,4 +1,5 @@
-"""Checkpoints: detectron2 model-zoo compatibility, safe loading, atomic saving, downloads.
+"""Checkpoints: detectron2 model-zoo compatibility, safe loading, atomic saving, downloads,
+safetensors.
 
 Public entry points::
 
@@ -20,6 +21,7 @@ from .errors import (
 from .model_zoo import MODEL_ZOO, get_checkpoint_url, list_models, resolve_url
 from .rng import capture_rng_state, restore_rng_state
 from .safe_pickle import SafeUnpickler, load_pickle, loads_pickle
+from .weights_io import is_safetensors_file, read_safetensors, save_weights
 
 __all__ = [
     "MODEL_ZOO",
@@ -42,10 +44,13 @@ __all__ = [
     "download",
     "expected_sha256_prefix",
     "get_checkpoint_url",
+    "is_safetensors_file",
     "list_models",
     "load_checkpoint_file",
     "load_pickle",
     "loads_pickle",
+    "read_safetensors",
     "resolve_url",
     "restore_rng_state",
+    "save_weights",
 ]

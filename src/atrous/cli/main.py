@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("atrous.cli.benchmark", "measure inference, training or data-loading speed"),
     "prepare": ("atrous.cli.prepare", "prepare datasets (Cityscapes trainIds, synthetic data)"),
     "quickstart": ("atrous.cli.quickstart", "prepare synthetic data, train, evaluate, predict"),
+    "convert": ("atrous.cli.convert", "convert weights (.pkl, .pth) to .safetensors or .pth"),
 }
 
 
