@@ -7,10 +7,12 @@ Public entry points::
     report = Checkpointer(model).load("DeepLabV3+_R103")   # name, path or URL -> LoadReport
 """
 
+from .bundle import BundleMetadata, LoadedBundle, is_bundle, load_bundle
 from .checkpointer import Checkpointer, LoadReport, PeriodicCheckpointer, load_checkpoint_file
 from .detectron2 import MatchReport, align_and_update_state_dicts, convert_basic_c2_names
 from .download import cache_dir, cached_file_path, download, expected_sha256_prefix
 from .errors import (
+    BundleError,
     CheckpointError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
@@ -25,6 +27,8 @@ from .weights_io import is_safetensors_file, read_safetensors, save_weights
 
 __all__ = [
     "MODEL_ZOO",
+    "BundleError",
+    "BundleMetadata",
     "CheckpointError",
     "CheckpointNotFoundError",
     "Checkpointer",
@@ -32,6 +36,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DownloadError",
     "LoadReport",
+    "LoadedBundle",
     "MatchReport",
     "PeriodicCheckpointer",
     "SafeUnpickler",
@@ -44,8 +49,10 @@ __all__ = [
     "download",
     "expected_sha256_prefix",
     "get_checkpoint_url",
+    "is_bundle",
     "is_safetensors_file",
     "list_models",
+    "load_bundle",
     "load_checkpoint_file",
     "load_pickle",
     "loads_pickle",

@@ -2,6 +2,7 @@
 
 atrous evaluate --config-file cfg.yaml MODEL.WEIGHTS model_final.pth
 atrous evaluate --config-file cfg.yaml --tta --output out/eval MODEL.WEIGHTS DeepLabV3+_R103
+atrous evaluate --model my_bundle --dataset cityscapes_fine_sem_seg_val
 
 For every dataset in DATASETS.TEST (or ``--dataset``) it writes, under
 ``<output>/inference/<dataset>/``, the metrics as JSON and CSV, the confusion matrix, the official
@@ -25,7 +26,10 @@ logger = logging.getLogger("atrous.evaluate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
     parser.add_argument(
         "--output", default=None, metavar="DIR", help="output folder (default: OUTPUT_DIR)"
     )
@@ -66,13 +70,24 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; returns 0 on success, 1 when evaluation failed, 2 for a bad command line."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError, get_cfg
 
+    if bool(args.model) == bool(args.config_file):
+        print("error: give either --config-file or --model DIR", file=sys.stderr)
+        return 2
+    bundle = None
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(list(args.opts or []))
-    except (ConfigError, FileNotFoundError) as error:
+        if args.model:
+            from atrous.checkpoint.bundle import load_bundle
+
+            bundle = load_bundle(args.model, opts=list(args.opts or []), device=args.device)
+            cfg = bundle.cfg
+        else:
+            cfg = get_cfg()
+            cfg.merge_from_file(args.config_file)
+            cfg.merge_from_list(list(args.opts or []))
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.device:
@@ -94,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
 
     out_root = Path(args.output or cfg.OUTPUT_DIR) / "inference"
     try:
-        model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        if bundle:
+            model = bundle.model
         else:
-            logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
+            model = build_model(cfg)
+            if cfg.MODEL.WEIGHTS:
+                Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+            else:
+                logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
         inference_model = build_inference_model(cfg, model.eval())
         all_results = {}
         for name in datasets:
