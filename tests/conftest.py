@@ -130,3 +130,26 @@ def lock_holder():
     for proc in started:
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def reference_bundle_overrides(reference_dir: Path) -> list[str]:
+    """The reference model with its detectron2 weights, predicting at the input size."""
+    return [
+        *SMALL_REFERENCE_OVERRIDES,
+        "MODEL.WEIGHTS", str(reference_dir / "small_v3plus.pkl"),
+        "INPUT.MIN_SIZE_TEST", "0",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(tmp_path_factory, reference_dir) -> Path:
+    """A model bundle of the reference model (`reference_bundle_overrides`); read-only: tests
+    that change files work on a copy."""
+    from atrous.checkpoint import Checkpointer
+    from atrous.deploy.bundle import write_bundle
+    from atrous.modeling import build_model
+
+    cfg = load_config(V3PLUS_CONFIG, reference_bundle_overrides(reference_dir))
+    model = build_model(cfg)
+    assert Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True).ok
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "small_v3plus", cfg=cfg, model=model)

@@ -3,4 +3,6 @@
 A drop-in for detectron2's ``projects/DeepLab``: the same configs, checkpoints and numbers.
 """
 
-__version__ = "0.1.0"
+from .utils.version import package_version as _package_version
+
+__version__ = _package_version()

@@ -97,3 +97,17 @@ def test_cuda_without_a_gpu_is_explained():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"nope\.yaml"):
         main(["benchmark", "--config-file", str(tmp_path / "nope.yaml")])
+
+
+def test_benchmark_a_bundle_times_its_config(tmp_path, reference_bundle):
+    out = tmp_path / "result.json"
+    code = main(["benchmark", "--model", str(reference_bundle), "--size", "64x128", "--warmup",
+                 "1", "--iters", "1", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["config_file"] == str(reference_bundle)
+    model = build_model(load_config(V3PLUS_CONFIG, SMALL_REFERENCE_OVERRIDES))
+    assert result["parameters"] == sum(p.numel() for p in model.parameters())
+    assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
+    with pytest.raises(SystemExit, match="either --config-file or --model"):
+        main(["benchmark", "--size", "64x128"])

@@ -7,7 +7,7 @@ import json
 import yaml
 
 from atrous.cli.main import main
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, reference_bundle_overrides
 
 
 def test_evaluate_writes_metrics_and_report(
@@ -89,3 +89,24 @@ def test_evaluate_dataset_named_by_path_stays_in_output(
     assert sorted(str(p) for p in data.rglob("*")) == before
     assert len(list((out / "inference").glob("d.yaml_val-*/report.html"))) == 1
     assert f"{data / 'd.yaml'}:val" in json.loads((out / "inference" / "results.json").read_text())
+
+
+def test_evaluate_a_bundle_gives_the_same_results(
+    tmp_path, reference_dir, reference_bundle, synthetic_cityscapes_root, monkeypatch
+):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    data = ["DATALOADER.NUM_WORKERS", "0"]
+    assert main(["evaluate", "--config-file", str(V3PLUS_CONFIG), "--output", str(tmp_path / "a"),
+                 "--dataset", "synthetic_sem_seg_val",
+                 *reference_bundle_overrides(reference_dir), *data]) == 0  # fmt: skip
+    assert main(["evaluate", "--model", str(reference_bundle), "--output", str(tmp_path / "b"),
+                 "--dataset", "synthetic_sem_seg_val", *data]) == 0  # fmt: skip
+    expected = json.loads((tmp_path / "a" / "inference" / "results.json").read_text())
+    got = json.loads((tmp_path / "b" / "inference" / "results.json").read_text())
+    assert got == expected and got["synthetic_sem_seg_val"]["sem_seg"]["mIoU"] >= 0
+
+
+def test_evaluate_refuses_a_bundle_with_weights_overrides(tmp_path, reference_bundle, capsys):
+    code = main(["evaluate", "--model", str(reference_bundle), "--output", str(tmp_path),
+                 "MODEL.WEIGHTS", "other.pth"])  # fmt: skip
+    assert code == 2 and "brings its own weights" in capsys.readouterr().err

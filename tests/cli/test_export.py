@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from atrous.checkpoint import Checkpointer
 from atrous.cli.main import main
@@ -91,3 +92,41 @@ def test_unloadable_weights_are_named(tmp_path):
               "--output", str(tmp_path / "m.pt"), *SMALL_REFERENCE_OVERRIDES,
               "MODEL.WEIGHTS", str(bad)])  # fmt: skip
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_bundle_then_export_from_it(tmp_path, weights_overrides, reference_dir, capsys):
+    bundle = tmp_path / "my_model"
+    code = main(["export", "--format", "bundle", "--config-file", str(V3PLUS_CONFIG),
+                 "--output", str(bundle), *weights_overrides])  # fmt: skip
+    assert code == 0 and f"atrous predict --model {bundle}" in capsys.readouterr().out
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "README.md", "bundle.json", "config.yaml", "model.safetensors"
+    ]  # fmt: skip
+
+    output = tmp_path / "model.pt"
+    assert main(["export", "--format", "torchscript", "--model", str(bundle),
+                 "--output", str(output)]) == 0  # fmt: skip
+    exported = torch.jit.load(str(output))
+    model = _pytorch_model(weights_overrides)
+    (images,) = _natural_images(reference_dir, [(128, 256)])
+    with torch.no_grad():
+        expected = model([{"image": images[0]}])[0]["sem_seg"]
+        got = exported(images)[0]
+    assert (got - expected).abs().max() <= 1e-3
+
+    again = tmp_path / "copy"
+    assert main(["export", "--format", "bundle", "--model", str(bundle),
+                 "--output", str(again)]) == 0  # fmt: skip
+    first, second = (load_file(b / "model.safetensors") for b in (bundle, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_export_needs_exactly_one_model_source(tmp_path, reference_bundle):
+    with pytest.raises(SystemExit, match="either --config-file"):
+        main(["export", "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit, match="either --config-file"):
+        main(["export", "--format", "onnx", "--config-file", str(V3PLUS_CONFIG),
+              "--model", str(reference_bundle), "--output", str(tmp_path / "m.onnx")])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"bundle\.json is missing"):
+        main(["export", "--format", "onnx", "--model", str(tmp_path),
+              "--output", str(tmp_path / "m.onnx")])  # fmt: skip

@@ -218,3 +218,40 @@ def test_predict_refuses_an_output_folder_in_use(tmp_path, model_args, capsys, l
     assert code == 2
     assert f"in use by another atrous run: PID {holder.pid}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".atrous.lock"]  # no picture written
+
+
+def test_predict_with_a_bundle_writes_the_same_labels(tmp_path, model_args, reference_bundle):
+    # reference_bundle holds the model of `model_args` (same overrides, same weights).
+    src = tmp_path / "photos"
+    _images(src, ["a.png", "sub/b.png"], size=(48, 72))
+    head, opts = model_args
+    assert main(["predict", *head, "--input", str(src), "--output", str(tmp_path / "cfg"),
+                 *opts]) == 0  # fmt: skip
+    assert main(["predict", "--model", str(reference_bundle), "--input", str(src),
+                 "--output", str(tmp_path / "bundle")]) == 0  # fmt: skip
+    for name in ["a", "sub/b"]:
+        with (
+            Image.open(tmp_path / "cfg" / f"{name}_labels.png") as expected,
+            Image.open(tmp_path / "bundle" / f"{name}_labels.png") as got,
+        ):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+            assert got.getpalette() == expected.getpalette()  # colours from bundle.json
+
+
+def test_predict_refuses_a_damaged_bundle_and_ambiguous_models(
+    tmp_path, model_args, reference_bundle, capsys
+):
+    import shutil
+
+    (image,) = _images(tmp_path, ["x.png"])
+    bundle = Path(shutil.copytree(reference_bundle, tmp_path / "bundle"))
+    (bundle / "model.safetensors").unlink()
+    code = main(["predict", "--model", str(bundle), "--input", str(image),
+                 "--output", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2
+    assert "model.safetensors is missing" in capsys.readouterr().err
+    head, _ = model_args
+    code = main(["predict", *head, "--model", str(reference_bundle), "--input", str(image),
+                 "--output", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "either --config-file or --model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

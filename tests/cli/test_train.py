@@ -524,3 +524,31 @@ def test_refusal_on_rank_0_stops_every_rank(
     assert proc.returncode == 1
     assert f"OUTPUT_DIR {out} holds a previous run" in proc.stderr
     assert "[rank 1] failed" in proc.stderr
+
+
+def test_bundle_of_a_training_run_records_its_final_metrics(
+    datasets_dir: Path, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atrous.cli.main import main
+    from atrous.inference import Predictor
+
+    monkeypatch.setenv("ATROUS_DATASETS", str(datasets_dir))
+    bundle = tmp_path / "bundle"
+    weights = str(trained / "model_final.pth")
+    code = main(["export", "--format", "bundle", "--config-file", str(trained / "config.yaml"),
+                 "--output", str(bundle), "MODEL.WEIGHTS", weights])  # fmt: skip
+    assert code == 0
+    meta = json.loads((bundle / "bundle.json").read_text())
+    final_miou = [r for r in _metrics(trained) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
+    metrics = meta["metrics"]
+    assert metrics["source"] == "inference/synthetic_sem_seg_val/sem_seg_evaluation.json"
+    assert metrics["values"]["sem_seg/mIoU"] == pytest.approx(final_miou)
+    assert meta["datasets"]["train"] == ["synthetic_sem_seg_train"]
+    assert meta["source_weights"] == "model_final.pth"
+    card = (bundle / "README.md").read_text()
+    assert (
+        f"| Final metrics | mIoU {final_miou:.2f}, " in card and "on synthetic_sem_seg_val" in card
+    )
+    predictor = Predictor(bundle)
+    assert predictor.metadata.stuff_classes == tuple(meta["classes"])
+    assert predictor(torch.zeros(64, 128, 3, dtype=torch.uint8).numpy()).labels.shape == (64, 128)

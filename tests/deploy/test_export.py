@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,8 +11,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import atrous
 from atrous.deploy import export_onnx, export_torchscript
-from atrous.deploy.export import min_input_size
+from atrous.deploy.export import TORCHSCRIPT_METADATA, min_input_size
 from atrous.layers import ImagePooling
 
 from .conftest import build_reference_model
@@ -64,8 +67,11 @@ def test_onnx_and_torchscript_match_pytorch_at_two_sizes(
     assert pooling.kernel_size == (None if crop is None else (4, 8))
     images = [reference_image, _resized(reference_image, (176, 350))]
 
-    onnx_path = export_onnx(model, tmp_path / "model.onnx")
+    onnx_path = export_onnx(model, tmp_path / "model.onnx", metadata={"classes": "a,b"})
     graph = onnx.load(str(onnx_path))
+    stamp = {"atrous_version": atrous.__version__, "torch_version": torch.__version__}
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert {**stamp, "classes": "a,b"}.items() <= props.items()
     input_dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert all(d.dim_param and not d.dim_value for i, d in enumerate(input_dims) if i != 1)
     if crop is not None:
@@ -77,7 +83,9 @@ def test_onnx_and_torchscript_match_pytorch_at_two_sizes(
     _check_parity(model, lambda x: session.run(None, {"images": x})[0], images)
 
     ts_path = export_torchscript(model, tmp_path / "model.pt")
-    scripted = torch.jit.load(str(ts_path))
+    extra_files = {TORCHSCRIPT_METADATA: ""}
+    scripted = torch.jit.load(str(ts_path), _extra_files=extra_files)
+    assert json.loads(extra_files[TORCHSCRIPT_METADATA]) == stamp
 
     def run_scripted(x):
         with torch.no_grad():
@@ -97,7 +105,7 @@ def test_min_input_size_follows_the_pooling_window(tiny_cfg):
 def test_failed_export_leaves_no_partial_file(tiny_cfg, tmp_path, monkeypatch):
     from atrous.modeling import build_model
 
-    def save_then_fail(module, path):
+    def save_then_fail(module, path, _extra_files=None):
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError("disk full")

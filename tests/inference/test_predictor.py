@@ -144,3 +144,23 @@ def test_prediction_over_the_output_budget_is_refused(cfg):
     cfg.TEST.SLIDING_WINDOW.STRIDE = (16, 16)
     with pytest.raises(OutputTooLargeError, match=r"TEST\.MAX_OUTPUT_MB"):
         Predictor(cfg, model=predictor.model)(np.zeros((128, 128, 3), np.uint8))
+
+
+def test_a_bundle_folder_predicts_like_its_config_and_weights(cfg, reference_dir, reference_bundle):
+    # The bundle was written from this same config (reference_bundle_overrides).
+    image = np.load(reference_dir / "input_128x256.npy")
+    expected = Predictor(cfg)(image, return_probabilities=True)
+    for predictor in (Predictor(reference_bundle), Predictor(str(reference_bundle)),
+                      Predictor.from_bundle(reference_bundle)):  # fmt: skip
+        result = predictor(image, return_probabilities=True)
+        np.testing.assert_array_equal(result.labels, expected.labels)
+        np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+        assert predictor.metadata.stuff_classes[0] == "road"
+    assert Predictor(cfg).metadata is None
+
+
+def test_bundle_predictor_takes_overrides_and_refuses_a_second_model(reference_bundle, model):
+    predictor = Predictor.from_bundle(reference_bundle, opts=["TEST.AUG.ENABLED", "True"])
+    assert isinstance(predictor.inference_model, SemanticSegmentorWithTTA)
+    with pytest.raises(ValueError, match="brings its own model"):
+        Predictor(reference_bundle, model=model)

@@ -7,6 +7,8 @@ Sources accepted by :meth:`Checkpointer.load`:
   ``R-103.pkl`` load into a full segmentor;
 * other ``.pkl`` files (Caffe2 / Detectron1 / raw ``{name: ndarray}``), treated as detectron2 does:
   ``"blobs"`` unwrapped, ``*_momentum`` dropped, Caffe2 names converted, suffix matching on;
+* ``.safetensors`` files (any name: detected by their header), read by the `safetensors`
+  library, which validates the header against the data (see :mod:`.weights_io`);
 * torch files: plain state dicts, ``{"model": state_dict}`` and atrous' own checkpoints (which also
   hold optimizer, scheduler, iteration and RNG states); ``?matching_heuristics=True`` appended to
   the path switches suffix matching on, as in detectron2;
@@ -14,7 +16,7 @@ Sources accepted by :meth:`Checkpointer.load`:
   into the cache first.
 
 Nothing in a file is ever executed: pickles go through :mod:`.safe_pickle` and torch files through
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``; safetensors files hold no code at all.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import nn
 
 from ..utils import comm
 from ..utils.file_io import atomic_write
+from ..utils.version import version_metadata
 from . import model_zoo
 from .detectron2 import align_and_update_state_dicts
 from .download import download
@@ -48,6 +51,7 @@ from .errors import (
 )
 from .rng import capture_rng_state, restore_rng_state
 from .safe_pickle import NUMPY_SAFE_GLOBALS, load_pickle
+from .weights_io import is_safetensors_file, read_safetensors_checkpoint
 
 __all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
 
@@ -55,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 # Keys of a checkpoint file that describe it rather than hold state for someone.
-_META_KEYS = ("model", "__author__", "matching_heuristics")
+_META_KEYS = ("model", "__author__", "matching_heuristics", "metadata")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -83,6 +87,8 @@ class LoadReport:
         checkpointables: names of the other objects (optimizer, scheduler, ...) restored.
         extra: the remaining entries of the file (e.g. ``iteration``, ``rng_state``).
         matching_heuristics: whether keys were matched by suffix.
+        metadata: the file's version stamp and other string entries (``{}`` for files written
+            elsewhere or before the stamp existed), e.g. ``{"atrous_version": "0.1.0", ...}``.
     """
 
     source: str = ""
@@ -96,6 +102,7 @@ class LoadReport:
     checkpointables: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     matching_heuristics: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -191,11 +198,12 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file into detectron2's normalised form, executing nothing.
 
     Args:
-        path: a ``.pkl`` (detectron2 / Caffe2 pickle) or torch file.
+        path: a ``.pkl`` (detectron2 / Caffe2 pickle), ``.safetensors`` or torch file.
 
     Returns:
         A dict with at least ``"model"`` (name -> array or tensor); ``.pkl`` files from outside
-        the detectron2 zoo get ``"__author__": "Caffe2"`` and ``"matching_heuristics": True``.
+        the detectron2 zoo get ``"__author__": "Caffe2"`` and ``"matching_heuristics": True``;
+        safetensors files give ``{"model": tensors, "metadata": header __metadata__}``.
 
     Raises:
         CheckpointNotFoundError: `path` does not exist.
@@ -218,6 +226,8 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         magic = f.read(4)
     if not magic:
         raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
+    if is_safetensors_file(path):
+        return read_safetensors_checkpoint(path)
     if magic == _ZIP_MAGIC:
         return _normalise_torch(_torch_load(path), path)
     if path.endswith(".pkl"):
@@ -419,7 +429,9 @@ class Checkpointer:
                 f"{path}: the 'model' entry is a {type(raw).__name__}, not a dict of weights."
             )
         report = LoadReport(
-            path=path, matching_heuristics=bool(checkpoint.get("matching_heuristics"))
+            path=path,
+            matching_heuristics=bool(checkpoint.get("matching_heuristics")),
+            metadata=_string_metadata(checkpoint.get("metadata")),
         )
         state: dict[str, torch.Tensor] = {}
         not_arrays: list[str] = []
@@ -490,10 +502,12 @@ class Checkpointer:
     def save(self, name: str, **extra: Any) -> Path | None:
         """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
 
-        The file holds ``"model"``, each checkpointable's state, ``"rng_state"`` and `extra`
-        (e.g. ``iteration=999``); it loads with ``torch.load(weights_only=True)``. It is written to
-        a temporary file in `save_dir`, fsynced and renamed, so a crash leaves either the previous
-        file or the complete new one; ``last_checkpoint`` is updated the same way afterwards.
+        The file holds ``"model"``, each checkpointable's state, ``"rng_state"``, `extra`
+        (e.g. ``iteration=999``) and ``"metadata"`` (the atrous and torch versions that wrote it,
+        see `atrous.utils.version.version_metadata`); it loads with
+        ``torch.load(weights_only=True)``. It is written to a temporary file in `save_dir`,
+        fsynced and renamed, so a crash leaves either the previous file or the complete new one;
+        ``last_checkpoint`` is updated the same way afterwards.
 
         Args:
             name: file name without (or with) the ``.pth`` suffix.
@@ -518,6 +532,7 @@ class Checkpointer:
             data[key] = obj.state_dict()
         data["rng_state"] = capture_rng_state()
         data.update(extra)
+        data["metadata"] = version_metadata()
         _check_weights_only(data, name)
 
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -609,6 +624,13 @@ class Checkpointer:
             p.unlink(missing_ok=True)
             deleted.append(os.fspath(p))
         return deleted
+
+
+def _string_metadata(value: Any) -> dict[str, str]:
+    # Only a mapping of strings is a stamp; anything else under that name is not ours to read.
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
 
 
 def _check_weights_only(obj: Any, where: str) -> None:

@@ -7,6 +7,7 @@ usually surface far from the code that chose the path (a YAML file, a command li
 from __future__ import annotations
 
 __all__ = [
+    "BundleError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
@@ -38,3 +39,7 @@ class DownloadError(CheckpointError):
 
 class ChecksumMismatchError(DownloadError):
     """A downloaded file does not match the checksum embedded in its name; it was deleted."""
+
+
+class BundleError(CheckpointError):
+    """A model bundle folder is incomplete, was edited after export, or contradicts itself."""

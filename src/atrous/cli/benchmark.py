@@ -7,7 +7,7 @@ Examples::
     atrous benchmark --config-file ... --onnx --json out/onnx.json
 
 The model gets random weights (MODEL.WEIGHTS is ignored), so nothing is downloaded; speed does
-not depend on the weights' values.
+not depend on the weights' values. ``--model DIR`` benchmarks a model bundle's config.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config YAML")
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
     parser.add_argument("--mode", choices=("infer", "train", "data"), default="infer")
     parser.add_argument(
         "--size",
@@ -73,13 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup_cfg(args: argparse.Namespace):
     from atrous.config import get_cfg, resolve_config_file
 
-    cfg = get_cfg()
-    try:
-        path = resolve_config_file(args.config_file)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(args.opts or []))
+    if bool(args.model) == bool(args.config_file):
+        raise SystemExit("Give either --config-file or --model DIR.")
+    if args.model:
+        from atrous.checkpoint.bundle import bundle_config
+        from atrous.checkpoint.errors import CheckpointError
+
+        try:
+            cfg, _ = bundle_config(args.model, opts=list(args.opts or []))
+        except CheckpointError as error:
+            raise SystemExit(str(error)) from None
+    else:
+        cfg = get_cfg()
+        try:
+            path = resolve_config_file(args.config_file)
+        except FileNotFoundError as error:
+            raise SystemExit(str(error)) from None
+        cfg.merge_from_file(path)
+        cfg.merge_from_list(list(args.opts or []))
     # Random weights: speed does not depend on them and a benchmark must not download.
     cfg.MODEL.WEIGHTS = ""
     if args.device:
@@ -194,7 +208,9 @@ def _run_data(args, cfg) -> int:
     if args.json:
         from atrous.deploy.benchmark import write_json
 
-        write_json({"mode": "data", "config_file": args.config_file, **result}, args.json)
+        write_json(
+            {"mode": "data", "config_file": args.config_file or args.model, **result}, args.json
+        )
         print(f"wrote {args.json}")
     return 0
 
@@ -264,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         flops_per_iter=flops,
         peak_tflops_per_s=args.peak_tflops,
         mode=args.mode,
-        config_file=args.config_file,
+        config_file=args.config_file or args.model,
         size=args.size,
         dtype=args.dtype,
         channels_last=args.channels_last and not args.onnx,

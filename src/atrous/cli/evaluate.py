@@ -2,6 +2,7 @@
 
 atrous evaluate --config-file cfg.yaml MODEL.WEIGHTS model_final.pth
 atrous evaluate --config-file cfg.yaml --tta --output out/eval MODEL.WEIGHTS DeepLabV3+_R103
+atrous evaluate --model my_bundle --dataset cityscapes_fine_sem_seg_val
 
 For every dataset in DATASETS.TEST (or ``--dataset``) it writes, under
 ``<output>/inference/<dataset>/``, the metrics as JSON and CSV, the confusion matrix, the official
@@ -27,7 +28,10 @@ logger = logging.getLogger("atrous.evaluate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
     parser.add_argument(
         "--output", default=None, metavar="DIR", help="output folder (default: OUTPUT_DIR)"
     )
@@ -69,13 +73,24 @@ def run(args: argparse.Namespace) -> int:
     output folder that cannot be used (not writable, full, or in use by another run)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError, get_cfg
 
+    if bool(args.model) == bool(args.config_file):
+        print("error: give either --config-file or --model DIR", file=sys.stderr)
+        return 2
+    bundle = None
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(list(args.opts or []))
-    except (ConfigError, FileNotFoundError) as error:
+        if args.model:
+            from atrous.checkpoint.bundle import load_bundle
+
+            bundle = load_bundle(args.model, opts=list(args.opts or []), device=args.device)
+            cfg = bundle.cfg
+        else:
+            cfg = get_cfg()
+            cfg.merge_from_file(args.config_file)
+            cfg.merge_from_list(list(args.opts or []))
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.device:
@@ -113,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if note:
         logger.warning(note)
     try:
-        return _evaluate(cfg, datasets, out_root)
+        return _evaluate(cfg, datasets, out_root, bundle)
     finally:
         lock.release()
 
 
-def _evaluate(cfg, datasets: list[str], out_root: Path) -> int:
+def _evaluate(cfg, datasets: list[str], out_root: Path, bundle) -> int:
+    """Build (or take the bundle's) model, evaluate every dataset, write results.json."""
     from atrous.checkpoint import Checkpointer
     from atrous.config import ConfigError
     from atrous.data import build_test_loader
@@ -129,11 +145,14 @@ def _evaluate(cfg, datasets: list[str], out_root: Path) -> int:
     from atrous.utils.output_dir import safe_dataset_dirname
 
     try:
-        model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        if bundle:
+            model = bundle.model
         else:
-            logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
+            model = build_model(cfg)
+            if cfg.MODEL.WEIGHTS:
+                Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+            else:
+                logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
         inference_model = build_inference_model(cfg, model.eval())
         all_results = {}
         for name in datasets:

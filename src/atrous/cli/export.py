@@ -1,12 +1,17 @@
-"""`atrous export`: write a model as ONNX or TorchScript with dynamic height and width.
+"""`atrous export`: write a model as ONNX, TorchScript or a model bundle folder.
 
 Example::
 
     atrous export --format onnx --output model.onnx --config-file CONFIG.yaml \
         MODEL.WEIGHTS model_final.pkl
+    atrous export --format bundle --output my_model --config-file CONFIG.yaml \
+        MODEL.WEIGHTS output/model_final.pth
+    atrous export --format onnx --output model.onnx --model my_model
 
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
-to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`.
+to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
+with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
+`atrous.deploy.bundle`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config YAML")
-    parser.add_argument("--output", required=True, metavar="FILE", help="file to write")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "bundle"), required=True)
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
+    )
     parser.add_argument(
         "--sample-size",
         type=_parse_size,
@@ -41,12 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def _config_and_model(args: argparse.Namespace):
+    """--config-file + MODEL.WEIGHTS -> (frozen cfg, model with the weights)."""
     from atrous.config import get_cfg, resolve_config_file
-    from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
     from atrous.modeling import build_model
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config_file = resolve_config_file(args.config_file)
     except FileNotFoundError as error:
@@ -70,8 +79,40 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from None
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
+    return cfg, model
+
+
+def run(args: argparse.Namespace) -> int:
+    from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if bool(args.model) == bool(args.config_file):
+        raise SystemExit("Give either --config-file (with MODEL.WEIGHTS) or --model DIR.")
+    bundle_metrics = None
+    if args.model:
+        from atrous.checkpoint.bundle import load_bundle
+        from atrous.checkpoint.errors import CheckpointError
+
+        try:
+            # Exports are made on the CPU in float32; the file runs on any device.
+            bundle = load_bundle(args.model, opts=list(args.opts or []), device="cpu")
+        except CheckpointError as error:
+            raise SystemExit(str(error)) from None
+        cfg, model, bundle_metrics = bundle.cfg, bundle.model, bundle.metadata.metrics
+        cfg.freeze()
+    else:
+        cfg, model = _config_and_model(args)
     model.eval()
 
+    if args.format == "bundle":
+        from atrous.deploy.bundle import write_bundle
+
+        try:
+            path = write_bundle(args.output, cfg=cfg, model=model, metrics=bundle_metrics)
+        except FileExistsError as error:
+            raise SystemExit(str(error)) from None
+        print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
+        return 0
     if args.format == "onnx":
         try:
             import onnx  # noqa: F401

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("atrous.cli.benchmark", "measure inference, training or data-loading speed"),
     "prepare": ("atrous.cli.prepare", "prepare datasets (Cityscapes trainIds, synthetic data)"),
     "quickstart": ("atrous.cli.quickstart", "prepare synthetic data, train, evaluate, predict"),
+    "convert": ("atrous.cli.convert", "convert weights (.pkl, .pth) to .safetensors or .pth"),
 }
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atrous", description="DeepLabV3 / DeepLabV3+ semantic segmentation."
     )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -34,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from atrous import __version__
+
+        print(f"atrous {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # prints help or the "invalid choice" error and exits
         return 2

@@ -4,6 +4,10 @@ atrous predict --config-file cfg.yaml --input photos/ street.jpg "more/*.png" --
     MODEL.WEIGHTS model_final.pth
 atrous predict --config-file cfg.yaml --dataset cityscapes_fine_sem_seg_test --output submit \\
     --cityscapes-labelids MODEL.WEIGHTS DeepLabV3+_R103
+atrous predict --model my_bundle --input photos/ --output out
+
+``--model`` takes a model bundle folder (``atrous export --format bundle``) instead of
+``--config-file`` + MODEL.WEIGHTS; class names and colours then come from the bundle.
 
 For every image ``<name>`` it writes ``<name>_labels.png`` (an indexed PNG: pixel values are class
 ids, the palette shows the dataset's colours), ``<name>_overlay.png`` (colours blended with the
@@ -37,7 +41,10 @@ _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
     parser.add_argument(
         "--input",
         nargs="+",
@@ -200,11 +207,29 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.opacity <= 1.0:
         print(f"error: --opacity must be in [0, 1], got {args.opacity}", file=sys.stderr)
         return 2
+    if bool(args.model) == bool(args.config_file):
+        print("error: give either --config-file or --model DIR", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and args.model:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
+            return 2
+    from atrous.checkpoint.errors import CheckpointError
+
+    bundle = None
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(opts)
-    except (ConfigError, FileNotFoundError) as error:
+        if args.model:
+            from atrous.checkpoint.bundle import load_bundle
+
+            bundle = load_bundle(args.model, opts=opts, device=args.device)
+            cfg = bundle.cfg
+        else:
+            cfg = get_cfg()
+            cfg.merge_from_file(args.config_file)
+            cfg.merge_from_list(opts)
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.device:
@@ -252,20 +277,23 @@ def run(args: argparse.Namespace) -> int:
     if note:
         logger.warning(note)
     try:
-        return _predict(cfg, args, items)
+        return _predict(cfg, args, items, bundle)
     finally:
         lock.release()
 
 
-def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]]) -> int:
+def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], bundle) -> int:
     from tqdm import tqdm
 
     from atrous.data.image_io import read_image
     from atrous.inference import Predictor
 
-    meta = _metadata(cfg, args.dataset)
+    meta = bundle.metadata if bundle else _metadata(cfg, args.dataset)
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
-    predictor = Predictor(cfg)
+    if bundle:
+        predictor = Predictor(cfg, model=bundle.model, metadata=bundle.metadata)
+    else:
+        predictor = Predictor(cfg)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []

@@ -13,20 +13,38 @@ The crop-dependent ASPP image pooling of the original (``AvgPool2d`` with a (32,
 stride 1 for the 512x1024 training crop) exports as a fixed-kernel average pool over a dynamic
 feature map, so inputs must be at least the training crop size for those models (the exported
 model then slides the window exactly as PyTorch does); globally pooled models take any size.
+
+Both formats carry the version stamp (``atrous_version``, ``torch_version``) and any extra
+string entries: as the ONNX model's ``metadata_props``, and as the TorchScript extra file
+``atrous_metadata.json`` (``torch.jit.load(path, _extra_files={TORCHSCRIPT_METADATA: ""})``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["ExportableSegmentor", "export_onnx", "export_torchscript", "min_input_size"]
+from ..utils.version import version_metadata
+
+__all__ = [
+    "TORCHSCRIPT_METADATA",
+    "ExportableSegmentor",
+    "export_metadata",
+    "export_onnx",
+    "export_torchscript",
+    "min_input_size",
+]
+
+# Name of the TorchScript extra file holding the JSON metadata.
+TORCHSCRIPT_METADATA = "atrous_metadata.json"
 
 
 class ExportableSegmentor(nn.Module):
@@ -100,6 +118,15 @@ def _umask() -> int:
     return mask
 
 
+def export_metadata(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The version stamp plus `extra`, as the string -> string map every export format takes."""
+    metadata = {**version_metadata(), **dict(extra or {})}
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"export metadata must map strings to strings; not so for {bad}")
+    return metadata
+
+
 def _sample_input(model: nn.Module, sample_size: tuple[int, int] | None) -> torch.Tensor:
     if sample_size is None:
         low = min_input_size(model)
@@ -118,6 +145,7 @@ def export_onnx(
     *,
     sample_size: tuple[int, int] | None = None,
     opset_version: int = 18,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `model` as an ONNX file with dynamic batch, height and width.
 
@@ -129,10 +157,12 @@ def export_onnx(
         output: path of the .onnx file.
         sample_size: (H, W) of the example input used for tracing; any valid size works.
         opset_version: ONNX opset.
+        metadata: string entries for the model's ``metadata_props``, next to the version stamp.
 
     Returns:
         The path written. Graph input ``images`` (N, 3, H, W) float32, output ``logits``.
     """
+    props = export_metadata(metadata)
     wrapper = ExportableSegmentor(model).eval()
     sample = _sample_input(model, sample_size)
     min_h, min_w = min_input_size(model)
@@ -153,6 +183,7 @@ def export_onnx(
             opset_version=opset_version,
             external_data=False,
         )
+        program.model.metadata_props.update(props)
         program.save(tmp, external_data=False)
     return Path(output)
 
@@ -162,6 +193,7 @@ def export_torchscript(
     output: str | os.PathLike,
     *,
     sample_size: tuple[int, int] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `model` as a TorchScript file (``torch.jit.load`` -> module(images) -> logits).
 
@@ -172,15 +204,18 @@ def export_torchscript(
         model: a segmentor; it is traced in eval mode, on its current device, in float32.
         output: path of the .pt/.ts file, written atomically.
         sample_size: (H, W) of the example input used for tracing.
+        metadata: string entries for the ``atrous_metadata.json`` extra file, next to the
+            version stamp.
 
     Returns:
         The path written.
     """
+    extra_files = {TORCHSCRIPT_METADATA: json.dumps(export_metadata(metadata), sort_keys=True)}
     wrapper = ExportableSegmentor(model).eval()
     sample = _sample_input(model, sample_size)
     with _atomic_path(output) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
         traced = torch.jit.freeze(traced.eval())
-        torch.jit.save(traced, str(tmp))
+        torch.jit.save(traced, str(tmp), _extra_files=extra_files)
     return Path(output)

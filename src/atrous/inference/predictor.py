@@ -1,8 +1,9 @@
-"""`Predictor`: config + weights -> a callable that segments numpy images."""
+"""`Predictor`: config + weights (or a model bundle folder) -> a callable that segments images."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,20 +87,36 @@ class Predictor:
     to ``INPUT.FORMAT``, resized with ResizeShortestEdge(``INPUT.MIN_SIZE_TEST``,
     ``INPUT.MAX_SIZE_TEST``) and the prediction is returned at the original size.
 
+    A model bundle folder (``atrous export --format bundle``) can be given instead of a config:
+    ``Predictor("bundle_dir")`` or `Predictor.from_bundle` (which also takes overrides); its
+    ``bundle.json`` is then `metadata` (class names, colours).
+
     Example::
 
-        predictor = Predictor(cfg)
+        predictor = Predictor(cfg)                 # or Predictor("my_bundle/")
         result = predictor(np.asarray(Image.open("street.png").convert("RGB")))
         result.labels  # (H, W) class ids
     """
 
-    def __init__(self, cfg: Any, *, model: nn.Module | None = None) -> None:
+    def __init__(
+        self, cfg: Any, *, model: nn.Module | None = None, metadata: Any | None = None
+    ) -> None:
         """
         Args:
-            cfg: the config (not modified).
+            cfg: the config (not modified), or the path of a model bundle folder.
             model: an already built and loaded segmentor to use instead of building one.
+            metadata: what `metadata` should hold (set by `from_bundle`); None otherwise.
         """
+        if isinstance(cfg, str | os.PathLike):
+            if model is not None:
+                raise ValueError("a model bundle brings its own model; do not pass model=")
+            from atrous.checkpoint.bundle import load_bundle
+
+            bundle = load_bundle(cfg)
+            cfg, model, metadata = bundle.cfg, bundle.model, bundle.metadata
         self.cfg = cfg.clone()
+        # `atrous.checkpoint.bundle.BundleMetadata` for bundles (stuff_classes, stuff_colors, ...)
+        self.metadata = metadata
         if model is None:
             from atrous.checkpoint import Checkpointer
             from atrous.modeling import build_model
@@ -118,6 +135,29 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
         self.min_size = int(self.cfg.INPUT.MIN_SIZE_TEST)
         self.max_size = int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        opts: Sequence[str] = (),
+        device: str | None = None,
+    ) -> Predictor:
+        """A predictor for a model bundle folder.
+
+        Args:
+            path: the folder (verified: missing, edited or mismatched files are refused).
+            opts: ``KEY VALUE`` config overrides, e.g. ``["TEST.AUG.ENABLED", "True"]``.
+            device: overrides MODEL.DEVICE (the bundled config says "cpu").
+
+        Raises:
+            atrous.checkpoint.BundleError: the folder is not a valid bundle.
+        """
+        from atrous.checkpoint.bundle import load_bundle
+
+        bundle = load_bundle(path, opts=opts, device=device)
+        return cls(bundle.cfg, model=bundle.model, metadata=bundle.metadata)
 
     def _to_input(self, image: np.ndarray, index: int) -> dict[str, Any]:
         image = np.asarray(image)

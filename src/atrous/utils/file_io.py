@@ -7,6 +7,7 @@ new one, never a truncated file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fsync_dir",
+    "sha256_file",
 ]
 
 
@@ -90,3 +92,12 @@ def _nan_to_none(value: Any) -> Any:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write `obj` as indented JSON, NaN written as ``null``."""
     return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (model files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
