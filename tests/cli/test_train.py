@@ -21,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -552,3 +553,13 @@ def test_bundle_of_a_training_run_records_its_final_metrics(
     predictor = Predictor(bundle)
     assert predictor.metadata.stuff_classes == tuple(meta["classes"])
     assert predictor(torch.zeros(64, 128, 3, dtype=torch.uint8).numpy()).labels.shape == (64, 128)
+    # The trained model from its bundle labels a real validation image as config + weights do.
+    from atrous.config import get_cfg
+    from atrous.data import read_image
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(trained / "config.yaml"))
+    cfg.merge_from_list(["MODEL.WEIGHTS", weights])
+    photo = sorted((datasets_dir / "synthetic" / "leftImg8bit" / "val").rglob("*.png"))[0]
+    image = read_image(photo, "RGB")
+    np.testing.assert_array_equal(predictor(image).labels, Predictor(cfg)(image).labels)
