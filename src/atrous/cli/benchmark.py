@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _setup_cfg(args: argparse.Namespace):
     from atrous.config import get_cfg, resolve_config_file
+    from atrous.config.validate import validate_config
 
     cfg = get_cfg()
     try:
@@ -85,6 +86,8 @@ def _setup_cfg(args: argparse.Namespace):
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
+    # The device is checked by `run`, which names the --device flag.
+    validate_config(cfg, training=args.mode == "train", check_device=False)
     return cfg
 
 
@@ -137,8 +140,19 @@ def _onnx_step(args, model, inputs):
         import onnxruntime as ort
     except ImportError as error:
         raise SystemExit("--onnx needs onnxruntime: pip install 'atrous[export]'.") from error
-    from atrous.deploy.export import export_onnx
+    from atrous.config import ConfigError
+    from atrous.deploy.export import export_onnx, min_input_size
 
+    min_h, min_w = min_input_size(model)
+    h, w = args.size
+    if h < min_h or w < min_w:
+        # A fixed-kernel ONNX AveragePool cannot pool a feature map smaller than its window;
+        # onnxruntime would fail deep inside the session.
+        raise ConfigError(
+            f"--size {h}x{w} is below the smallest input the ONNX graph of this config accepts, "
+            f"{min_h}x{min_w} (the ASPP pooling window of INPUT.CROP.SIZE): pass --size "
+            f"{max(h, min_h)}x{max(w, min_w)} or larger, or drop --onnx."
+        )
     if args.dtype != "fp32" or args.channels_last or args.compile:
         logger.warning(
             "--onnx times the fp32 ONNX graph; --dtype/--channels-last/--compile ignored"

@@ -19,6 +19,8 @@ import math
 import sys
 from pathlib import Path
 
+from atrous.cli.common import add_allow_partial_flag, check_dataset_classes, load_weights
+
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger("atrous.evaluate")
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
     )
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -63,62 +66,62 @@ def _format(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; returns 0 on success, 1 when evaluation failed, 2 for a bad command line."""
+    """Evaluate; returns 0 on success. Errors are reported by `atrous.cli.main.dispatch`.
+
+    Everything that can be checked without the model runs first: the config, the output folder
+    (writable), the datasets and their evaluators, so that a mistake surfaces in seconds rather
+    than after a whole inference.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     from atrous.config import ConfigError, get_cfg
+    from atrous.config.validate import validate_config
 
-    try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(list(args.opts or []))
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(list(args.opts or []))
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:
         cfg.TEST.AUG.ENABLED = True
     datasets = list(args.dataset or cfg.DATASETS.TEST)
     if not datasets:
-        print("error: no dataset: set DATASETS.TEST or pass --dataset NAME", file=sys.stderr)
-        return 2
+        raise ConfigError("No dataset to evaluate: set DATASETS.TEST or pass --dataset NAME.")
     cfg.freeze()
+    validate_config(cfg)
+    check_dataset_classes(cfg, test=tuple(datasets))
 
-    from atrous.checkpoint import Checkpointer
     from atrous.data import build_test_loader
     from atrous.evaluation import build_evaluator, inference_on_dataset
     from atrous.inference import build_inference_model
     from atrous.modeling import build_model
-    from atrous.utils.file_io import atomic_write_json
+    from atrous.utils.file_io import atomic_write_json, check_writable_dir
 
-    out_root = Path(args.output or cfg.OUTPUT_DIR) / "inference"
-    try:
-        model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
-        inference_model = build_inference_model(cfg, model.eval())
-        all_results = {}
-        for name in datasets:
-            loader = build_test_loader(cfg, name)
-            evaluator = build_evaluator(cfg, name, out_root / name)
-            results = inference_on_dataset(inference_model, loader, evaluator)
-            all_results[name] = results
-            print(f"{name}\n{_format(results)}")
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    out_root = check_writable_dir(Path(args.output or cfg.OUTPUT_DIR) / "inference")
+    jobs = [
+        (name, build_test_loader(cfg, name), build_evaluator(cfg, name, out_root / name))
+        for name in datasets
+    ]
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
+    inference_model = build_inference_model(cfg, model.eval())
+    all_results = {}
+    for name, loader, evaluator in jobs:
+        results = inference_on_dataset(inference_model, loader, evaluator)
+        all_results[name] = results
+        print(f"{name}\n{_format(results)}")
     atomic_write_json(out_root / "results.json", all_results)
     print(f"results written to {out_root}", file=sys.stderr)
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="atrous evaluate", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from atrous.cli.main import main
+
+    return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

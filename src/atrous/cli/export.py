@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atrous.config import get_cfg, resolve_config_file
+    from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
     from atrous.modeling import build_model
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    validate_config(cfg)
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:

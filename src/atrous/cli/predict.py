@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from atrous.cli.common import add_allow_partial_flag, load_weights
+
 __all__ = ["add_arguments", "collect_inputs", "run"]
 
 logger = logging.getLogger("atrous.predict")
@@ -67,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write only Cityscapes labelIds PNGs named for the benchmark server",
     )
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -191,40 +194,32 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict every input; returns 0, 1 when some image failed, 2 for a bad command line."""
+    """Predict every input; returns 0, or 1 when some image failed.
+
+    Other errors (config, weights, output folder) are reported by `atrous.cli.main.dispatch`.
+    """
     _setup_logging()
     from atrous.config import ConfigError, get_cfg
+    from atrous.config.validate import validate_config
 
     inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
     if not 0.0 <= args.opacity <= 1.0:
-        print(f"error: --opacity must be in [0, 1], got {args.opacity}", file=sys.stderr)
-        return 2
-    try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(opts)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(opts)
     if args.device:
         cfg.MODEL.DEVICE = args.device
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("error: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
-            return 2
     if args.tta:
         cfg.TEST.AUG.ENABLED = True
+    validate_config(cfg)
     items = collect_inputs(inputs)
     if args.dataset:
         from atrous.data import get_dataset_records
 
-        try:
-            records = get_dataset_records(args.dataset)
-        except Exception as error:
-            print(f"error: dataset {args.dataset}: {error}", file=sys.stderr)
-            return 2
+        records = get_dataset_records(args.dataset)
         root = os.path.commonpath([r["file_name"] for r in records])
         root = root if os.path.isdir(root) else os.path.dirname(root)
         items += [
@@ -232,23 +227,25 @@ def run(args: argparse.Namespace) -> int:
             for r in records
         ]
     if not items:
-        print(
-            "error: no input images (give --input files/folders/globs or --dataset)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError("No input images: give --input files/folders/globs or --dataset NAME.")
     cfg.freeze()
 
     from tqdm import tqdm
 
     from atrous.data.image_io import read_image
     from atrous.inference import Predictor
+    from atrous.modeling import build_model
+    from atrous.utils.file_io import check_writable_dir
 
+    out_dir = check_writable_dir(args.output)
     meta = _metadata(cfg, args.dataset)
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
-    predictor = Predictor(cfg)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: predicting with untrained weights")
+    predictor = Predictor(cfg, model=model)
     failures: list[tuple[str, str]] = []
     written = 0
     with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:
