@@ -80,3 +80,20 @@ def test_random_seed_is_logged_and_repeatable(tmp_path: Path) -> None:
     assert logged == seed
     seed_all_rng(logged)
     assert _draws() == draws
+
+
+def test_log_exception_to_files_writes_the_traceback_to_log_txt_only(tmp_path: Path, capsys):
+    from atrous.engine.defaults import log_exception_to_files, setup_logger
+
+    setup_logger(str(tmp_path))
+    try:
+        raise ValueError("the cause")
+    except ValueError as error:
+        log_exception_to_files(error)
+        log_exception_to_files(error)  # logged once, however many layers report it
+    log = (tmp_path / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "ValueError: the cause" in log
+    assert log.count("Traceback") == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    setup_logger(None)

@@ -208,3 +208,18 @@ def test_clear_errors(tmp_path):
         32,
         33,
     ]
+
+
+def test_check_inputs_rejects_names_the_script_cannot_match_before_inference(tmp_path):
+    from atrous.data.image_io import DatasetError
+
+    gt_dir = tmp_path / "gtFine" / "val"
+    ev = CityscapesSemSegEvaluator(CITYSCAPES_META, gt_dir=gt_dir)
+    good = {"file_name": str(tmp_path / "lindau" / "lindau_000000_000019_leftImg8bit.png")}
+    ev.check_inputs([good])
+    umlaut = {"file_name": str(tmp_path / "münchen" / "münchen_000000_000019_leftImg8bit.png")}
+    with pytest.raises(DatasetError, match=r"münchen_000000_000019_leftImg8bit\.png: .*ASCII"):
+        ev.check_inputs([good, umlaut])
+    holiday = {"file_name": str(tmp_path / "holiday.png")}
+    with pytest.raises(DatasetError, match=r"cannot score .*holiday\.png"):
+        ev.check_inputs([holiday])

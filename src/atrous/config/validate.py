@@ -118,22 +118,30 @@ def _check_device(device: Any) -> None:
 def _check_crop(cfg: Any) -> None:
     crop = cfg.INPUT.CROP
     size = crop.SIZE
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(map(_is_number, size)):
-        raise ConfigError(f"INPUT.CROP.SIZE must be two numbers (height, width), got {size!r}.")
-    if crop.TYPE.startswith("relative"):
-        if not all(0 < s <= 1 for s in size):
-            raise ConfigError(
-                f"INPUT.CROP.SIZE with INPUT.CROP.TYPE {crop.TYPE} is a fraction of the image in "
-                f"(0, 1], got {list(size)}."
-            )
-    else:
-        if not all(_is_int(s) and s >= 1 for s in size):
-            raise ConfigError(
-                f"INPUT.CROP.SIZE with INPUT.CROP.TYPE {crop.TYPE} is in pixels and must be "
-                f"positive whole numbers, got {list(size)}."
-            )
-        if crop.TYPE == "absolute_range" and size[0] > size[1]:
-            raise ConfigError(f"INPUT.CROP.SIZE for absolute_range needs min <= max, got {size}.")
+    if crop.TYPE != "absolute":
+        # atrous.modeling.build.aspp_pool_kernel_size: the pooling window is crop / stride.
+        raise ConfigError(
+            "The DeepLab heads size ASPP's image pooling from the training crop: with "
+            f"INPUT.CROP.ENABLED True set INPUT.CROP.TYPE absolute (got {crop.TYPE!r}) and "
+            "INPUT.CROP.SIZE in pixels."
+        )
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(_is_int(s) and s >= 1 for s in size)
+    ):
+        raise ConfigError(
+            f"INPUT.CROP.SIZE must be two positive whole numbers of pixels (height, width), got "
+            f"{size!r}."
+        )
+    dilation = cfg.MODEL.RESNETS.RES5_DILATION
+    stride = 32 // dilation if dilation in (1, 2, 4) else 32
+    if size[0] % stride or size[1] % stride:
+        raise ConfigError(
+            f"INPUT.CROP.SIZE {tuple(size)} must be divisible by the output stride {stride} "
+            f"(MODEL.RESNETS.RES5_DILATION {dilation}), e.g. "
+            f"({-(-size[0] // stride) * stride}, {-(-size[1] // stride) * stride})."
+        )
     area = crop.SINGLE_CATEGORY_MAX_AREA
     if not _is_number(area) or not 0 < area <= 1:
         raise ConfigError(f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA must be in (0, 1], got {area!r}.")
