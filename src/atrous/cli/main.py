@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_FAILURE = 1  # the run failed: data, checkpoint, device, disk
 EXIT_USAGE = 2  # the command line or the config cannot work (argparse uses 2 as well)
 
-_VERBOSE_HELP = "on errors, also print the traceback (it is always in OUTPUT_DIR/log.txt)"
+_VERBOSE_HELP = "on errors, also print the traceback (train also keeps it in OUTPUT_DIR/log.txt)"
 
 # What to do about an OS error while writing, by errno.
 _OS_ADVICE = {

@@ -76,7 +76,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="on errors, also print the traceback (it is always in OUTPUT_DIR/log.txt)",
+        help="on errors, also print the traceback (train also keeps it in OUTPUT_DIR/log.txt)",
     )
     parser.add_argument(
         "opts",
