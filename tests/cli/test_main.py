@@ -353,3 +353,40 @@ def test_benchmark_onnx_below_the_crop_size_is_a_usage_error() -> None:
     _assert_error_line(
         proc, EXIT_USAGE, "--size 32x64 is below the smallest input", "64x128", max_lines=2
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (PermissionError(13, "Permission denied", "/data/out/log.txt"), EXIT_FAILURE,
+         "error: Permission denied: cannot write /data/out/log.txt: set OUTPUT_DIR (or --output) "
+         "to a folder you can write, or fix its permissions. [Errno 13]"),
+        (OSError(122, "Disk quota exceeded", "/q/model.pth"), EXIT_FAILURE,
+         "error: Disk quota exceeded while writing /q/model.pth: free space or set OUTPUT_DIR "
+         "(or --output) elsewhere. [Errno 122]"),
+        (FloatingPointError("Loss became infinite or NaN at iteration=3!"), EXIT_FAILURE,
+         "error: Loss became infinite or NaN at iteration=3!"),
+        (FileNotFoundError("Config file 'x.yaml' does not exist."), EXIT_USAGE,
+         "error: Config file 'x.yaml' does not exist."),
+    ],
+)  # fmt: skip
+def test_error_types_map_to_exit_codes_and_lines(capsys, error, code, line) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    assert dispatch(fail, argparse.Namespace()) == code
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_rank_killed_by_a_signal_is_one_line(capsys) -> None:
+    import torch.multiprocessing as mp
+
+    def killed(args: argparse.Namespace) -> int:
+        raise mp.ProcessExitedException(
+            "process 1 terminated with signal SIGKILL",
+            error_index=1, error_pid=1234, exit_code=-9, signal_name="SIGKILL",
+        )  # fmt: skip
+
+    assert dispatch(killed, argparse.Namespace()) == EXIT_FAILURE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: a training process died") and "SIGKILL" in line

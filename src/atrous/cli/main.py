@@ -14,6 +14,7 @@ its own). Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -23,7 +24,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_USAGE", "dispatch", "exit_code_for", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "add_verbose_flag",
+    "dispatch",
+    "exit_code_for",
+    "main",
+]
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -112,7 +121,10 @@ def _message(error: BaseException) -> str:
         first = text.strip().splitlines()[0] if text.strip() else "out of memory"
         return f"{first}. Lower SOLVER.IMS_PER_BATCH or the input size (INPUT.*), or use AMP."
     if type(error).__name__ == "ProcessExitedException":
-        return f"a training process died ({text}); see the lines above and OUTPUT_DIR/log.txt."
+        return (
+            f"a training process died without an error ({text}), e.g. killed for lack of memory; "
+            "the other processes were stopped."
+        )
     return text
 
 
@@ -172,7 +184,8 @@ def dispatch(run: Callable[[argparse.Namespace], Any], args: argparse.Namespace)
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """Give `parser` the ``--verbose`` flag unless it has one already."""
-    if "--verbose" not in parser._option_string_actions:
+    # `train` has it already, among detectron2's flags (train_net.py).
+    with contextlib.suppress(argparse.ArgumentError):
         parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
 
 
