@@ -115,6 +115,16 @@ def test_batch_not_divisible_by_processes_fails_in_the_parent(tmp_path, datasets
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [(["--num-gpus", "0"], "--num-gpus must be at least 1, got 0."),
+     (["--num-machines", "2"], "--dist-url auto only works on one machine")],
+)  # fmt: skip
+def test_bad_launch_flags_are_usage_errors(tmp_path, flags, fragment) -> None:
+    proc = _atrous(*_train(tmp_path / "run", flags=flags))
+    _assert_error_line(proc, EXIT_USAGE, fragment, max_lines=1)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_on_a_cpu_machine_names_the_fix(tmp_path, datasets) -> None:
     proc = _atrous(*_train(tmp_path / "run", "MODEL.DEVICE", "cuda"), datasets=datasets)

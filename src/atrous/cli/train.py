@@ -36,12 +36,18 @@ def world_size(args: argparse.Namespace) -> int:
 
 
 def _check_launch_flags(args: argparse.Namespace) -> None:
+    # `launch` checks these too, as ValueErrors; here they are usage errors of the command line.
     for flag, value in (("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}.")
     if not 0 <= args.machine_rank < args.num_machines:
         raise ConfigError(
             f"--machine-rank must lie in [0, {args.num_machines}), got {args.machine_rank}."
+        )
+    if args.num_machines > 1 and args.dist_url in (None, "auto"):
+        raise ConfigError(
+            "--dist-url auto only works on one machine; pass tcp://HOST:PORT of machine 0 to "
+            "every machine."
         )
 
 

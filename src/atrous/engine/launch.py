@@ -108,10 +108,9 @@ def launch(
         What `main_fn` returns in a single process (spawned processes' results are not returned).
 
     Raises:
-        Exception: the exception of the first spawned process that failed, re-raised here with
-            the ProcessRaisedException (which holds that process's traceback) as its cause, so
-            that callers can handle a worker's error like one of their own; the others are
-            terminated.
+        Exception: the first exception raised in any spawned process, re-raised here (its
+            cause holds that process's traceback), so that callers can handle a worker's error
+            like one of their own; the other processes are stopped.
         torch.multiprocessing.ProcessRaisedException: the worker's exception could not be
             pickled.
         torch.multiprocessing.ProcessExitedException: a spawned process died without an
