@@ -140,19 +140,8 @@ def _onnx_step(args, model, inputs):
         import onnxruntime as ort
     except ImportError as error:
         raise SystemExit("--onnx needs onnxruntime: pip install 'atrous[export]'.") from error
-    from atrous.config import ConfigError
-    from atrous.deploy.export import export_onnx, min_input_size
+    from atrous.deploy.export import export_onnx
 
-    min_h, min_w = min_input_size(model)
-    h, w = args.size
-    if h < min_h or w < min_w:
-        # A fixed-kernel ONNX AveragePool cannot pool a feature map smaller than its window;
-        # onnxruntime would fail deep inside the session.
-        raise ConfigError(
-            f"--size {h}x{w} is below the smallest input the ONNX graph of this config accepts, "
-            f"{min_h}x{min_w} (the ASPP pooling window of INPUT.CROP.SIZE): pass --size "
-            f"{max(h, min_h)}x{max(w, min_w)} or larger, or drop --onnx."
-        )
     if args.dtype != "fp32" or args.channels_last or args.compile:
         logger.warning(
             "--onnx times the fp32 ONNX graph; --dtype/--channels-last/--compile ignored"
@@ -164,6 +153,22 @@ def _onnx_step(args, model, inputs):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"images": np.stack([x["image"].float().numpy() for x in inputs])}
     return lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"
+
+
+def _check_onnx_size(size: tuple[int, int], model) -> None:
+    from atrous.config import ConfigError
+    from atrous.deploy.export import min_input_size
+
+    min_h, min_w = min_input_size(model)
+    h, w = size
+    if h < min_h or w < min_w:
+        # A fixed-kernel ONNX AveragePool cannot pool a feature map smaller than its window;
+        # onnxruntime would fail deep inside the session, after the export.
+        raise ConfigError(
+            f"--size {h}x{w} is below the smallest input the ONNX graph of this config accepts, "
+            f"{min_h}x{min_w} (the ASPP pooling window of INPUT.CROP.SIZE): pass --size "
+            f"{max(h, min_h)}x{max(w, min_w)} or larger, or drop --onnx."
+        )
 
 
 def _train_step(args, cfg, model, inputs, device):
@@ -247,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
     torch.manual_seed(0)
     model = build_model(cfg)
+    if args.onnx:
+        _check_onnx_size(args.size, model)
     train = args.mode == "train"
     inputs = _random_batch(
         args.batch,
