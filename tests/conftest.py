@@ -153,3 +153,38 @@ def reference_bundle(tmp_path_factory, reference_dir) -> Path:
     model = build_model(cfg)
     assert Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True).ok
     return write_bundle(tmp_path_factory.mktemp("bundles") / "small_v3plus", cfg=cfg, model=model)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size="1m", readonly=False) -> Path``: a real small tmpfs, unmounted afterwards.
+
+    A full disk and a read-only file system cannot be faked with permissions when the tests run
+    as root (root ignores them); a tmpfs mount is the real thing. Skipped where mounting is not
+    allowed (not root, no CAP_SYS_ADMIN in a container).
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str = "1m", *, readonly: bool = False) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        try:
+            proc = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except FileNotFoundError:
+            pytest.skip("no mount command here: cannot make a real full or read-only disk")
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)

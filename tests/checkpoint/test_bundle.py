@@ -13,6 +13,7 @@ import torch
 import atrous
 from atrous.checkpoint import BundleError, Checkpointer, is_bundle, load_bundle, save_weights
 from atrous.checkpoint.bundle import bundle_config, read_bundle_metadata
+from atrous.config import ConfigError
 from atrous.modeling import build_model
 from atrous.utils.file_io import sha256_file
 from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_overrides
@@ -62,7 +63,7 @@ def test_bundle_loads_the_exact_model_config_and_metadata(reference_bundle, refe
 def test_overrides_and_device_apply_and_weights_cannot_be_replaced(reference_bundle):
     cfg, _ = bundle_config(reference_bundle, opts=["TEST.AUG.ENABLED", "True"], device="cpu")
     assert cfg.TEST.AUG.ENABLED and cfg.MODEL.DEVICE == "cpu"
-    with pytest.raises(BundleError, match="brings its own weights"):
+    with pytest.raises(ConfigError, match="brings its own weights"):
         bundle_config(reference_bundle, opts=["MODEL.WEIGHTS", "other.pth"])
 
 

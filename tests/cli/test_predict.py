@@ -215,7 +215,7 @@ def test_predict_refuses_an_output_folder_in_use(tmp_path, model_args, capsys, l
     head, opts = model_args
     code = main(["predict", *head, "--input", str(tmp_path / "photos"), "--output", str(out),
                  *opts])  # fmt: skip
-    assert code == 2
+    assert code == 1  # a run-time refusal, as in `atrous train`
     assert f"in use by another atrous run: PID {holder.pid}" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".atrous.lock"]  # no picture written
 
@@ -248,7 +248,7 @@ def test_predict_refuses_a_damaged_bundle_and_ambiguous_models(
     (bundle / "model.safetensors").unlink()
     code = main(["predict", "--model", str(bundle), "--input", str(image),
                  "--output", str(tmp_path / "o")])  # fmt: skip
-    assert code == 2
+    assert code == 1  # a damaged bundle is a checkpoint error
     assert "model.safetensors is missing" in capsys.readouterr().err
     head, _ = model_args
     code = main(["predict", *head, "--model", str(reference_bundle), "--input", str(image),

@@ -146,3 +146,33 @@ def test_dump_round_trips_the_resolved_config(tmp_path):
     assert "_BASE_" not in yaml.safe_load(path.read_text())
     again = load_config(path)
     assert again == cfg
+
+
+def test_an_int_is_accepted_for_a_float_key_in_files_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("SOLVER:\n  BASE_LR: 1\n  CLIP_GRADIENTS:\n    CLIP_VALUE: 5\n")
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg.SOLVER.BASE_LR == 1.0 and type(cfg.SOLVER.BASE_LR) is float
+    assert type(cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) is float
+    cfg.merge_from_list(["SOLVER.BASE_LR", "2", "SOLVER.MOMENTUM", "0"])
+    assert cfg.SOLVER.BASE_LR == 2.0 and type(cfg.SOLVER.BASE_LR) is float
+    assert type(cfg.SOLVER.MOMENTUM) is float
+    # Integers stay integers where an integer is expected.
+    cfg.merge_from_list(["SOLVER.MAX_ITER", "10"])
+    assert type(cfg.SOLVER.MAX_ITER) is int
+
+
+def test_a_float_or_bool_for_another_type_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"SOLVER\.MAX_ITER in the command-line overrides must be an int \(like its current "
+        r"value 40000\), got 1\.5, a float",
+    ):
+        get_cfg().merge_from_list(["SOLVER.MAX_ITER", "1.5"])
+    with pytest.raises(ConfigError, match=r"SOLVER\.BASE_LR .* got True, a bool"):
+        get_cfg().merge_from_list(["SOLVER.BASE_LR", "True"])
+    path = tmp_path / "cfg.yaml"
+    path.write_text("SOLVER:\n  MAX_ITER: 2.5\n")
+    with pytest.raises(ConfigError, match=r"SOLVER\.MAX_ITER in .*cfg\.yaml must be an int"):
+        get_cfg().merge_from_file(path)

@@ -156,3 +156,20 @@ def test_used_folder_needs_a_flag_and_eval_only_keeps_its_config(tmp_path: Path)
     default_setup(cfg, parser.parse_args(["--eval-only"]))
     assert (out / "config.yaml").read_text() == "TRAINING: run\n"
     assert "OUTPUT_DIR" in (out / "eval_config.yaml").read_text()
+
+
+def test_log_exception_to_files_writes_the_traceback_to_log_txt_only(tmp_path: Path, capsys):
+    from atrous.engine.defaults import log_exception_to_files, setup_logger
+
+    setup_logger(str(tmp_path))
+    try:
+        raise ValueError("the cause")
+    except ValueError as error:
+        log_exception_to_files(error)
+        log_exception_to_files(error)  # logged once, however many layers report it
+    log = (tmp_path / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "ValueError: the cause" in log
+    assert log.count("Traceback") == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    setup_logger(None)

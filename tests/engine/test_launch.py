@@ -163,3 +163,44 @@ def test_bad_launch_arguments_are_clear(
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=re.escape(message)):
         launch(print, 1, **kwargs)
+
+
+_REPORT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from atrous.data.image_io import DatasetError
+    from atrous.engine import launch
+    from atrous.utils import comm
+
+    def work():
+        if comm.get_rank() == 1:
+            raise DatasetError("rank 1: bad image")
+        comm.synchronize()  # rank 0 fails too, as a victim, once rank 1 is gone
+
+    if __name__ == "__main__":
+        try:
+            launch(work, 2)
+        except Exception as error:
+            print("TYPE", type(error).__name__)
+            print("MESSAGE", error)
+            print("CAUSE", type(error.__cause__).__name__, "rank 1" in str(error.__cause__))
+    """
+)
+
+
+def test_a_spawned_ranks_exception_is_re_raised_in_the_parent(tmp_path: Path) -> None:
+    script = tmp_path / "report.py"
+    script.write_text(_REPORT_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(ATROUS_DIST_TIMEOUT="10"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The rank that raised first, not the first process to exit; the same type, so the command
+    # line can report it as one line; its traceback is the cause.
+    assert "TYPE DatasetError" in proc.stdout and "MESSAGE rank 1: bad image" in proc.stdout
+    assert "CAUSE _RemoteTraceback True" in proc.stdout
+    assert "Traceback" not in proc.stderr  # no rank prints its own without ATROUS_VERBOSE=1

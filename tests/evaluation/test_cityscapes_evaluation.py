@@ -231,3 +231,18 @@ def test_ground_truth_bomb_is_refused_before_the_library_decodes_it(tmp_path):
         tmp_path / "pred", [str(gt)], instance_level=False, max_image_pixels=16
     )
     assert result["classScores"]["road"] == 1.0
+
+
+def test_check_inputs_rejects_names_the_script_cannot_match_before_inference(tmp_path):
+    from atrous.data.image_io import DatasetError
+
+    gt_dir = tmp_path / "gtFine" / "val"
+    ev = CityscapesSemSegEvaluator(CITYSCAPES_META, gt_dir=gt_dir)
+    good = {"file_name": str(tmp_path / "lindau" / "lindau_000000_000019_leftImg8bit.png")}
+    ev.check_inputs([good])
+    umlaut = {"file_name": str(tmp_path / "münchen" / "münchen_000000_000019_leftImg8bit.png")}
+    with pytest.raises(DatasetError, match=r"münchen_000000_000019_leftImg8bit\.png: .*ASCII"):
+        ev.check_inputs([good, umlaut])
+    holiday = {"file_name": str(tmp_path / "holiday.png")}
+    with pytest.raises(DatasetError, match=r"cannot score .*holiday\.png"):
+        ev.check_inputs([holiday])

@@ -35,3 +35,31 @@ def test_failure_while_writing_keeps_the_previous_file(tmp_path):
 def test_json_writes_nan_as_null(tmp_path):
     path = atomic_write_json(tmp_path / "m.json", {"mIoU": math.nan, "per_class": [1.0, math.nan]})
     assert json.loads(path.read_text()) == {"mIoU": None, "per_class": [1.0, None]}
+
+
+def test_a_full_disk_is_an_os_error_naming_the_destination(tmpfs):
+    import errno
+
+    import torch
+
+    disk = tmpfs("64k")
+    path = disk / "model.pth"
+    # torch.save reports the full disk as a RuntimeError of its own, with the OSError as context.
+    with pytest.raises(OSError) as info:
+        atomic_write(path, lambda f: torch.save({"w": torch.zeros(100_000)}, f))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert list(disk.iterdir()) == []  # no temporary file left behind
+
+
+def test_check_writable_dir_creates_and_probes(tmp_path, tmpfs):
+    import errno
+
+    from atrous.utils.file_io import check_writable_dir
+
+    target = tmp_path / "a" / "b"
+    assert check_writable_dir(target) == target and list(target.iterdir()) == []
+    read_only = tmpfs("64k", readonly=True)
+    for path in (read_only, read_only / "sub"):
+        with pytest.raises(OSError) as info:
+            check_writable_dir(path)
+        assert info.value.errno == errno.EROFS and info.value.filename == str(path)

@@ -327,7 +327,9 @@ def bundle_config(
             "The files do not belong together; re-export the bundle."
         )
     if "MODEL.WEIGHTS" in list(opts)[::2]:
-        raise BundleError(
+        from ..config import ConfigError
+
+        raise ConfigError(
             f"{root} brings its own weights ({WEIGHTS_FILE}); do not also set MODEL.WEIGHTS."
         )
     cfg.merge_from_list(list(opts))

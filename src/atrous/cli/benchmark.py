@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _setup_cfg(args: argparse.Namespace):
     from atrous.config import get_cfg, resolve_config_file
+    from atrous.config.validate import validate_config
 
     if bool(args.model) == bool(args.config_file):
         raise SystemExit("Give either --config-file or --model DIR.")
@@ -99,6 +100,8 @@ def _setup_cfg(args: argparse.Namespace):
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
+    # The device is checked by `run`, which names the --device flag.
+    validate_config(cfg, training=args.mode == "train", check_device=False)
     return cfg
 
 
@@ -164,6 +167,22 @@ def _onnx_step(args, model, inputs):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"images": np.stack([x["image"].float().numpy() for x in inputs])}
     return lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"
+
+
+def _check_onnx_size(size: tuple[int, int], model) -> None:
+    from atrous.config import ConfigError
+    from atrous.deploy.export import min_input_size
+
+    min_h, min_w = min_input_size(model)
+    h, w = size
+    if h < min_h or w < min_w:
+        # A fixed-kernel ONNX AveragePool cannot pool a feature map smaller than its window;
+        # onnxruntime would fail deep inside the session, after the export.
+        raise ConfigError(
+            f"--size {h}x{w} is below the smallest input the ONNX graph of this config accepts, "
+            f"{min_h}x{min_w} (the ASPP pooling window of INPUT.CROP.SIZE): pass --size "
+            f"{max(h, min_h)}x{max(w, min_w)} or larger, or drop --onnx."
+        )
 
 
 def _train_step(args, cfg, model, inputs, device):
@@ -249,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
     torch.manual_seed(0)
     model = build_model(cfg)
+    if args.onnx:
+        _check_onnx_size(args.size, model)
     train = args.mode == "train"
     inputs = _random_batch(
         args.batch,

@@ -22,6 +22,8 @@ import math
 import sys
 from pathlib import Path
 
+from atrous.cli.common import add_allow_partial_flag, load_weights
+
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger("atrous.evaluate")
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
     )
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -69,74 +72,65 @@ def _format(results: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; returns 0 on success, 1 when evaluation failed, 2 for a bad command line or an
-    output folder that cannot be used (not writable, full, or in use by another run)."""
+    """Evaluate; returns 0 on success. Errors are reported by `atrous.cli.main.dispatch`.
+
+    Everything that can be checked without the model runs first: the config, the output folder
+    (writable, not in use), the datasets and their evaluators, so that a mistake surfaces in
+    seconds rather than after a whole inference.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError, get_cfg
+    from atrous.config.validate import validate_config
 
     if bool(args.model) == bool(args.config_file):
-        print("error: give either --config-file or --model DIR", file=sys.stderr)
-        return 2
+        raise ConfigError("Give either --config-file or --model DIR.")
     bundle = None
-    try:
-        if args.model:
-            from atrous.checkpoint.bundle import load_bundle
+    if args.model:
+        from atrous.checkpoint.bundle import load_bundle
+        from atrous.config.validate import check_device_available
 
-            bundle = load_bundle(args.model, opts=list(args.opts or []), device=args.device)
-            cfg = bundle.cfg
-        else:
-            cfg = get_cfg()
-            cfg.merge_from_file(args.config_file)
-            cfg.merge_from_list(list(args.opts or []))
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        if args.device:
+            check_device_available(args.device)  # before the bundle's model is moved there
+        bundle = load_bundle(args.model, opts=list(args.opts or []), device=args.device)
+        cfg = bundle.cfg
+    else:
+        cfg = get_cfg()
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(list(args.opts or []))
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:
         cfg.TEST.AUG.ENABLED = True
     datasets = list(args.dataset or cfg.DATASETS.TEST)
     if not datasets:
-        print("error: no dataset: set DATASETS.TEST or pass --dataset NAME", file=sys.stderr)
-        return 2
+        raise ConfigError("No dataset to evaluate: set DATASETS.TEST or pass --dataset NAME.")
     cfg.freeze()
+    validate_config(cfg)
 
     from atrous.data import check_datasets
-    from atrous.utils.output_dir import OutputDirError, OutputDirLock, check_writable
+    from atrous.utils.output_dir import OutputDirLock, check_writable
 
+    # Every name resolves before the model is built; a bad second dataset fails at once.
+    check_datasets(
+        datasets,
+        key="--dataset" if args.dataset else "DATASETS.TEST",
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+    )
     output = args.output or cfg.OUTPUT_DIR
-    out_root = Path(output) / "inference"
-    try:
-        # Every name resolves before the model is built; a bad second dataset fails at once.
-        check_datasets(
-            datasets,
-            key="--dataset" if args.dataset else "DATASETS.TEST",
-            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    try:
-        check_writable(output, label="--output" if args.output else "OUTPUT_DIR")
-        lock = OutputDirLock(output)
-        note = lock.acquire()
-    except OutputDirError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    check_writable(output, label="--output" if args.output else "OUTPUT_DIR")
+    lock = OutputDirLock(output)
+    note = lock.acquire()
     if note:
         logger.warning(note)
     try:
-        return _evaluate(cfg, datasets, out_root, bundle)
+        return _evaluate(cfg, datasets, Path(output) / "inference", bundle, args.allow_partial)
     finally:
         lock.release()
 
 
-def _evaluate(cfg, datasets: list[str], out_root: Path, bundle) -> int:
+def _evaluate(cfg, datasets: list[str], out_root: Path, bundle, allow_partial: bool) -> int:
     """Build (or take the bundle's) model, evaluate every dataset, write results.json."""
-    from atrous.checkpoint import Checkpointer
-    from atrous.config import ConfigError
     from atrous.data import build_test_loader
     from atrous.evaluation import build_evaluator, inference_on_dataset
     from atrous.inference import build_inference_model
@@ -144,35 +138,38 @@ def _evaluate(cfg, datasets: list[str], out_root: Path, bundle) -> int:
     from atrous.utils.file_io import atomic_write_json
     from atrous.utils.output_dir import safe_dataset_dirname
 
-    try:
-        if bundle:
-            model = bundle.model
+    # Loaders and evaluators check their inputs (e.g. Cityscapes file names) before inference.
+    jobs = [
+        (
+            name,
+            build_test_loader(cfg, name),
+            build_evaluator(cfg, name, out_root / safe_dataset_dirname(name)),
+        )
+        for name in datasets
+    ]
+    if bundle is not None:
+        model = bundle.model
+    else:
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
         else:
-            model = build_model(cfg)
-            if cfg.MODEL.WEIGHTS:
-                Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-            else:
-                logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
-        inference_model = build_inference_model(cfg, model.eval())
-        all_results = {}
-        for name in datasets:
-            loader = build_test_loader(cfg, name)
-            evaluator = build_evaluator(cfg, name, out_root / safe_dataset_dirname(name))
-            results = inference_on_dataset(inference_model, loader, evaluator)
-            all_results[name] = results
-            print(f"{name}\n{_format(results)}")
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
+    inference_model = build_inference_model(cfg, model.eval())
+    all_results = {}
+    for name, loader, evaluator in jobs:
+        results = inference_on_dataset(inference_model, loader, evaluator)
+        all_results[name] = results
+        print(f"{name}\n{_format(results)}")
     atomic_write_json(out_root / "results.json", all_results)
     print(f"results written to {out_root}", file=sys.stderr)
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="atrous evaluate", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from atrous.cli.main import main
+
+    return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

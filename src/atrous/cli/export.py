@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config_and_model(args: argparse.Namespace):
     """--config-file + MODEL.WEIGHTS -> (frozen cfg, model with the weights)."""
     from atrous.config import get_cfg, resolve_config_file
+    from atrous.config.validate import validate_config
     from atrous.modeling import build_model
 
     try:
@@ -66,6 +67,7 @@ def _config_and_model(args: argparse.Namespace):
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    validate_config(cfg)
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:

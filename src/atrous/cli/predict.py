@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from atrous.cli.common import add_allow_partial_flag, load_weights
+
 __all__ = ["add_arguments", "collect_inputs", "run"]
 
 logger = logging.getLogger("atrous.predict")
@@ -74,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write only Cityscapes labelIds PNGs named for the benchmark server",
     )
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -198,59 +201,44 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict every input; returns 0, 1 when some image failed, 2 for a bad command line or an
-    output folder that cannot be used (not writable, full, or in use by another run)."""
+    """Predict every input; returns 0, or 1 when some image failed.
+
+    Other errors (config, weights, output folder) are reported by `atrous.cli.main.dispatch`.
+    """
     _setup_logging()
     from atrous.config import ConfigError, get_cfg
+    from atrous.config.validate import validate_config
 
     inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
     if not 0.0 <= args.opacity <= 1.0:
-        print(f"error: --opacity must be in [0, 1], got {args.opacity}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if bool(args.model) == bool(args.config_file):
-        print("error: give either --config-file or --model DIR", file=sys.stderr)
-        return 2
-    if args.device == "cuda" and args.model:
-        import torch
-
-        if not torch.cuda.is_available():
-            print("error: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
-            return 2
-    from atrous.checkpoint.errors import CheckpointError
-
+        raise ConfigError("Give either --config-file or --model DIR.")
     bundle = None
-    try:
-        if args.model:
-            from atrous.checkpoint.bundle import load_bundle
+    if args.model:
+        from atrous.checkpoint.bundle import load_bundle
+        from atrous.config.validate import check_device_available
 
-            bundle = load_bundle(args.model, opts=opts, device=args.device)
-            cfg = bundle.cfg
-        else:
-            cfg = get_cfg()
-            cfg.merge_from_file(args.config_file)
-            cfg.merge_from_list(opts)
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        if args.device:
+            check_device_available(args.device)  # before the bundle's model is moved there
+        bundle = load_bundle(args.model, opts=opts, device=args.device)
+        cfg = bundle.cfg
+    else:
+        cfg = get_cfg()
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(opts)
     if args.device:
         cfg.MODEL.DEVICE = args.device
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("error: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
-            return 2
     if args.tta:
         cfg.TEST.AUG.ENABLED = True
+    validate_config(cfg)
     items = collect_inputs(inputs)
     if args.dataset:
         from atrous.data import get_dataset_records
 
-        try:
-            records = get_dataset_records(args.dataset)
-        except Exception as error:
-            print(f"error: dataset {args.dataset}: {error}", file=sys.stderr)
-            return 2
+        records = get_dataset_records(args.dataset)
         root = os.path.commonpath([r["file_name"] for r in records])
         root = root if os.path.isdir(root) else os.path.dirname(root)
         items += [
@@ -258,22 +246,14 @@ def run(args: argparse.Namespace) -> int:
             for r in records
         ]
     if not items:
-        print(
-            "error: no input images (give --input files/folders/globs or --dataset)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError("No input images: give --input files/folders/globs or --dataset NAME.")
     cfg.freeze()
 
-    from atrous.utils.output_dir import OutputDirError, OutputDirLock, check_writable
+    from atrous.utils.output_dir import OutputDirLock, check_writable
 
-    try:
-        check_writable(args.output, label="--output")
-        lock = OutputDirLock(args.output)
-        note = lock.acquire()
-    except OutputDirError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    check_writable(args.output, label="--output")
+    lock = OutputDirLock(args.output)
+    note = lock.acquire()
     if note:
         logger.warning(note)
     try:
@@ -287,15 +267,20 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
 
     from atrous.data.image_io import read_image
     from atrous.inference import Predictor
+    from atrous.modeling import build_model
 
-    meta = bundle.metadata if bundle else _metadata(cfg, args.dataset)
+    out_dir = Path(args.output)
+    meta = bundle.metadata if bundle is not None else _metadata(cfg, args.dataset)
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
-    if bundle:
+    if bundle is not None:
         predictor = Predictor(cfg, model=bundle.model, metadata=bundle.metadata)
     else:
-        predictor = Predictor(cfg)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with untrained weights")
+        predictor = Predictor(cfg, model=model)
     failures: list[tuple[str, str]] = []
     written = 0
     with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
 from atrous.config import CfgNode, ConfigError, get_cfg
+from atrous.config.validate import validate_config
 from atrous.engine.defaults import add_train_arguments, default_setup
 from atrous.engine.launch import default_backend, launch
-from atrous.utils.output_dir import OutputDirError
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
@@ -28,11 +29,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
+def world_size(args: argparse.Namespace) -> int:
+    """Processes of the run: torchrun's WORLD_SIZE, else ``--num-gpus x --num-machines``."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return int(args.num_gpus) * int(args.num_machines)
+
+
+def _check_launch_flags(args: argparse.Namespace) -> None:
+    # `launch` checks these too, as ValueErrors; here they are usage errors of the command line.
+    for flag, value in (("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}.")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise ConfigError(
+            f"--machine-rank must lie in [0, {args.num_machines}), got {args.machine_rank}."
+        )
+    if args.num_machines > 1 and args.dist_url in (None, "auto"):
+        raise ConfigError(
+            "--dist-url auto only works on one machine; pass tcp://HOST:PORT of machine 0 to "
+            "every machine."
+        )
+
+
 def load_config(args: argparse.Namespace) -> CfgNode:
-    """The config named by ``--config-file`` with the trailing ``KEY VALUE`` overrides applied.
+    """The config named by ``--config-file`` with the trailing ``KEY VALUE`` overrides applied,
+    checked by `validate_config` for this run's number of processes.
 
     Raises:
-        ConfigError: no ``--config-file``, an unknown key or an odd number of override items.
+        ConfigError: no ``--config-file``, an unknown key, an odd number of override items, or a
+            value that cannot work (see `validate_config`).
         FileNotFoundError: the config file (or one of its ``_BASE_`` files) does not exist.
     """
     if not args.config_file:
@@ -44,6 +70,8 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(list(args.opts or []))
     cfg.freeze()
+    _check_launch_flags(args)
+    validate_config(cfg, world_size=world_size(args), training=not args.eval_only)
     return cfg
 
 
@@ -84,52 +112,37 @@ def _evaluate_or_train(cfg: CfgNode, args: argparse.Namespace) -> Any:
     return trainer.train()
 
 
-def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
-    """Validate the command line, then run `main` in every process; returns the exit status."""
-    try:
-        # Fail in the parent with one clear message rather than once per spawned process.
-        cfg = load_config(args)
-    except (ConfigError, FileNotFoundError) as error:
-        _error(str(error))
-        return 2
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            backend=default_backend(cfg.MODEL.DEVICE),
-        )
-    except (
-        ConfigError,
-        FileNotFoundError,
-        FloatingPointError,
-        ValueError,
-        OutputDirError,
-    ) as error:
-        _error(str(error))
-        return 1
-    except Exception as error:
-        # A spawned process failed: torch reports it with the child's traceback.
-        from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+    """Validate the command line, then run `main` in every process; returns the exit status.
 
-        if isinstance(error, (ProcessRaisedException, ProcessExitedException)):
-            _error(f"a training process failed:\n{error}")
-            return 1
-        raise
+    The config is loaded and checked here, in the parent, so that a mistake is reported once
+    rather than once per spawned process. Errors are turned into messages by
+    `atrous.cli.main.dispatch`; a spawned process's error is re-raised here by `launch`.
+    """
+    from atrous.engine.trainer import check_config_datasets
+
+    cfg = load_config(args)
+    # Names and class counts, found here rather than by every process (or after a whole
+    # training); the trainer also checks the test files once the run has started.
+    check_config_datasets(cfg, train=not args.eval_only, records=False)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        backend=default_backend(cfg.MODEL.DEVICE),
+    )
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
+    """``train_net.py`` / ``python -m atrous.cli.train``: detectron2's parser, atrous's errors."""
+    from atrous.cli.main import dispatch
     from atrous.engine.defaults import default_argument_parser
 
-    return run(default_argument_parser().parse_args(argv))
+    return dispatch(run, default_argument_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

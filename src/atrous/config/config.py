@@ -1,12 +1,16 @@
 """A yacs/fvcore `CfgNode` with errors that tell the user what to do.
 
 fvcore provides `_BASE_` inheritance (paths relative to the including file) and yacs provides
-type-checked merging; this subclass only improves the messages: an unknown key names the closest
-valid key, and a missing `_BASE_` file names the file that referenced it.
+type-checked merging; this subclass improves the messages (an unknown key names the closest valid
+key, a wrong type names the key and the expected type, a missing `_BASE_` file names the file that
+referenced it) and accepts an integer where a float is expected (``BASE_LR: 1`` in a file,
+``SOLVER.BASE_LR 1`` on the command line), as any YAML user would expect. A float for an integer
+key stays an error: silently truncating ``MAX_ITER 1.5`` would hide a mistake.
 """
 
 from __future__ import annotations
 
+import collections
 import difflib
 import os
 import re
@@ -49,6 +53,13 @@ class CfgNode(_FvcoreCfgNode):
 
     def _unknown_key_error(self, error: Exception, source: str) -> ConfigError:
         message = str(error.args[0]) if error.args else str(error)
+        mismatch = _TYPE_MISMATCH.match(message)
+        if mismatch is not None:
+            expected, given, default, value, key = mismatch.groups()
+            return ConfigError(
+                f"Config key {key} in {source} must be {_A[expected]} (like its current value "
+                f"{default}), got {value}, {_A[given]}."
+            )
         # yacs words it differently for files ("config key") and for override lists ("key").
         match = re.match(r"Non-existent (?:config )?key: (\S+)", message)
         if match is None:
@@ -78,6 +89,14 @@ class CfgNode(_FvcoreCfgNode):
         except (KeyError, AssertionError, ValueError) as error:
             raise self._unknown_key_error(error, cfg_filename) from None
 
+    def merge_from_other_cfg(self, cfg_other: Any) -> Any:
+        """Merge another config (what `merge_from_file` reads) into this one.
+
+        Integers given for float keys become floats first, so ``BASE_LR: 1`` is accepted.
+        """
+        _ints_to_floats(cfg_other, self)
+        return super().merge_from_other_cfg(cfg_other)
+
     def merge_from_list(self, cfg_list: Sequence[Any]) -> CfgNode:
         """Merge ``["KEY", "VALUE", ...]`` overrides (values parsed as YAML literals)."""
         if len(cfg_list) % 2 != 0:
@@ -85,11 +104,55 @@ class CfgNode(_FvcoreCfgNode):
                 f"Overrides must come in KEY VALUE pairs, got an odd number of items: "
                 f"{list(cfg_list)}"
             )
+        items = list(cfg_list)
+        for i in range(0, len(items), 2):
+            target = self._leaf(str(items[i]))
+            if type(target) is float:
+                value = self._decode_cfg_value(items[i + 1])
+                if type(value) is int:  # not bool: True is no learning rate
+                    items[i + 1] = float(value)
         try:
-            super().merge_from_list(list(cfg_list))
+            super().merge_from_list(items)
         except (KeyError, AssertionError, ValueError) as error:
             raise self._unknown_key_error(error, "the command-line overrides") from None
         return self
+
+    def _leaf(self, full_key: str) -> Any:
+        """The current value at dotted `full_key`, or None where there is none."""
+        node: Any = self
+        for part in full_key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+# yacs: "Type mismatch (<class 'int'> vs. <class 'float'>) with values (40000 vs. 1.5) for config
+# key: SOLVER.MAX_ITER"
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)$",
+    re.DOTALL,
+)
+
+
+# "an int", "a float", ... for the type names yacs reports.
+_A = collections.defaultdict(
+    lambda: "of another type",
+    {"int": "an int", "float": "a float", "str": "a string", "bool": "a bool (True/False)",
+     "list": "a list", "tuple": "a tuple", "NoneType": "None"},
+)  # fmt: skip
+
+
+def _ints_to_floats(new: Any, old: Any) -> None:
+    """Turn the integers of `new` into floats where `old` (the config merged into) has a float."""
+    for key, value in new.items():
+        if key not in old:
+            continue
+        if isinstance(value, dict) and isinstance(old[key], dict):
+            _ints_to_floats(value, old[key])
+        elif type(value) is int and type(old[key]) is float:
+            new[key] = float(value)
 
 
 def _check_file_chain(filename: str, referenced_by: str | None = None) -> None:

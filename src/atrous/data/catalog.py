@@ -267,20 +267,24 @@ def check_datasets(
         records: also build the records (the files exist and pair up), not just the metadata.
 
     Raises:
-        DatasetError: naming `key` and the dataset.
+        DatasetError: an unknown name or unusable files, naming `key` and the dataset.
+        ConfigError: a dataset whose class count is not `num_classes` (the config must change).
     """
+    from ..config import ConfigError
+
     for name in names:
         try:
             meta = get_metadata(name)
-            if num_classes is not None and meta.num_classes != num_classes:
-                raise DatasetError(
-                    f"dataset {name!r} has {meta.num_classes} classes but "
-                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}; set it to {meta.num_classes}"
-                )
             if records:
                 get_dataset_records(name)
         except DatasetError as error:
             raise DatasetError(f"{key}: {error}") from error
+        if num_classes is not None and meta.num_classes != num_classes:
+            raise ConfigError(
+                f"{key}: MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes} but dataset {name!r} "
+                f"has {meta.num_classes} classes: set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"{meta.num_classes}."
+            )
 
 
 def list_datasets() -> list[str]:

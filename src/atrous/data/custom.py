@@ -15,13 +15,23 @@ Example ``data/cracks.yaml``::
       train: {images: images/train, masks: masks/train}   # mask = same relative path+mask_ext
       val: {list: val.txt}                  # lines "image_path mask_path"
 
+A list file holds one "image_path mask_path" pair per line, relative to ``root``; blank lines and
+lines starting with "#" are skipped. A path with spaces is written in quotes
+(``"my photos/a 1.jpg" "my masks/a 1.png"``) or the two paths are separated by a tab.
+
+An unknown field (``colours``, ``label_mpa``) is an error naming the closest valid one: a typo in
+an optional field would otherwise be ignored silently.
+
 Use it as ``DATASETS.TRAIN ("data/cracks.yaml:train",)`` and
 ``DATASETS.TEST ("data/cracks.yaml:val",)``; a file with a single split can omit ``:split``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,11 @@ from .image_io import DatasetError
 __all__ = ["load_dataset_yaml", "pair_folders", "pair_list", "yaml_dataset_entry"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Every field a dataset YAML may have; anything else is a typo.
+_FIELDS = (
+    "classes", "ignore_value", "colors", "label_map", "image_ext", "mask_ext", "root", "splits",
+)  # fmt: skip
+_SPLIT_FIELDS = ("images", "masks", "list")
 
 
 def pair_folders(
@@ -90,12 +105,39 @@ def pair_folders(
     return records
 
 
+def _split_list_line(line: str) -> list[list[str]]:
+    """The ways a list-file line can name two paths, preferred first.
+
+    A tab separates two paths that may hold spaces; quotes ("..." or '...', no escapes, so
+    Windows backslashes stay as written) group a path with spaces; otherwise whitespace
+    separates the two, as in the original format. Only readings with exactly two paths count.
+    """
+    readings = []
+    if "\t" in line:
+        readings.append([p.strip() for p in line.split("\t") if p.strip()])
+    if '"' in line or "'" in line:
+        lexer = shlex.shlex(line, posix=True)
+        lexer.whitespace_split = True
+        lexer.escape = ""
+        lexer.commenters = ""
+        with contextlib.suppress(ValueError):  # an unmatched quote: an apostrophe in a name
+            readings.append(list(lexer))
+    readings.append(line.split())
+    unique = []
+    for parts in readings:
+        if len(parts) == 2 and parts not in unique:
+            unique.append(parts)
+    return unique
+
+
 def pair_list(
     list_file: str | os.PathLike, *, root: str | os.PathLike, what: str = "dataset"
 ) -> list[dict]:
     """Records from a text file of "image_path mask_path" lines (relative to `root`).
 
-    Blank lines and lines starting with "#" are skipped.
+    Blank lines and lines starting with "#" are skipped. Paths with spaces are quoted
+    (``"a 1.jpg" "a 1.png"``) or separated by a tab; when a line reads two ways (a quote
+    character inside an unquoted name), the reading whose files exist wins.
 
     Raises:
         DatasetError: missing list file, malformed line, empty list, missing files.
@@ -108,11 +150,13 @@ def pair_list(
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.split()
-        if len(parts) != 2:
+        readings = _split_list_line(line)
+        if not readings:
             raise DatasetError(
-                f"{list_file}:{lineno}: expected 'image_path mask_path', got {line!r}"
+                f"{list_file}:{lineno}: expected 'image_path mask_path', got {line!r}; quote a "
+                'path that contains spaces ("my images/a 1.jpg") or separate the two with a tab'
             )
+        parts = next((p for p in readings if all(os.path.isfile(root / x) for x in p)), readings[0])
         image, mask = (str(root / p) for p in parts)
         for kind, path in (("image", image), ("mask", mask)):
             if not os.path.isfile(path):
@@ -127,6 +171,17 @@ def pair_list(
     if not records:
         raise DatasetError(f"{what}: list file {list_file} names no images")
     return records
+
+
+def _check_fields(given: Iterable[Any], valid: tuple[str, ...], path: Path, where: str) -> None:
+    for key in given:
+        if key in valid:
+            continue
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise DatasetError(
+            f"{path}: unknown field '{key}'{where}.{hint} Valid fields: {', '.join(valid)}."
+        )
 
 
 def _require(cfg: dict, key: str, path: Path, hint: str) -> Any:
@@ -170,6 +225,7 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
         raise DatasetError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(cfg, dict):
         raise DatasetError(f"{path}: expected a mapping with 'classes', 'ignore_value', 'splits'")
+    _check_fields(cfg, _FIELDS, path, "")
     classes = _require(cfg, "classes", path, "a list of class names, index = training label")
     if not isinstance(classes, list) or not classes:
         raise DatasetError(f"{path}: field 'classes' must be a non-empty list of names")
@@ -182,6 +238,8 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(splits, dict) or not splits:
         raise DatasetError(f"{path}: field 'splits' must map split names to folders or lists")
     for name, split in splits.items():
+        if isinstance(split, dict):
+            _check_fields(split, _SPLIT_FIELDS, path, f" in split '{name}'")
         if not isinstance(split, dict) or not (
             "list" in split or ("images" in split and "masks" in split)
         ):

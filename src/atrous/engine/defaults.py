@@ -9,6 +9,7 @@ resolved config next to the results, and a record of the environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -29,6 +30,7 @@ __all__ = [
     "add_train_arguments",
     "default_argument_parser",
     "default_setup",
+    "log_exception_to_files",
     "seed_all_rng",
     "setup_logger",
 ]
@@ -80,6 +82,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="initialization URL for pytorch distributed backend, tcp://HOST:PORT; 'auto' picks "
         "a free local port (single machine only)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on errors, also print the traceback (train also keeps it in OUTPUT_DIR/log.txt)",
     )
     parser.add_argument(
         "opts",
@@ -144,6 +151,32 @@ def setup_logger(output_dir: str | None = None, *, name: str = "atrous") -> logg
         handler._atrous = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     return logger
+
+
+def log_exception_to_files(error: BaseException, *, name: str = "atrous") -> None:
+    """Write `error` with its traceback to the log files of `setup_logger` (not the console).
+
+    The command line shows a one-line error; the traceback stays in ``log.txt`` for a bug report.
+    An exception is written once, however many layers report it.
+    """
+    if getattr(error, "_atrous_logged", False):
+        return
+    logger = logging.getLogger(name)
+    record = logger.makeRecord(
+        logger.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "%s: %s",
+        (type(error).__name__, error),
+        (type(error), error, error.__traceback__),
+    )
+    record.rank_prefix = ""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    with contextlib.suppress(AttributeError):  # exceptions with __slots__
+        error._atrous_logged = True  # type: ignore[attr-defined]
 
 
 def seed_all_rng(seed: int) -> None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import sys
-import traceback
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -107,8 +108,13 @@ def launch(
         What `main_fn` returns in a single process (spawned processes' results are not returned).
 
     Raises:
-        torch.multiprocessing.ProcessRaisedException / ProcessExitedException: a spawned process
-            failed; the others are terminated.
+        Exception: the first exception raised in any spawned process, re-raised here (its
+            cause holds that process's traceback), so that callers can handle a worker's error
+            like one of their own; the other processes are stopped.
+        torch.multiprocessing.ProcessRaisedException: the worker's exception could not be
+            pickled.
+        torch.multiprocessing.ProcessExitedException: a spawned process died without an
+            exception (a signal, ``os._exit``).
     """
     timeout = _timeout_from_env(timeout)
     backend = backend or default_backend()
@@ -147,23 +153,87 @@ def launch(
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared filesystem.")
 
-    mp.start_processes(
-        _spawned_worker,
-        nprocs=num_gpus_per_machine,
-        args=(
-            main_fn,
-            args,
-            world_size,
-            num_gpus_per_machine,
-            machine_rank,
-            dist_url,
-            timeout,
-            backend,
-        ),
-        daemon=False,
-        start_method="spawn",
-    )
+    with tempfile.TemporaryDirectory(prefix="atrous-launch-") as error_dir:
+        context = mp.start_processes(
+            _spawned_worker,
+            nprocs=num_gpus_per_machine,
+            args=(
+                main_fn,
+                args,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                timeout,
+                backend,
+                error_dir,
+            ),
+            daemon=False,
+            start_method="spawn",
+            join=False,
+        )
+        try:
+            # After a failure the other ranks get a moment to fail by themselves (they usually
+            # do at once: their peer is gone) before torch terminates them.
+            while not context.join(grace_period=_GRACE_PERIOD_S):
+                pass
+        except mp.ProcessRaisedException:
+            first = _first_worker_error(error_dir)
+            if first is None:
+                raise
+            error, remote = first
+            raise error from remote
     return None
+
+
+# Seconds the surviving ranks get to exit on their own once one rank failed.
+_GRACE_PERIOD_S = 10.0
+
+
+class _RemoteTraceback(Exception):
+    """A spawned process's traceback, as the cause of its exception re-raised in the parent."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _error_file(error_dir: str, rank: int) -> str:
+    return os.path.join(error_dir, f"rank{rank}.pickle")
+
+
+def _save_worker_error(error_dir: str, rank: int, error: BaseException) -> None:
+    """Leave `error` (with when it happened and its traceback) for the parent to re-raise."""
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    try:
+        data = pickle.dumps((time.time_ns(), rank, error, text))
+        pickle.loads(data)  # an exception that does not round-trip is reported by torch instead
+    except Exception:
+        return
+    with open(_error_file(error_dir, rank), "wb") as f:
+        f.write(data)
+
+
+def _first_worker_error(error_dir: str) -> tuple[BaseException, _RemoteTraceback] | None:
+    """The exception that happened first in any rank: the cause, not a rank that saw its peer go.
+
+    torch reports the first process to *exit*, which is often a victim ("connection closed by
+    peer") of the rank that raised first.
+    """
+    found = []
+    for name in os.listdir(error_dir):
+        try:
+            with open(os.path.join(error_dir, name), "rb") as f:
+                found.append(pickle.load(f))
+        except Exception:
+            continue
+    found = [f for f in found if isinstance(f, tuple) and len(f) == 4]
+    if not found:
+        return None
+    _, rank, error, text = min(found, key=lambda f: f[0])
+    return error, _RemoteTraceback(f"\n-- Process of rank {rank} failed with:\n{text}")
 
 
 def _spawned_worker(
@@ -176,6 +246,7 @@ def _spawned_worker(
     dist_url: str,
     timeout: timedelta,
     backend: str,
+    error_dir: str,
 ) -> None:
     _run_in_group(
         main_fn,
@@ -187,6 +258,7 @@ def _spawned_worker(
         timeout=timeout,
         backend=backend,
         local_world_size=num_gpus_per_machine,
+        error_dir=error_dir,
     )
 
 
@@ -201,6 +273,7 @@ def _run_in_group(
     timeout: timedelta,
     backend: str,
     local_world_size: int | None = None,
+    error_dir: str | None = None,
 ) -> Any:
     use_cuda = backend == "nccl"
     if use_cuda:
@@ -227,10 +300,20 @@ def _run_in_group(
     try:
         comm.synchronize()
         return main_fn(*args)
-    except Exception:
-        # The launcher reports only the first rank to fail, often a victim of the real cause
-        # ("connection closed by peer"); every rank prints its own traceback.
-        print(f"[rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+    except Exception as error:
+        # The launcher reports only the first rank to fail, sometimes a victim of the real
+        # cause ("connection closed by peer"); every rank keeps its own traceback in its log
+        # file (rank 0: OUTPUT_DIR/log.txt) and, with ATROUS_VERBOSE=1 (`atrous --verbose`), on
+        # stderr.
+        from atrous.engine.defaults import log_exception_to_files
+
+        if error_dir is not None:  # before the group goes down and the other ranks fail too
+            _save_worker_error(error_dir, rank, error)
+        log_exception_to_files(error)
+        if os.environ.get("ATROUS_VERBOSE") == "1":
+            import traceback
+
+            print(f"[rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         raise
     finally:
         dist.destroy_process_group()

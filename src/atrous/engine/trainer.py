@@ -460,25 +460,31 @@ class _CountingIterator:
         return batch
 
 
-def check_config_datasets(cfg: Any, *, train: bool = True, test: bool = True) -> None:
+def check_config_datasets(
+    cfg: Any, *, train: bool = True, test: bool = True, records: bool = True
+) -> None:
     """Resolve DATASETS.TRAIN (metadata) and DATASETS.TEST (metadata and files) up front.
 
     The training loader reads the training records right away; the test records are otherwise
-    first read at the first evaluation, possibly hours in.
+    first read at the first evaluation, possibly hours in. ``records=False`` checks names and
+    class counts only (what the launching process does before it starts any worker).
 
     Raises:
-        DatasetError: an unknown name, a YAML file that does not parse, missing files, or a
-            class count other than MODEL.SEM_SEG_HEAD.NUM_CLASSES, naming the config key.
+        DatasetError: an unknown name, a YAML file that does not parse or missing files, naming
+            the config key.
+        ConfigError: a class count other than MODEL.SEM_SEG_HEAD.NUM_CLASSES.
     """
     from atrous.data import check_datasets
 
     num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if test:
+        check_datasets(
+            cfg.DATASETS.TEST, key="DATASETS.TEST", num_classes=num_classes, records=records
+        )
     if train:
         check_datasets(
             cfg.DATASETS.TRAIN, key="DATASETS.TRAIN", num_classes=num_classes, records=False
         )
-    if test:
-        check_datasets(cfg.DATASETS.TEST, key="DATASETS.TEST", num_classes=num_classes)
 
 
 def _amp_dtype(cfg: Any) -> torch.dtype | None:

@@ -267,6 +267,34 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
             "metadata a gt_dir or inputs a '*_gtFine_labelTrainIds.png' sem_seg_file_name"
         )
 
+    def check_inputs(self, records: list[dict[str, Any]]) -> None:
+        """Fail before inference when an input could not be scored (checks names only).
+
+        Raises:
+            DatasetError: a file name that the official script cannot match to its ground
+                truth (``<city>_<seq>_<frame>``, the city in ASCII letters), or a record whose
+                labelIds ground truth cannot be located.
+        """
+        from atrous.data.image_io import DatasetError
+
+        for record in records:
+            file_name = str(record.get("file_name", ""))
+            stem = Path(file_name).stem
+            if not stem.isascii():
+                raise DatasetError(
+                    f"{file_name}: Cityscapes evaluation needs ASCII file names "
+                    "(<city>_<seq>_<frame>, the city in letters A-Z): rename the city folder and "
+                    "its files (e.g. 'münchen' -> 'munchen'), or evaluate with a dataset YAML "
+                    "(the sem_seg evaluator has no naming rule)."
+                )
+            try:
+                cityscapes_prediction_name(self._gt_file(record).replace("_gtFine_labelIds", ""))
+            except (KeyError, ValueError) as error:
+                message = error.args[0] if error.args else str(error)
+                raise DatasetError(
+                    f"Cityscapes evaluation cannot score {file_name}: {message}"
+                ) from None
+
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs, strict=True):
             scores = out["sem_seg"] if isinstance(out, dict) else out

@@ -35,6 +35,7 @@ def build_evaluator(
     Raises:
         ValueError: unknown evaluator type, or MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the
             dataset's class count.
+        DatasetError: a Cityscapes-style dataset has a file the official script cannot score.
     """
     from atrous.data import get_metadata
 
@@ -53,9 +54,13 @@ def build_evaluator(
     if evaluator_type == "sem_seg":
         return sem_seg
     if evaluator_type == "cityscapes_sem_seg":
+        from atrous.data import get_dataset_records
+
         cityscapes = CityscapesSemSegEvaluator(
             dataset_name, output_dir=output_dir, max_image_pixels=max_pixels
         )
+        # Names the official script cannot match would fail only after the whole inference.
+        cityscapes.check_inputs(get_dataset_records(dataset_name))
         return DatasetEvaluators([cityscapes, sem_seg])
     raise ValueError(
         f"dataset '{dataset_name}' has evaluator_type {evaluator_type!r}; atrous evaluates "

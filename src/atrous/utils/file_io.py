@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable_dir",
     "fsync_dir",
     "sha256_file",
 ]
@@ -53,6 +54,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 
     Returns:
         `path` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: the write failed (disk full, read-only, ...); its ``filename`` is `path` even
+            when the failure surfaced elsewhere (``torch.save`` reports a full disk as a
+            RuntimeError whose context is the OSError).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,10 +69,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as error:
+        cause = _os_error_in_chain(error)
+        if cause is None or (cause is error and cause.filename is not None):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from error
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     fsync_dir(path.parent)
+    return path
+
+
+def _os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first OSError with an errno among `error` and its causes/contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def check_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create `path` if needed and prove it writable by creating and removing a file there.
+
+    ``os.access`` is not enough: it says yes to root on a folder whose mode forbids writing, and
+    some network file systems answer it wrongly; a real file tells the truth before hours of work.
+
+    Raises:
+        OSError: the folder cannot be created or written (EROFS, EACCES, ENOSPC, ...), with
+            ``filename`` naming it.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
     return path
 
 

@@ -21,9 +21,10 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .file_io import check_writable_dir
 
 try:
     import fcntl
@@ -105,20 +106,11 @@ def check_writable(
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise OutputDirError(f"{label} {directory} exists and is not a folder.")
     try:
-        os.makedirs(directory, exist_ok=True)
+        check_writable_dir(directory)
     except OSError as error:
         raise OutputDirError(
-            f"{label} {directory} cannot be created: {error.strerror or error}. Set {label} to a "
-            "folder you can write to."
-        ) from error
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".atrous-write-test-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise OutputDirError(
-            f"{label} {directory} is not writable: {error.strerror or error}. Set {label} to a "
-            "folder you can write to."
+            f"{label} {directory} cannot be created or written: {error.strerror or error}. "
+            f"Set {label} to a folder you can write to."
         ) from error
     check_free_space(directory, min_free_bytes, purpose="the run's logs and reports", label=label)
 

@@ -1,0 +1,223 @@
+"""Checks of a loaded config before any work starts, each failure naming the key and the fix.
+
+The builders check their own arguments too, but only when they run, which can be after minutes of
+data indexing or a whole inference, and in every process of a distributed run. `validate_config`
+runs once, right after the config is loaded, and covers the keys a user is likely to get wrong:
+sizes and counts that must be positive, names that must be one of a few choices, the batch split
+over processes, and whether the requested device exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .config import ConfigError
+
+__all__ = ["validate_config"]
+
+# Names the builders accept (atrous.layers.norm, solver.lr_scheduler, data.transforms, ...).
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "MODEL.BACKBONE.NAME": ("build_resnet_deeplab_backbone", "build_resnet_backbone"),
+    "MODEL.RESNETS.DEPTH": (50, 101, 152),
+    "MODEL.RESNETS.NORM": ("", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN"),
+    "MODEL.RESNETS.STEM_TYPE": ("basic", "deeplab"),
+    "MODEL.SEM_SEG_HEAD.NAME": ("DeepLabV3Head", "DeepLabV3PlusHead"),
+    "MODEL.SEM_SEG_HEAD.NORM": ("", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN"),
+    "MODEL.SEM_SEG_HEAD.LOSS_TYPE": ("cross_entropy", "hard_pixel_mining"),
+    "INPUT.FORMAT": ("RGB", "BGR"),
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
+    "INPUT.CROP.TYPE": ("relative_range", "relative", "absolute", "absolute_range"),
+    "SOLVER.LR_SCHEDULER_NAME": ("WarmupPolyLR", "WarmupMultiStepLR", "WarmupCosineLR"),
+    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
+    "SOLVER.AMP.DTYPE": ("float16", "bfloat16"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
+    "TEST.FAST.DTYPE": ("bfloat16", "float16", "float32"),
+}
+
+# key -> smallest allowed value; integers (counts, sizes, periods).
+_MIN_INT: dict[str, int] = {
+    "SOLVER.IMS_PER_BATCH": 1,
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 1,
+    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 0,
+    "DATALOADER.NUM_WORKERS": 0,
+    "INPUT.MAX_SIZE_TRAIN": 1,
+    "INPUT.MIN_SIZE_TEST": 0,  # 0 disables resizing
+    "INPUT.MAX_SIZE_TEST": 1,
+    "TEST.EVAL_PERIOD": 0,
+    "TEST.AUG.MAX_SIZE": 1,
+    "LOG_PERIOD": 1,
+}
+_MIN_INT_TRAINING: dict[str, int] = {
+    "SOLVER.MAX_ITER": 1,
+    "SOLVER.WARMUP_ITERS": 0,
+    "SOLVER.CHECKPOINT_PERIOD": 0,
+    "SOLVER.MAX_TO_KEEP": 0,
+}
+# key -> smallest allowed value; floats, which must also be finite.
+_MIN_FLOAT_TRAINING: dict[str, float] = {
+    "SOLVER.BASE_LR": 0.0,
+    "SOLVER.MOMENTUM": 0.0,
+    "SOLVER.WEIGHT_DECAY": 0.0,
+    "SOLVER.WEIGHT_DECAY_NORM": 0.0,
+    "SOLVER.GAMMA": 0.0,
+    "SOLVER.WARMUP_FACTOR": 0.0,
+}
+# keys holding a list of positive integers (pixel sizes).
+_POSITIVE_INT_LISTS = ("INPUT.MIN_SIZE_TRAIN", "TEST.AUG.MIN_SIZES")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_ints(key: str, value: Any, *, allow_empty: bool = False) -> None:
+    if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+        raise ConfigError(
+            f"{key} must be a list of sizes in pixels, e.g. (512, 640), got {value!r}."
+        )
+    bad = [v for v in value if not _is_int(v) or v < 1]
+    if bad:
+        raise ConfigError(f"{key} must hold positive whole numbers of pixels, got {list(value)}.")
+
+
+def check_device_available(device: Any) -> None:
+    """Refuse a MODEL.DEVICE value that is malformed or names a device this machine lacks."""
+    if not isinstance(device, str) or not device:
+        raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"MODEL.DEVICE is {device!r} but this PyTorch ({torch.__version__}) sees no CUDA "
+            "device: pass MODEL.DEVICE cpu (or install a CUDA build of torch on a GPU machine)."
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"MODEL.DEVICE is {device!r} but only {torch.cuda.device_count()} CUDA device(s) are "
+            "visible: pick one below that or check CUDA_VISIBLE_DEVICES."
+        )
+
+
+def _check_crop(cfg: Any) -> None:
+    crop = cfg.INPUT.CROP
+    size = crop.SIZE
+    if crop.TYPE != "absolute":
+        # atrous.modeling.build.aspp_pool_kernel_size: the pooling window is crop / stride.
+        raise ConfigError(
+            "The DeepLab heads size ASPP's image pooling from the training crop: with "
+            f"INPUT.CROP.ENABLED True set INPUT.CROP.TYPE absolute (got {crop.TYPE!r}) and "
+            "INPUT.CROP.SIZE in pixels."
+        )
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(_is_int(s) and s >= 1 for s in size)
+    ):
+        raise ConfigError(
+            f"INPUT.CROP.SIZE must be two positive whole numbers of pixels (height, width), got "
+            f"{size!r}."
+        )
+    dilation = cfg.MODEL.RESNETS.RES5_DILATION
+    stride = 32 // dilation if dilation in (1, 2, 4) else 32
+    if size[0] % stride or size[1] % stride:
+        raise ConfigError(
+            f"INPUT.CROP.SIZE {tuple(size)} must be divisible by the output stride {stride} "
+            f"(MODEL.RESNETS.RES5_DILATION {dilation}), e.g. "
+            f"({-(-size[0] // stride) * stride}, {-(-size[1] // stride) * stride})."
+        )
+    area = crop.SINGLE_CATEGORY_MAX_AREA
+    if not _is_number(area) or not 0 < area <= 1:
+        raise ConfigError(f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA must be in (0, 1], got {area!r}.")
+
+
+def _check_pairs(cfg: Any, keys: Iterable[str]) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not all(_is_int(v) and v >= 1 for v in value)
+        ):
+            raise ConfigError(
+                f"{key} must be two positive whole numbers of pixels (height, width), got "
+                f"{value!r}."
+            )
+
+
+def validate_config(
+    cfg: Any, *, world_size: int | None = None, training: bool = False, check_device: bool = True
+) -> None:
+    """Raise ConfigError, naming the key, for the first value that cannot work.
+
+    Args:
+        cfg: a loaded config (atrous's `get_cfg()` layout).
+        world_size: number of processes of the run; when given, SOLVER.IMS_PER_BATCH must split
+            evenly over them.
+        training: also check the solver keys (learning rate, iterations, periods).
+        check_device: check that MODEL.DEVICE exists on this machine.
+
+    Raises:
+        ConfigError: the message names the key, the value and what to set instead.
+    """
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            shown = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key} is {value!r}; it must be one of {shown}.")
+    minimums = dict(_MIN_INT, **(_MIN_INT_TRAINING if training else {}))
+    for key, low in minimums.items():
+        value = _get(cfg, key)
+        if not _is_int(value) or value < low:
+            what = "a positive whole number" if low == 1 else f"a whole number >= {low}"
+            raise ConfigError(f"{key} must be {what}, got {value!r}.")
+    if training:
+        for key, low in _MIN_FLOAT_TRAINING.items():
+            value = _get(cfg, key)
+            if not _is_number(value) or not math.isfinite(value) or value < low:
+                raise ConfigError(f"{key} must be a finite number >= {low}, got {value!r}.")
+    for key in _POSITIVE_INT_LISTS:
+        _positive_ints(key, _get(cfg, key))
+    top_k = cfg.MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS
+    if not _is_number(top_k) or not 0 < top_k <= 1:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS must be in (0, 1], got {top_k!r}."
+        )
+    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+        value = _get(cfg, key)
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ConfigError(f"{key} needs three values (one per channel), got {value!r}.")
+    if any(s == 0 for s in cfg.MODEL.PIXEL_STD):
+        raise ConfigError(f"MODEL.PIXEL_STD must not contain 0, got {list(cfg.MODEL.PIXEL_STD)}.")
+    if cfg.INPUT.CROP.ENABLED:
+        _check_crop(cfg)
+    if cfg.TEST.SLIDING_WINDOW.ENABLED:
+        _check_pairs(cfg, ("TEST.SLIDING_WINDOW.SIZE", "TEST.SLIDING_WINDOW.STRIDE"))
+    if check_device:
+        check_device_available(cfg.MODEL.DEVICE)
+
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    if world_size is not None and world_size > 1 and batch % world_size:
+        low = batch // world_size * world_size
+        hint = f"{low} or {low + world_size}" if low else f"{world_size}"
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH ({batch}) must be divisible by the number of processes "
+            f"({world_size}): set SOLVER.IMS_PER_BATCH {hint}, or change --num-gpus."
+        )
