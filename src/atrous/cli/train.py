@@ -16,6 +16,7 @@ from typing import Any
 from atrous.config import CfgNode, ConfigError, get_cfg
 from atrous.engine.defaults import add_train_arguments, default_setup
 from atrous.engine.launch import default_backend, launch
+from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
@@ -77,7 +78,11 @@ def _error(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the command line, then run `main` in every process; returns the exit status."""
+    """Validate the command line, then run `main` in every process; returns the exit status.
+
+    0: done; 1: training failed; 2: bad command line or config; 75 (`EXIT_PREEMPTED`): stopped
+    by SIGTERM, SIGINT or SIGUSR1 after saving a checkpoint (continue with ``--resume``).
+    """
     try:
         # Fail in the parent with one clear message rather than once per spawned process.
         cfg = load_config(args)
@@ -94,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             args=(args,),
             backend=default_backend(cfg.MODEL.DEVICE),
         )
+    except TrainingPreempted:
+        # Rank 0 logged where it stopped and what it saved; the status asks for a retry.
+        return EXIT_PREEMPTED
     except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as error:
         _error(str(error))
         return 1
