@@ -129,8 +129,8 @@ def parse_slurm_nodelist(nodelist: str) -> list[str]:
 def _expand_range(group: str, nodelist: str) -> list[str]:
     out: list[str] = []
     for part in group.split(","):
-        low, _, high = part.strip().partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
             raise ValueError(f"Bad range [{group}] in the SLURM node list {nodelist!r}.")
         width = len(low)
         out.extend(f"{n:0{width}d}" for n in range(int(low), int(high or low) + 1))
@@ -182,13 +182,15 @@ def _slurm_env() -> dict[str, Any] | None:
     }
 
 
-def _die_with_parent() -> None:
-    """End this process (SIGKILL) when its parent, a torchrun agent, dies (Linux only).
+def _stop_with_parent() -> None:
+    """Have this process receive SIGTERM when its parent, a torchrun agent, dies (Linux only).
 
     torchrun starts its workers in their own sessions: a worker whose agent was killed would go
     on training with the other machines' workers, and the surviving agents would wait for it at
-    their exit barrier. Killed with its agent, it breaks the process group instead, and every
-    other rank fails in its next collective.
+    their exit barrier. With the signal it stops like a preempted run instead: every rank agrees
+    on the iteration, saves a checkpoint and exits with `preemption.EXIT_PREEMPTED`, which the
+    surviving agents report as a failed worker. (SIGTERM rather than SIGKILL, so that an agent
+    that a signal it does not handle ended, e.g. SLURM's SIGUSR1, costs no progress either.)
     """
     if not sys.platform.startswith("linux"):
         return
@@ -196,11 +198,11 @@ def _die_with_parent() -> None:
 
     parent = os.getppid()
     pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL)) != 0:
-        logger.warning("Could not tie this worker's life to its torchrun agent (prctl failed).")
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM)) != 0:
+        logger.warning("Could not tie this worker to its torchrun agent (prctl failed).")
         return
     if os.getppid() != parent:  # the agent died before prctl took effect
-        os._exit(1)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def default_backend(device: str | None = None) -> str:
@@ -252,7 +254,7 @@ def launch(
     if env is not None and env[1] > 1:
         rank, world_size, local_rank = env
         if "TORCHELASTIC_RUN_ID" in os.environ:
-            _die_with_parent()
+            _stop_with_parent()
         return _run_in_group(
             main_fn,
             args,

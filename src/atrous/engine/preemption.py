@@ -95,7 +95,10 @@ class StopSignals:
     """A context manager that catches stop signals in this process while it is active.
 
     The first signal only records itself (`requested` returns it); the loop decides when to stop.
-    A second one restores the default action and re-sends itself: the process ends at once.
+    A second one, `repeat_after` seconds or more after the first, restores the default action and
+    re-sends itself: the process ends at once. Repeats within `repeat_after` are duplicates of the
+    first (srun forwards to its tasks the SIGTERM that SLURM also sends them directly; torchrun
+    forwards to its workers' process groups what their processes also got) and are ignored.
     Handlers are installed only in the main thread (Python allows no other) and the previous ones
     are restored on exit, so a notebook calling `Trainer.train` gets its own SIGINT handler back.
     Processes forked while it is active (data-loader workers) inherit the handler and ignore the
@@ -108,6 +111,7 @@ class StopSignals:
         on_second: called before the process ends on a second signal (e.g. to kill children).
         announce: write a line to stderr on the first signal (off in spawned ranks, whose parent
             or rank 0 already says it).
+        repeat_after: seconds after the first signal from which a second one ends the process.
     """
 
     def __init__(
@@ -117,11 +121,13 @@ class StopSignals:
         request: Any = None,
         on_second: Any = None,
         announce: bool = True,
+        repeat_after: float = 1.0,
     ) -> None:
         self.signals = signals
         self.request = request
         self.on_second = on_second
         self.announce = announce
+        self.repeat_after = repeat_after
         self.received = 0
         self.received_at: float | None = None
         self._previous: dict[int, Any] = {}
@@ -160,6 +166,8 @@ class StopSignals:
             return  # a forked worker: the training process handles the signal
         name = signal_name(signum)
         if self.received:
+            if time.monotonic() - (self.received_at or 0.0) < self.repeat_after:
+                return  # the same request delivered twice
             _say(f"Received {name} again: exiting now without saving.")
             if self.on_second is not None:
                 self.on_second()
