@@ -622,3 +622,70 @@ def _processes_mentioning(text: str) -> list[int]:
             if text in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+# Stand-ins for SLURM's commands (there is no SLURM here): srun starts 2 tasks on this machine
+# with the variables srun sets, scancel --signal signals them, scontrol resolves hosts and
+# records a requeue.
+_SLURM_SHIMS = {
+    "srun": """#!/bin/bash
+while [[ "$1" == --* ]]; do shift; done
+: > "$SHIM_DIR/pids"
+pids=()
+for r in 0 1; do
+  SLURM_STEP_ID=0 SLURM_NTASKS=2 SLURM_PROCID=$r SLURM_LOCALID=$r SLURM_NODEID=0 "$@" &
+  pids+=($!); echo $! >> "$SHIM_DIR/pids"
+done
+rc=0
+for p in "${pids[@]}"; do wait $p; s=$?; [ $s -gt $rc ] && rc=$s; done
+exit $rc
+""",
+    "scancel": """#!/bin/bash
+for p in $(cat "$SHIM_DIR/pids"); do kill -"${1#--signal=}" $p; done
+""",
+    "scontrol": """#!/bin/bash
+case $1 in show) echo localhost;; requeue) echo "$2" >> "$SHIM_DIR/requeued";; esac
+""",
+}
+
+
+@pytest.mark.slow
+def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
+    datasets_dir: Path, trained_np2: Path, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in _SLURM_SHIMS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "run"
+    env = _env(
+        datasets_dir,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SHIM_DIR=str(bin_dir),
+        SLURM_JOB_ID="4343",
+        SLURM_JOB_NAME="atrous",
+        SLURM_JOB_NODELIST="localhost",
+        CONFIG=str(QUICKSTART),
+        OUTPUT_DIR=str(out),
+        PYTHON=sys.executable,
+        PYTHONPATH=str(REPO / "src"),
+        ATROUS_DIST_TIMEOUT="60",
+    )
+    cmd = ["bash", str(REPO / "tools" / "slurm" / "train.sbatch"), *TINY, *_NP2_OPTS]
+    job = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for_iteration(out, 2, [job])
+    job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends the batch shell
+    stdout, _ = job.communicate(timeout=90)
+    assert job.returncode == 75, stdout[-3000:]
+    assert (bin_dir / "requeued").read_text() == "4343\n"
+    assert "requeueing job 4343" in stdout
+    _stopped_at(out, "SIGUSR1")
+
+    # The requeued job runs the same script: it resumes and completes, with no further requeue.
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (bin_dir / "requeued").read_text() == "4343\n"
+    _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")
