@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75
 
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGUSR1 does not exist on Windows.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name)
+)
 
 
 class TrainingPreempted(Exception):
