@@ -64,7 +64,12 @@ def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(datasets_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # Neither torchrun's nor SLURM's variables of a surrounding job may leak into the runs.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("SLURM_")
+    }
     env.update(ATROUS_DATASETS=str(datasets_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
@@ -564,3 +569,328 @@ def test_bundle_of_a_training_run_records_its_final_metrics(
     photo = sorted((datasets_dir / "synthetic" / "leftImg8bit" / "val").rglob("*.png"))[0]
     image = read_image(photo, "RGB")
     np.testing.assert_array_equal(predictor(image).labels, Predictor(cfg)(image).labels)
+
+
+# -- Stop signals: a real signal from outside, a checkpoint, and a bit-identical resume. --------
+
+_STOP_OPTS = ["SOLVER.MAX_ITER", "8", "SOLVER.MAX_TO_KEEP", "2", "SOLVER.CHECKPOINT_PERIOD", "100"]
+# Two processes with a global batch of 4, as `--num-gpus 2` (2 images each).
+_NP2_OPTS = [*_STOP_OPTS, "SOLVER.IMS_PER_BATCH", "4"]
+
+
+def _command(out: Path, *flags: str, opts: list[str] = ()) -> list[str]:
+    return [sys.executable, str(REPO / "train_net.py"), *flags, "--config-file", str(QUICKSTART),
+            *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
+
+
+def _wait_for_iteration(out: Path, iteration: int, procs: list[subprocess.Popen]) -> None:
+    """Until metrics.json (written every iteration, LOG_PERIOD 1) reaches `iteration`."""
+    deadline = time.monotonic() + 120
+    while True:
+        for proc in procs:
+            assert proc.poll() is None, f"training ended early ({proc.returncode})"
+        assert time.monotonic() < deadline, "training made no progress"
+        try:
+            if max((r["iteration"] for r in _metrics(out)), default=-1) >= iteration:
+                return
+        except (FileNotFoundError, ValueError):  # not written yet, or a line half-written
+            pass
+        time.sleep(0.05)
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def _stopped_at(out: Path, sig: str) -> int:
+    """The iteration a stopped run saved, checked against its log line and last_checkpoint."""
+    log = (out / "log.txt").read_text()
+    found = re.search(rf"Received {sig} at iteration (\d+): saved ([^\s;]+)", log)
+    assert found, log[-2000:]
+    it = int(found.group(1))
+    assert found.group(2) == str(out / f"model_{it:07d}.pth")
+    assert "resume with --resume (exit status 75)" in log
+    assert (out / "last_checkpoint").read_text() == f"model_{it:07d}.pth"
+    assert torch.load(out / f"model_{it:07d}.pth", weights_only=True)["iteration"] == it
+    assert not (out / "model_final.pth").exists()
+    return it
+
+
+@pytest.fixture(scope="module")
+def trained_np2(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted 8-iteration `--num-gpus 2` run (gloo), shared."""
+    out = tmp_path_factory.mktemp("trained_np2") / "run"
+    proc = subprocess.run(
+        _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
+        cwd=REPO,
+        env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="60"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stop_signal_saves_then_resume_is_bit_identical(
+    datasets_dir: Path, trained: Path, tmp_path: Path, sig: str
+) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _command(out, opts=_STOP_OPTS),
+        cwd=REPO,
+        env=_env(datasets_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_iteration(out, 2, [proc])
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert f"Received {sig}: saving a checkpoint at the end of this iteration" in stderr
+    it = _stopped_at(out, sig)
+    assert 3 <= it < 7
+    assert "s after the signal" in (out / "log.txt").read_text()
+    assert max(r["iteration"] for r in _metrics(out)) == it  # the writers flushed up to it
+
+    resumed = _train(datasets_dir, out, "--resume", opts=_STOP_OPTS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from iteration {it + 1}" in (out / "log.txt").read_text()
+    _assert_same_weights(trained / "model_final.pth", out / "model_final.pth")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_of_two_gloo_processes_then_resume(
+    datasets_dir: Path, trained_np2: Path, tmp_path: Path
+) -> None:
+    # `kill PID` / `docker stop` signal only the launching process: it relays the request.
+    out = tmp_path / "run"
+    env = _env(datasets_dir, ATROUS_DIST_TIMEOUT="60")
+    parent = subprocess.Popen(
+        _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_iteration(out, 2, [parent])
+    parent.send_signal(signal.SIGTERM)
+    stdout, stderr = parent.communicate(timeout=60)
+    assert parent.returncode == 75, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    it = _stopped_at(out, "SIGTERM")
+    assert f"[rank 0] Received SIGTERM at iteration {it}" in (out / "log.txt").read_text()
+
+    resumed = subprocess.run(
+        _command(out, "--num-gpus", "2", "--resume", opts=_NP2_OPTS),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")
+
+
+def _slurm_tasks(datasets_dir: Path, out: Path, *flags: str) -> list[subprocess.Popen]:
+    """Two `srun` tasks as SLURM starts them: same command, SLURM_* variables, own sessions."""
+    from atrous.engine.launch import find_free_port
+
+    port = str(find_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(
+            datasets_dir,
+            ATROUS_DIST_TIMEOUT="60",
+            SLURM_JOB_ID="4242",
+            SLURM_STEP_ID="0",
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            SLURM_NODEID="0",
+            SLURM_JOB_NODELIST="localhost",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        # One data-loader worker each: SLURM signals every process of a task, workers included.
+        cmd = _command(out, *flags, opts=[*_NP2_OPTS, "DATALOADER.NUM_WORKERS", "1"])
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+@pytest.mark.slow
+def test_slurm_tasks_stop_together_and_resume_like_num_gpus_2(
+    datasets_dir: Path, trained_np2: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    procs = _slurm_tasks(datasets_dir, out)
+    _wait_for_iteration(out, 2, procs)
+    # Only rank 1's processes get it: rank 0 learns of it from the all-reduce and stops with it.
+    os.killpg(procs[1].pid, signal.SIGUSR1)
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], outs
+    assert all("Traceback" not in o + e for o, e in outs)
+    _stopped_at(out, "SIGUSR1")
+    assert "Rank of current process: 0. World size: 2" in (out / "log.txt").read_text()
+
+    resumed = _slurm_tasks(datasets_dir, out, "--resume")
+    outs = [p.communicate(timeout=180) for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], outs
+    _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")
+
+
+def _torchrun_agents(datasets_dir: Path, out: Path, opts: list[str]) -> list[subprocess.Popen]:
+    """Two torchrun agents, one process each, meeting at a c10d rendezvous on 127.0.0.1."""
+    from atrous.engine.launch import find_free_port
+
+    endpoint = f"127.0.0.1:{find_free_port()}"
+    procs = []
+    for _ in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+               "--rdzv-id", out.name, *_command(out, opts=opts)[1:]]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="30"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        time.sleep(0.5)  # the first one hosts the rendezvous store
+    return procs
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_match_num_gpus_2(
+    datasets_dir: Path, trained_np2: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    procs = _torchrun_agents(datasets_dir, out, _NP2_OPTS)
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")
+
+
+@pytest.mark.slow
+def test_killed_torchrun_agent_ends_the_other(datasets_dir: Path, tmp_path: Path) -> None:
+    # The killed agent does not host the rendezvous, so only its worker can tell the others: it
+    # gets SIGTERM when its agent dies, and every rank stops as on a preemption, with a
+    # checkpoint. The other agent reports its stopped worker as a failure.
+    out = tmp_path / "run"
+    procs = _torchrun_agents(datasets_dir, out, [*_NP2_OPTS, "SOLVER.MAX_ITER", "1000"])
+    _wait_for_iteration(out, 2, procs)
+    killed_at = time.monotonic()
+    procs[1].send_signal(signal.SIGKILL)
+    _, stderr = procs[0].communicate(timeout=90)
+    elapsed = time.monotonic() - killed_at
+    procs[1].communicate(timeout=30)
+    assert procs[0].returncode not in (0, None)
+    assert elapsed < 60
+    assert "ChildFailedError" in stderr and "exitcode: 75" in stderr, stderr[-3000:]
+    it = _stopped_at(out, "SIGTERM")
+    assert it >= 3
+    # No worker is left behind, the killed agent's included.
+    time.sleep(1)
+    assert not _processes_mentioning(str(out))
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+# Stand-ins for SLURM's commands (there is no SLURM here): srun starts 2 tasks on this machine
+# with the variables srun sets, scancel --signal signals them, scontrol resolves hosts and
+# records a requeue.
+_SLURM_SHIMS = {
+    "srun": """#!/bin/bash
+while [[ "$1" == --* ]]; do shift; done
+: > "$SHIM_DIR/pids"
+pids=()
+for r in 0 1; do
+  SLURM_STEP_ID=0 SLURM_NTASKS=2 SLURM_PROCID=$r SLURM_LOCALID=$r SLURM_NODEID=0 "$@" &
+  pids+=($!); echo $! >> "$SHIM_DIR/pids"
+done
+rc=0
+for p in "${pids[@]}"; do wait $p; s=$?; [ $s -gt $rc ] && rc=$s; done
+exit $rc
+""",
+    "scancel": """#!/bin/bash
+for p in $(cat "$SHIM_DIR/pids"); do kill -"${1#--signal=}" $p; done
+""",
+    "scontrol": """#!/bin/bash
+case $1 in show) echo localhost;; requeue) echo "$2" >> "$SHIM_DIR/requeued";; esac
+""",
+}
+
+
+@pytest.mark.slow
+def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
+    datasets_dir: Path, trained_np2: Path, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in _SLURM_SHIMS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "run"
+    env = _env(
+        datasets_dir,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SHIM_DIR=str(bin_dir),
+        SLURM_JOB_ID="4343",
+        SLURM_JOB_NAME="atrous",
+        SLURM_JOB_NODELIST="localhost",
+        CONFIG=str(QUICKSTART),
+        OUTPUT_DIR=str(out),
+        PYTHON=sys.executable,
+        PYTHONPATH=str(REPO / "src"),
+        ATROUS_DIST_TIMEOUT="60",
+    )
+    cmd = ["bash", str(REPO / "tools" / "slurm" / "train.sbatch"), *TINY, *_NP2_OPTS]
+    job = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for_iteration(out, 2, [job])
+    job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends the batch shell
+    stdout, _ = job.communicate(timeout=90)
+    assert job.returncode == 75, stdout[-3000:]
+    assert (bin_dir / "requeued").read_text() == "4343\n"
+    assert "requeueing job 4343" in stdout
+    _stopped_at(out, "SIGUSR1")
+
+    # The requeued job runs the same script: it resumes and completes, with no further requeue.
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (bin_dir / "requeued").read_text() == "4343\n"
+    _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")

@@ -52,7 +52,12 @@ def _write_script(tmp_path: Path) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # Neither torchrun's nor SLURM's variables of a surrounding job may leak into the runs.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("SLURM_")
+    }
     env.update(extra)
     return env
 
@@ -161,6 +166,8 @@ def test_bad_launch_arguments_are_clear(
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
     with pytest.raises(ValueError, match=re.escape(message)):
         launch(print, 1, **kwargs)
 
@@ -204,3 +211,103 @@ def test_a_spawned_ranks_exception_is_re_raised_in_the_parent(tmp_path: Path) ->
     assert "TYPE DatasetError" in proc.stdout and "MESSAGE rank 1: bad image" in proc.stdout
     assert "CAUSE _RemoteTraceback True" in proc.stdout
     assert "Traceback" not in proc.stderr  # no rank prints its own without ATROUS_VERBOSE=1
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("gpu7", ["gpu7"]),
+        ("node[01-03],gpu7", ["node01", "node02", "node03", "gpu7"]),
+        ("n[1,3-4]", ["n1", "n3", "n4"]),
+        ("rack[1-2]-n[08-09]", ["rack1-n08", "rack1-n09", "rack2-n08", "rack2-n09"]),
+        ("a[9-10].lan,b", ["a9.lan", "a10.lan", "b"]),
+    ],
+)
+def test_slurm_nodelist_expands_like_scontrol(nodelist: str, hosts: list[str]) -> None:
+    from atrous.engine.launch import parse_slurm_nodelist
+
+    assert parse_slurm_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("nodelist", ["node[01-03", "node]1[", "node[a-b]", "node[1-]"])
+def test_bad_slurm_nodelist_is_clear(nodelist: str) -> None:
+    from atrous.engine.launch import parse_slurm_nodelist
+
+    with pytest.raises(ValueError, match="SLURM node list"):
+        parse_slurm_nodelist(nodelist)
+
+
+def _slurm(rank: int, **extra: str) -> dict[str, str]:
+    return {"SLURM_JOB_ID": "777", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
+            **extra}  # fmt: skip
+
+
+def test_slurm_tasks_form_a_gloo_group(tmp_path: Path) -> None:
+    # Two processes started the way srun starts them; --num-gpus (8) is ignored.
+    script = _write_script(tmp_path)
+    port = str(find_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), "ok", "8"],
+            env=_env(**_slurm(rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
+    assert [r["local"] for r in results] == [0, 1]
+    assert all(r["world"] == 2 and r["sum"] == 3.0 and r["backend"] == "gloo" for r in results)
+
+
+def test_slurm_rendezvous_address_and_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atrous.engine.launch import _slurm_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    slurm = _slurm(1, SLURM_JOB_NODELIST="node[03-04]", SLURM_NTASKS_PER_NODE="1")
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    env = _slurm_env()
+    assert env == {"rank": 1, "world_size": 2, "local_rank": 1, "local_world_size": 1,
+                   "init_method": "tcp://node03:20777"}  # fmt: skip
+    # Explicit MASTER_ADDR / MASTER_PORT win over the node list and the job id.
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.5")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert _slurm_env()["init_method"] == "tcp://10.0.0.5:29500"
+    # The batch shell of sbatch (no job step) and one-task steps keep using the flags.
+    monkeypatch.delenv("SLURM_STEP_ID")
+    assert _slurm_env() is None
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert _slurm_env() is None
+
+
+def test_torchrun_variables_win_over_slurm(tmp_path: Path) -> None:
+    # torchrun inside an srun step: its RANK/WORLD_SIZE describe the group, SLURM's do not
+    # (here SLURM claims 3 tasks, of which this would be the last; torchrun says 2).
+    script = _write_script(tmp_path)
+    port = str(find_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, **_slurm(2, SLURM_NTASKS="3"))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path), "ok", "1"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text())["world"] for r in (0, 1)] == [2, 2]

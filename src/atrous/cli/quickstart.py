@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.data.catalog import dataset_root
     from atrous.data.synthetic import generate_dataset
     from atrous.engine.launch import default_backend, launch
+    from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 
     try:
         config_file = args.config_file or str(find_config())
@@ -148,13 +150,23 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     # The final evaluation (step 3) is the trainer's last hook, on the validation split.
-    launch(
-        train_main,
-        args.num_gpus,
-        dist_url="auto",
-        args=(train_args,),
-        backend=default_backend(cfg.MODEL.DEVICE),
-    )
+    try:
+        launch(
+            train_main,
+            args.num_gpus,
+            dist_url="auto",
+            args=(train_args,),
+            backend=default_backend(cfg.MODEL.DEVICE),
+        )
+    except TrainingPreempted:
+        resume = ["atrous", "train", "--config-file", config_file, "--resume", *train_args.opts]
+        if "OUTPUT_DIR" not in train_args.opts:
+            resume += ["OUTPUT_DIR", cfg.OUTPUT_DIR]
+        print(
+            "Training stopped with a checkpoint; continue it with: " + shlex.join(resume),
+            file=sys.stderr,
+        )
+        return EXIT_PREEMPTED
 
     metrics_path = Path(cfg.OUTPUT_DIR) / "metrics.json"
     final: dict[str, float] = {}

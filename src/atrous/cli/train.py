@@ -19,6 +19,7 @@ from atrous.config import CfgNode, ConfigError, get_cfg
 from atrous.config.validate import validate_config
 from atrous.engine.defaults import add_train_arguments, default_setup
 from atrous.engine.launch import default_backend, launch
+from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 
 __all__ = ["add_arguments", "main", "run", "setup"]
 
@@ -115,6 +116,9 @@ def _evaluate_or_train(cfg: CfgNode, args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Validate the command line, then run `main` in every process; returns the exit status.
 
+    0: done; 1: training failed; 2: bad command line or config; 75 (`EXIT_PREEMPTED`): stopped
+    by SIGTERM, SIGINT or SIGUSR1 after saving a checkpoint (continue with ``--resume``).
+
     The config is loaded and checked here, in the parent, so that a mistake is reported once
     rather than once per spawned process. Errors are turned into messages by
     `atrous.cli.main.dispatch`; a spawned process's error is re-raised here by `launch`.
@@ -125,15 +129,19 @@ def run(args: argparse.Namespace) -> int:
     # Names and class counts, found here rather than by every process (or after a whole
     # training); the trainer also checks the test files once the run has started.
     check_config_datasets(cfg, train=not args.eval_only, records=False)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=default_backend(cfg.MODEL.DEVICE),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            backend=default_backend(cfg.MODEL.DEVICE),
+        )
+    except TrainingPreempted:
+        # Rank 0 logged where it stopped and what it saved; the status asks for a retry.
+        return EXIT_PREEMPTED
     return 0
 
 

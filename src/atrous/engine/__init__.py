@@ -1,4 +1,4 @@
-"""Training: the loop and its hooks, process launching, command-line flags and run set-up."""
+"""Training: the loop and its hooks, process launching, stop signals, flags and run set-up."""
 
 from .defaults import (
     add_train_arguments,
@@ -15,12 +15,15 @@ from .hooks import (
     LRScheduler,
     PeriodicCheckpointer,
     PeriodicWriter,
+    PreemptionCheckpointer,
     TrainingCurvePlotter,
 )
 from .launch import launch
+from .preemption import EXIT_PREEMPTED, StopSignals, TrainingPreempted
 from .trainer import SimpleTrainer, Trainer, TrainerBase
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "EvalHook",
     "EventStorage",
     "HookBase",
@@ -28,10 +31,13 @@ __all__ = [
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
+    "PreemptionCheckpointer",
     "SimpleTrainer",
+    "StopSignals",
     "Trainer",
     "TrainerBase",
     "TrainingCurvePlotter",
+    "TrainingPreempted",
     "add_train_arguments",
     "default_argument_parser",
     "default_setup",

@@ -20,6 +20,7 @@ from atrous.utils import comm
 from atrous.utils.file_io import atomic_write
 
 from .events import EventWriter
+from .preemption import EXIT_PREEMPTED, StopSignals, TrainingPreempted, signal_name
 
 if TYPE_CHECKING:
     from .trainer import TrainerBase
@@ -31,6 +32,7 @@ __all__ = [
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
+    "PreemptionCheckpointer",
     "TrainingCurvePlotter",
     "flatten_results",
 ]
@@ -143,22 +145,108 @@ class PeriodicCheckpointer(HookBase):
         self.max_iter = max_iter
         self.max_to_keep = max_to_keep
         self.extra_state = extra_state
+        self.last_saved: int | None = None
 
     def save(self, name: str, iteration: int) -> None:
         states = comm.all_gather_object(self.extra_state() if self.extra_state else {})
         if comm.is_main_process():
             self.checkpointer.save(name, iteration=iteration, ranks=states)
         comm.synchronize()
+        self.last_saved = iteration
+
+    def save_iteration(self, iteration: int) -> str:
+        """Save ``model_{iteration:07d}`` (all ranks) and rotate old ones; returns its file name.
+
+        What the periodic schedule writes, and what a preempted run saves (unless the periodic
+        checkpoint of that iteration exists already).
+        """
+        name = f"model_{iteration:07d}"
+        if self.last_saved != iteration:
+            self.save(name, iteration)
+            if self.max_to_keep > 0 and comm.is_main_process():
+                # Also rotates the files a resumed run's predecessor left.
+                self.checkpointer.prune(self.max_to_keep, prefix="model")
+        return f"{name}.pth"
 
     def after_step(self) -> None:
         it = self.trainer.iter
         if self.period > 0 and (it + 1) % self.period == 0:
-            self.save(f"model_{it:07d}", it)
-            if self.max_to_keep > 0 and comm.is_main_process():
-                # Also rotates the files a resumed run's predecessor left.
-                self.checkpointer.prune(self.max_to_keep, prefix="model")
+            self.save_iteration(it)
         if it + 1 >= self.max_iter:
             self.save("model_final", it)
+
+
+class PreemptionCheckpointer(HookBase):
+    """Stops every rank at the same iteration boundary once a stop signal arrived, after saving.
+
+    Before each step (every `check_period` steps; all ranks must use the same value) the ranks
+    all-reduce (MAX) their `StopSignals.requested` value, so a signal that reached only some of
+    them (or reached them at different moments) stops all of them after the same iteration. Then
+    `checkpointer` saves that iteration exactly like a periodic checkpoint (same file name and
+    content, ``last_checkpoint`` updated), rank 0 logs one line, and `TrainingPreempted` is
+    raised. The check runs before a step rather than after one so that every hook has finished
+    the previous step; after the last step the run is complete and is not interrupted.
+
+    Args:
+        stop_signals: the `StopSignals` active around training.
+        checkpointer: the run's `PeriodicCheckpointer`.
+        check_period: iterations between checks (1: every iteration; one all-reduce of one
+            integer, negligible next to a training step).
+    """
+
+    def __init__(
+        self,
+        stop_signals: StopSignals,
+        checkpointer: PeriodicCheckpointer,
+        *,
+        check_period: int = 1,
+    ) -> None:
+        if check_period < 1:
+            raise ValueError(f"check_period must be at least 1, got {check_period}.")
+        self.stop_signals = stop_signals
+        self.checkpointer = checkpointer
+        self.check_period = check_period
+
+    def _agreed_signal(self) -> int:
+        signum = self.stop_signals.requested()
+        if not comm.is_distributed():
+            return signum
+        import torch.distributed as dist
+
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([signum], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def before_step(self) -> None:
+        it = self.trainer.iter
+        done = it - self.trainer.start_iter  # iterations completed by this run
+        if done == 0 or done % self.check_period:
+            return
+        signum = self._agreed_signal()
+        if not signum:
+            return
+        last = it - 1
+        name = self.checkpointer.save_iteration(last)
+        save_dir = getattr(self.checkpointer.checkpointer, "save_dir", None)
+        path = os.path.join(save_dir, name) if save_dir else name
+        # The writers' final flush then reports the last completed iteration.
+        self.trainer.storage.iter = last
+        received_at = self.stop_signals.received_at
+        latency = f" {time.monotonic() - received_at:.1f} s after the signal" if received_at else ""
+        sig = signal_name(signum)
+        if comm.is_main_process():
+            logger.warning(
+                "Received %s at iteration %d: saved %s%s; resume with --resume (exit status %d)",
+                sig,
+                last,
+                path,
+                latency,
+                EXIT_PREEMPTED,
+            )
+        raise TrainingPreempted(
+            signal_name=sig, iteration=last, checkpoint=path if comm.is_main_process() else None
+        )
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

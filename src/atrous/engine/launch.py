@@ -7,7 +7,16 @@ Three ways in, one code path for the training function:
 * ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` does the same on each of M
   machines;
 * under ``torchrun`` (or SLURM wrappers that set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``), the
-  already-started process joins the group through the ``env://`` rendezvous.
+  already-started process joins the group through the ``env://`` rendezvous;
+* under ``srun`` with one task per device (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``
+  of a job step), the process joins the group at ``MASTER_ADDR:MASTER_PORT``, by default the
+  first host of the step's node list and a port derived from ``SLURM_JOB_ID``.
+
+The first that applies wins: torchrun's variables, then SLURM's, then the flags.
+
+Stop signals (SIGTERM, SIGINT, SIGUSR1) that reach the spawning parent are relayed to its
+processes through shared memory, so that ``kill PID`` or ``docker stop`` on the parent stops the
+run as cleanly as Ctrl-C does (see `atrous.engine.preemption`).
 
 Every process group gets a timeout, so when a rank dies the others fail with an error in bounded
 time instead of waiting forever in a collective.
@@ -18,9 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import signal
 import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -31,7 +43,16 @@ import torch.multiprocessing as mp
 
 from atrous.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "default_backend", "find_free_port", "launch"]
+from . import preemption
+from .preemption import StopSignals, TrainingPreempted
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "default_backend",
+    "find_free_port",
+    "launch",
+    "parse_slurm_nodelist",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +88,123 @@ def _torchrun_env() -> tuple[int, int, int] | None:
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     return rank, world_size, local_rank
+
+
+def parse_slurm_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM host list, e.g. ``node[01-03],gpu7`` -> node01, node02, node03, gpu7.
+
+    Handles comma-separated entries, several bracket groups per entry (``r[1-2]n[1,3]``) and
+    zero-padded ranges, as ``scontrol show hostnames`` does.
+
+    Raises:
+        ValueError: unbalanced brackets or a malformed range.
+    """
+    entries: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(nodelist):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            entries.append(nodelist[start:i])
+            start = i + 1
+        if depth not in (0, 1):
+            break
+    if depth != 0:
+        raise ValueError(f"Unbalanced brackets in the SLURM node list {nodelist!r}.")
+    entries.append(nodelist[start:])
+
+    hosts: list[str] = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            continue
+        names = [""]
+        for literal, group in re.findall(r"([^\[\]]*)(?:\[([^\]]*)\])?", entry):
+            names = [n + literal for n in names]
+            if group:
+                names = [n + suffix for n in names for suffix in _expand_range(group, nodelist)]
+        hosts.extend(names)
+    return hosts
+
+
+def _expand_range(group: str, nodelist: str) -> list[str]:
+    out: list[str] = []
+    for part in group.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"Bad range [{group}] in the SLURM node list {nodelist!r}.")
+        width = len(low)
+        out.extend(f"{n:0{width}d}" for n in range(int(low), int(high or low) + 1))
+    return out
+
+
+def _slurm_env() -> dict[str, Any] | None:
+    """Rank, world size, local rank and rendezvous URL of a task of an ``srun`` job step.
+
+    A step's tasks carry ``SLURM_STEP_ID``; the batch shell of ``sbatch`` (which has
+    ``SLURM_NTASKS`` and ``SLURM_PROCID=0`` too but is one process) does not, and keeps using
+    the flags.
+    """
+    env = os.environ
+    if "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
+        return None
+    world_size = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+    if world_size <= 1:
+        return None
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        nodelist = (
+            env.get("SLURM_STEP_NODELIST")
+            or env.get("SLURM_JOB_NODELIST")
+            or env.get("SLURM_NODELIST")
+        )
+        if not nodelist:
+            raise ValueError(
+                "Under srun with SLURM_NTASKS > 1 but neither MASTER_ADDR nor "
+                "SLURM_JOB_NODELIST is set: export MASTER_ADDR=<host of rank 0>."
+            )
+        addr = parse_slurm_nodelist(nodelist)[0]
+    port = env.get("MASTER_PORT")
+    if not port:
+        if "SLURM_JOB_ID" not in env:
+            raise ValueError("Under srun without MASTER_PORT or SLURM_JOB_ID: export MASTER_PORT.")
+        # Every task computes the same port without talking to the others; two jobs sharing a
+        # first node collide only if their ids are equal modulo 20000.
+        port = str(20000 + int(env["SLURM_JOB_ID"]) % 20000)
+    per_node = re.match(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE", "")) or re.match(
+        r"\d+", env.get("SLURM_NTASKS_PER_NODE", "")
+    )
+    return {
+        "rank": int(env["SLURM_PROCID"]),
+        "world_size": world_size,
+        "local_rank": int(env.get("SLURM_LOCALID", 0)),
+        "local_world_size": int(per_node.group()) if per_node else None,
+        "init_method": f"tcp://{addr}:{port}",
+    }
+
+
+def _stop_with_parent() -> None:
+    """Have this process receive SIGTERM when its parent, a torchrun agent, dies (Linux only).
+
+    torchrun starts its workers in their own sessions: a worker whose agent was killed would go
+    on training with the other machines' workers, and the surviving agents would wait for it at
+    their exit barrier. With the signal it stops like a preempted run instead: every rank agrees
+    on the iteration, saves a checkpoint and exits with `preemption.EXIT_PREEMPTED`, which the
+    surviving agents report as a failed worker. (SIGTERM rather than SIGKILL, so that an agent
+    that a signal it does not handle ended, e.g. SLURM's SIGUSR1, costs no progress either.)
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM)) != 0:
+        logger.warning("Could not tie this worker to its torchrun agent (prctl failed).")
+        return
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def default_backend(device: str | None = None) -> str:
@@ -115,12 +253,15 @@ def launch(
             pickled.
         torch.multiprocessing.ProcessExitedException: a spawned process died without an
             exception (a signal, ``os._exit``).
+        TrainingPreempted: the spawned processes stopped on a stop signal (after saving).
     """
     timeout = _timeout_from_env(timeout)
     backend = backend or default_backend()
     env = _torchrun_env()
     if env is not None and env[1] > 1:
         rank, world_size, local_rank = env
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            _stop_with_parent()
         return _run_in_group(
             main_fn,
             args,
@@ -131,6 +272,17 @@ def launch(
             timeout=timeout,
             backend=backend,
         )
+    slurm = _slurm_env() if env is None else None
+    if slurm is not None:
+        logger.info(
+            "SLURM task %d of %d (local %d), rendezvous at %s; --num-gpus, --num-machines and "
+            "--dist-url are ignored.",
+            slurm["rank"],
+            slurm["world_size"],
+            slurm["local_rank"],
+            slurm["init_method"],
+        )
+        return _run_in_group(main_fn, args, timeout=timeout, backend=backend, **slurm)
 
     if num_gpus_per_machine < 1 or num_machines < 1:
         raise ValueError(
@@ -153,8 +305,13 @@ def launch(
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared filesystem.")
 
+    ctx = mp.get_context("spawn")
+    # The parent's stop request (a signal number) and the stop its processes made: signal and
+    # last iteration. Shared memory, read by the ranks at every iteration boundary.
+    request = ctx.Value("i", 0, lock=False)
+    stopped = ctx.Array("q", [0, -1], lock=False)
     with tempfile.TemporaryDirectory(prefix="atrous-launch-") as error_dir:
-        context = mp.start_processes(
+        processes = mp.start_processes(
             _spawned_worker,
             nprocs=num_gpus_per_machine,
             args=(
@@ -167,22 +324,37 @@ def launch(
                 timeout,
                 backend,
                 error_dir,
+                request,
+                stopped,
             ),
             daemon=False,
             start_method="spawn",
             join=False,
         )
+
+        def kill_all() -> None:
+            for process in processes.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGKILL)
+
         try:
-            # After a failure the other ranks get a moment to fail by themselves (they usually
-            # do at once: their peer is gone) before torch terminates them.
-            while not context.join(grace_period=_GRACE_PERIOD_S):
-                pass
+            with StopSignals(request=request, on_second=kill_all):
+                # After a failure the other ranks get a moment to fail by themselves (they
+                # usually do at once: their peer is gone) before torch terminates them.
+                while not processes.join(grace_period=_GRACE_PERIOD_S):
+                    pass
         except mp.ProcessRaisedException:
             first = _first_worker_error(error_dir)
             if first is None:
                 raise
             error, remote = first
             raise error from remote
+    if stopped[0]:
+        raise TrainingPreempted(
+            signal_name=preemption.signal_name(int(stopped[0])),
+            iteration=int(stopped[1]),
+            checkpoint=None,
+        )
     return None
 
 
@@ -247,19 +419,28 @@ def _spawned_worker(
     timeout: timedelta,
     backend: str,
     error_dir: str,
+    request: Any,
+    stopped: Any,
 ) -> None:
-    _run_in_group(
-        main_fn,
-        args,
-        rank=machine_rank * num_gpus_per_machine + local_rank,
-        world_size=world_size,
-        local_rank=local_rank,
-        init_method=dist_url,
-        timeout=timeout,
-        backend=backend,
-        local_world_size=num_gpus_per_machine,
-        error_dir=error_dir,
-    )
+    preemption.set_launcher_request(request)
+    try:
+        _run_in_group(
+            main_fn,
+            args,
+            rank=machine_rank * num_gpus_per_machine + local_rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            init_method=dist_url,
+            timeout=timeout,
+            backend=backend,
+            local_world_size=num_gpus_per_machine,
+            error_dir=error_dir,
+        )
+    except TrainingPreempted as stop:
+        # A normal exit: a non-zero one would make the parent terminate the other ranks, which
+        # may still be finishing theirs. The parent raises it again from `stopped`.
+        stopped[0] = int(getattr(signal, stop.signal_name, signal.SIGTERM))
+        stopped[1] = stop.iteration
 
 
 def _run_in_group(
@@ -300,6 +481,8 @@ def _run_in_group(
     try:
         comm.synchronize()
         return main_fn(*args)
+    except TrainingPreempted:
+        raise  # a requested stop, logged by rank 0: no traceback
     except Exception as error:
         # The launcher reports only the first rank to fail, sometimes a victim of the real
         # cause ("connection closed by peer"); every rank keeps its own traceback in its log
@@ -311,8 +494,6 @@ def _run_in_group(
             _save_worker_error(error_dir, rank, error)
         log_exception_to_files(error)
         if os.environ.get("ATROUS_VERBOSE") == "1":
-            import traceback
-
             print(f"[rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         raise
     finally:

@@ -23,7 +23,9 @@ from atrous.utils import comm
 from atrous.utils.output_dir import safe_dataset_dirname
 
 from . import hooks as hooks_mod
+from . import preemption
 from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
+from .preemption import StopSignals, TrainingPreempted
 
 __all__ = [
     "SimpleTrainer",
@@ -40,7 +42,8 @@ _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 class TrainerBase:
     """Runs registered hooks around `run_step` for iterations ``[start_iter, max_iter)``.
 
-    After a completed run ``self.iter == max_iter``; after a failure it is the failing iteration.
+    After a completed run ``self.iter == max_iter``; after a failure it is the failing iteration;
+    after a stop signal (`TrainingPreempted`) it is the first iteration that did not run.
     """
 
     def __init__(self) -> None:
@@ -75,6 +78,8 @@ class TrainerBase:
             # Tells after_train hooks that the run completed.
             self.iter = max_iter
             self.storage.iter = max_iter
+        except TrainingPreempted:
+            raise  # a requested stop, already logged: no traceback
         except Exception:
             logger.exception("Exception during training at iteration %d:", self.iter)
             raise
@@ -275,6 +280,7 @@ class Trainer:
         self._data_position = 0
         self._data_seed: int | None = None
         self._trainer: SimpleTrainer | None = None
+        self._stop_signals = StopSignals()
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -347,16 +353,19 @@ class Trainer:
 
     def build_hooks(self) -> list[hooks_mod.HookBase]:
         cfg = self.cfg
+        checkpointer = hooks_mod.PeriodicCheckpointer(
+            self.checkpointer,
+            period=int(cfg.SOLVER.CHECKPOINT_PERIOD),
+            max_iter=self.max_iter,
+            max_to_keep=int(cfg.SOLVER.MAX_TO_KEEP),
+            extra_state=self._extra_state,
+        )
         out: list[hooks_mod.HookBase] = [
+            # First, so that its check sees every hook done with the previous step.
+            hooks_mod.PreemptionCheckpointer(self._stop_signals, checkpointer),
             hooks_mod.IterationTimer(),
             hooks_mod.LRScheduler(self.scheduler),
-            hooks_mod.PeriodicCheckpointer(
-                self.checkpointer,
-                period=int(cfg.SOLVER.CHECKPOINT_PERIOD),
-                max_iter=self.max_iter,
-                max_to_keep=int(cfg.SOLVER.MAX_TO_KEEP),
-                extra_state=self._extra_state,
-            ),
+            checkpointer,
         ]
         if cfg.DATASETS.TEST:
             out.append(
@@ -393,7 +402,25 @@ class Trainer:
     # -- running ---------------------------------------------------------------------------
 
     def train(self) -> Mapping[str, Any]:
-        """Train from `start_iter` to SOLVER.MAX_ITER; returns the last evaluation's results."""
+        """Train from `start_iter` to SOLVER.MAX_ITER; returns the last evaluation's results.
+
+        SIGTERM, SIGINT and SIGUSR1 (caught while this runs, in the main thread; the previous
+        handlers are restored afterwards) stop every rank after the same iteration, with a
+        checkpoint that ``resume_or_load(resume=True)`` continues from exactly.
+
+        Raises:
+            TrainingPreempted: a stop signal ended the run early (the checkpoint is saved).
+        """
+        self._stop_signals = StopSignals(
+            # One announcement per job: rank 0's, or the spawning parent's.
+            announce=comm.is_main_process() and not preemption.has_launcher_request()
+        )
+        # Installed before the data loader forks its workers, which then ignore the signals
+        # (SLURM signals every process of the job) instead of dying under the training process.
+        with self._stop_signals:
+            return self._train()
+
+    def _train(self) -> Mapping[str, Any]:
         data = self._data_iterator()
         if self._resume_state is not None:
             restore_rng_state(self._resume_state["rng"])
