@@ -26,6 +26,7 @@ from atrous.checkpoint import (
     UnsafePickleError,
 )
 
+from .hostile import Reduce
 from .toy import ToySegmentor, d2_pickle, numpy_state
 
 
@@ -638,3 +639,14 @@ def test_resume_from_malformed_training_state_names_the_entry(tmp_path, extra, f
     (tmp_path / "last_checkpoint").write_text("model_0000000.pth")
     with pytest.raises(CorruptCheckpointError, match=re.escape(fragment)):
         Checkpointer(ToySegmentor(), tmp_path).resume_or_load("", resume=True)
+
+
+def test_torch_file_asking_for_a_huge_bytearray_is_refused_before_allocating(tmp_path):
+    # torch's weights-only unpickler admits builtins.bytearray itself; bytearray(n) would zero-fill
+    # n bytes (2**62 cannot be allocated, so without the check this fails with MemoryError).
+    path = tmp_path / "alloc.pth"
+    torch.save({"model": {}, "pad": Reduce(bytearray, (2**62,))}, path)
+    with pytest.raises(UnsafePickleError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert message.startswith(f"Refusing to load {path}: the pickle references builtins.bytearray")

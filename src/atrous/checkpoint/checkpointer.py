@@ -28,6 +28,7 @@ import re
 import reprlib
 import urllib.parse
 import warnings
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +51,13 @@ from .errors import (
     UnsafePickleError,
 )
 from .rng import capture_rng_state, restore_rng_state
-from .safe_pickle import NUMPY_SAFE_GLOBALS, load_pickle, resolve_pending, unsafe_pickle_error
+from .safe_pickle import (
+    NUMPY_SAFE_GLOBALS,
+    check_torch_pickle,
+    load_pickle,
+    resolve_pending,
+    unsafe_pickle_error,
+)
 
 __all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
 
@@ -307,7 +314,29 @@ def _torch_error_detail(message: str) -> str:
     return "" if "weights_only" in sentence.lower() else sentence
 
 
+def _check_zip_pickles(path: str) -> None:
+    """Run :func:`check_torch_pickle` on the pickles of a torch zip file before torch reads it."""
+    # An archive or member that cannot be read (bad zip, CRC or compression error) is left for
+    # torch.load to report in its own terms.
+    try:
+        archive = zipfile.ZipFile(path)
+    except Exception:
+        return
+    with archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".pkl"):
+                try:
+                    data = archive.read(info)
+                except Exception:
+                    return
+                check_torch_pickle(data, source=path)
+
+
 def _torch_load(path: str) -> Any:
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == _ZIP_MAGIC
+    if is_zip:
+        _check_zip_pickles(path)
     try:
         # Arrays inside torch files are admitted on the same terms as in .pkl files. A plain
         # pickle tried as torch's legacy format makes torch warn about its protocol; the caller

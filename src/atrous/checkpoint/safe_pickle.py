@@ -25,6 +25,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 from collections import OrderedDict
 from typing import Any, BinaryIO
 
@@ -35,6 +36,7 @@ from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
 __all__ = [
     "NUMPY_SAFE_GLOBALS",
     "SafeUnpickler",
+    "check_torch_pickle",
     "load_pickle",
     "loads_pickle",
     "resolve_pending",
@@ -187,6 +189,43 @@ NUMPY_SAFE_GLOBALS: list[tuple[Any, str]] = [
     for (module, name), value in _ALLOWED.items()
     if module.startswith("numpy") or (module, name) == ("builtins", "bytes")
 ]
+
+
+# Globals torch's weights-only unpickler admits on its own that no checkpoint needs and that act on
+# the file's say-so: `bytearray(n)` allocates and zero-fills n bytes, so a file of a few dozen
+# bytes could exhaust the machine's memory. torch consults its own list first, so they can only
+# be refused by looking at the pickle before torch runs it.
+_TORCH_REFUSED_GLOBALS = frozenset({"builtins.bytearray"})
+
+
+def check_torch_pickle(data: bytes, *, source: str) -> None:
+    """Refuse a torch pickle (``data.pkl`` of a torch zip file) that names a refused global.
+
+    Args:
+        data: the pickle bytes.
+        source: the file, for the error message.
+
+    Raises:
+        UnsafePickleError: the pickle names ``builtins.bytearray``. A damaged stream is left for
+            ``torch.load`` to report.
+    """
+    try:
+        # torch's unpickler has no STACK_GLOBAL, so a GLOBAL opcode is the only way in.
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name != "GLOBAL":
+                continue
+            module, _, name = str(arg).partition(" ")
+            full = f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+            if full in _TORCH_REFUSED_GLOBALS:
+                raise unsafe_pickle_error(
+                    source,
+                    f"the pickle references {full}, which would allocate as much memory as the "
+                    "file asks for",
+                )
+    except UnsafePickleError:
+        raise
+    except Exception:  # malformed: torch.load reports it in its own terms
+        return
 
 
 # -------------------------------------------------------------------------------- resolving
