@@ -73,6 +73,8 @@ def _serve() -> None:
 
     workdir = Path(sys.argv[1])
     stdin, stdout = sys.stdin.buffer, sys.stdout
+    stdout.write('{"ready": true}\n')  # imports done: loads are timed from here on
+    stdout.flush()
     while header := stdin.readline():
         request = json.loads(header)
         data = stdin.read(request["size"])
@@ -114,10 +116,12 @@ class LoadWorker:
 
     Args:
         timeout: seconds one load may take before it counts as a hang (the process is killed).
+        startup_timeout: seconds the worker may take to import torch and atrous.
     """
 
-    def __init__(self, *, timeout: float = 30.0) -> None:
+    def __init__(self, *, timeout: float = 30.0, startup_timeout: float = 300.0) -> None:
         self.timeout = timeout
+        self.startup_timeout = startup_timeout
         self._dir = tempfile.TemporaryDirectory(prefix="atrous-load-worker-")
         self._stderr_path = Path(self._dir.name) / "stderr.txt"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -129,13 +133,19 @@ class LoadWorker:
         src = str(Path(atrous.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self._stderr = open(self._stderr_path, "wb")  # noqa: SIM115 - lives as long as the worker
-        return subprocess.Popen(
+        self.proc = subprocess.Popen(
             [sys.executable, __file__, self._dir.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=env,
         )
+        if not self._read_line(time.monotonic() + self.startup_timeout):
+            self._stop()
+            raise RuntimeError(
+                "the load worker did not start: " + self._stderr_path.read_text()[-3000:]
+            )
+        return self.proc
 
     def _stop(self) -> int:
         assert self.proc is not None
@@ -175,10 +185,9 @@ class LoadWorker:
         """
         if self.proc is None:
             self.proc = self._start()
-        assert self.proc.stdin is not None
+        assert self.proc is not None and self.proc.stdin is not None
         request = {"suffix": suffix, "size": len(data), "loader": loader}
         header = json.dumps(request).encode() + b"\n"
-        # Starting up (importing torch) counts against the first request's time.
         deadline = time.monotonic() + self.timeout
         try:
             self.proc.stdin.write(header + data)

@@ -440,3 +440,9 @@ def test_fuzz_numpy_values_load_or_fail_cleanly(load_worker, value, fmt):
     else:
         blob, suffix = hostile.as_pkl(data, int(fmt[1])), ".pkl"
     _assert_clean(load_worker.load(blob, suffix=suffix), value.value)
+
+
+def test_unhashable_byte_order_is_corrupt_not_a_type_error():
+    value = hostile.Reduce(np.dtype, ("f4", False, True), (3, [], None, None, None, -1, -1, 0))
+    with pytest.raises(CorruptCheckpointError, match=r"byte order \[\]"):
+        loads_pickle(pickle.dumps({"d": value}, protocol=2))

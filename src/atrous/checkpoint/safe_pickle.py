@@ -13,9 +13,10 @@ printed, compared or freed. Therefore no numpy constructor ever sees the file's 
 read: the numpy names resolve to inert placeholders (:class:`_Pending` subclasses) that only record
 what the file says, and :func:`resolve_pending` turns them into arrays after the whole stream has
 been read, building each one from scratch (``np.frombuffer`` on a freshly made boolean or numeric
-dtype) after checking its dtype, shape and byte count. Object, string, structured, datetime and
-void dtypes are refused: no checkpoint format needs them. The same placeholders serve torch files
-holding numpy arrays (:data:`NUMPY_SAFE_GLOBALS` for ``torch.load(weights_only=True)``).
+dtype) after checking its dtype, shape and byte count. Object, string, structured, datetime, void
+and extended-precision dtypes are refused: no checkpoint format needs them. The same placeholders
+serve torch files holding numpy arrays (:data:`NUMPY_SAFE_GLOBALS` for
+``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ __all__ = [
 _NUMERIC_SPECS = frozenset(
     {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"}
 )
-_BYTE_ORDERS = {"<": "<", ">": ">", "=": "=", "|": "|"}
+# A tuple, not a set: the file's value may be unhashable.
+_BYTE_ORDERS = ("<", ">", "=", "|")
 # numpy 1.x supports 32 dimensions, 2.x 64; weights have at most 5.
 _MAX_DIMS = 32
 # Checkpoints nest a handful of levels (optimizer state: state -> param id -> buffer name); a far
@@ -429,7 +431,17 @@ def resolve_pending(obj: Any, *, source: str) -> Any:
         CorruptCheckpointError: a value is malformed (data of the wrong size, a bad shape, a
             structure that contains itself or nests more than 64 levels deep).
     """
-    return _Resolver(source)(obj)
+    try:
+        return _Resolver(source)(obj)
+    except (CheckpointError, Warning):
+        raise
+    except Exception as exc:
+        # Every value walked here came from the file; anything the checks above did not
+        # anticipate is still the file's doing.
+        raise CorruptCheckpointError(
+            f"{source} is corrupt or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Delete it and download or copy it again."
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------- loading
