@@ -3,7 +3,9 @@
 Run as a script it is the worker: it reads ``{"suffix": ..., "size": n}\\n`` + n bytes from stdin,
 writes them to a file, loads that with :func:`atrous.checkpoint.load_checkpoint_file` and into a
 toy model with :class:`~atrous.checkpoint.Checkpointer`, *uses* every loaded value (repr, sums,
-comparisons: memory-unsafe arrays only crash when read) and answers with one JSON line. Imported,
+comparisons: memory-unsafe arrays only crash when read) and answers with one JSON line, which
+also says how much the process's peak memory grew. Its address space is capped a few GB above
+what the imports need, so a runaway allocation fails instead of swamping the machine. Imported,
 :class:`LoadWorker` drives one such process and restarts it after a crash or a hang.
 """
 
@@ -22,6 +24,26 @@ from pathlib import Path
 from typing import Any
 
 ALLOWED_ERRORS = {"UnsafePickleError", "CorruptCheckpointError"}
+# Address space the worker may use beyond what it has after its imports.
+MEMORY_HEADROOM = 4 << 30
+
+
+def _cap_memory() -> None:
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vm_kb * 1024 + MEMORY_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -59,6 +81,10 @@ def _touch(value: Any, dtypes: list[str], seen: set[int] | None = None, depth: i
         repr(value)
 
 
+class _Done(Exception):
+    """A request finished without error (one exit point for the answer)."""
+
+
 def _serve() -> None:
     import faulthandler
     import warnings
@@ -71,6 +97,8 @@ def _serve() -> None:
 
     from atrous.checkpoint import Checkpointer, CheckpointError, load_checkpoint_file
 
+    if sys.platform.startswith("linux"):
+        _cap_memory()
     workdir = Path(sys.argv[1])
     stdin, stdout = sys.stdin.buffer, sys.stdout
     stdout.write('{"ready": true}\n')  # imports done: loads are timed from here on
@@ -81,13 +109,11 @@ def _serve() -> None:
         path = workdir / f"input{request['suffix']}"
         path.write_bytes(data)
         answer: dict[str, Any] = {"stage": "load", "dtypes": []}
+        peak_before = _peak_rss_mb()
         try:
             if request["loader"] == "pickle":  # unrestricted: only to test this harness
                 _touch(pickle.loads(data), answer["dtypes"])
-                answer["outcome"] = "ok"
-                stdout.write(json.dumps(answer) + "\n")
-                stdout.flush()
-                continue
+                raise _Done
             loaded = load_checkpoint_file(path)
             answer["stage"] = "touch"
             _touch(loaded, answer["dtypes"])
@@ -96,6 +122,8 @@ def _serve() -> None:
                 Checkpointer(ToySegmentor()).load(path)
             except CheckpointError as exc:  # e.g. ambiguous names: a clear error is fine here
                 answer["model_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            raise _Done
+        except _Done:
             answer["outcome"] = "ok"
         except Exception as exc:
             answer["outcome"] = type(exc).__name__
@@ -104,6 +132,7 @@ def _serve() -> None:
                 import traceback
 
                 answer["traceback"] = traceback.format_exc()[-3000:]
+        answer["peak_growth_mb"] = _peak_rss_mb() - peak_before
         stdout.write(json.dumps(answer) + "\n")
         stdout.flush()
 

@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -286,6 +287,9 @@ def _assert_clean(answer: dict, what: object = "") -> None:
     assert outcome in ("ok", "UnsafePickleError", "CorruptCheckpointError"), (
         f"{outcome} for {what!r:.300}:\n{detail}"
     )
+    # Inputs are at most a few hundred kB: a load that makes the process touch far more memory
+    # is an amplification a hostile file could use to exhaust the machine.
+    assert answer.get("peak_growth_mb", 0) < 512, (answer, what)
     if outcome == "ok":
         assert all(np.dtype(d).kind in "biufc" for d in answer["dtypes"]), answer["dtypes"]
     else:
@@ -336,6 +340,24 @@ def test_the_worker_reports_crashes_and_hangs_and_recovers(load_worker):
         load_worker.timeout = timeout
     assert hang["outcome"] == "hang", hang
     assert load_worker.load(hostile.corpus()["zoo_p2"][1], suffix=".pkl")["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("index", [2**27, 2**31 - 1])
+def test_a_huge_memo_index_costs_no_memory(load_worker, index):
+    # C's unpickler sizes its memo array by the largest index the file names: this 9-byte file
+    # would make it allocate and clear index * 16 bytes (2 GB / 32 GB).
+    answer = load_worker.load(b"\x80\x02]r" + struct.pack("<I", index) + b".", suffix=".pkl")
+    assert answer["outcome"] == "CorruptCheckpointError", answer  # a list is not a checkpoint
+    assert "holds a list ([])" in answer["message"]
+    assert answer["peak_growth_mb"] < 100, answer
+
+
+def test_a_huge_bytearray_length_is_truncation_not_an_allocation():
+    # Protocol 5's BYTEARRAY8 names its length first; the stock pure-Python unpickler would
+    # allocate and zero-fill it before noticing the file ends.
+    crafted = b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b"abc."
+    with pytest.raises(CorruptCheckpointError, match="pickle data was truncated"):
+        loads_pickle(crafted)
 
 
 def test_every_corpus_file_loads(load_worker):
