@@ -325,11 +325,13 @@ def _check_zip_pickles(path: str) -> None:
     with archive:
         for info in archive.infolist():
             if info.filename.endswith(".pkl"):
+                # Streamed: a compressed member is never held in memory as a whole.
                 try:
-                    data = archive.read(info)
+                    member = archive.open(info)
                 except Exception:
                     return
-                check_torch_pickle(data, source=path)
+                with member:
+                    check_torch_pickle(member, source=path)
 
 
 def _torch_load(path: str) -> Any:

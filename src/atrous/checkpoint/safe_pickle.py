@@ -202,11 +202,11 @@ NUMPY_SAFE_GLOBALS: list[tuple[Any, str]] = [
 _TORCH_REFUSED_GLOBALS = frozenset({"builtins.bytearray"})
 
 
-def check_torch_pickle(data: bytes, *, source: str) -> None:
+def check_torch_pickle(data: bytes | BinaryIO, *, source: str) -> None:
     """Refuse a torch pickle (``data.pkl`` of a torch zip file) that names a refused global.
 
     Args:
-        data: the pickle bytes.
+        data: the pickle, as bytes or a binary stream (read only as far as its STOP opcode).
         source: the file, for the error message.
 
     Raises:
