@@ -176,4 +176,6 @@ def test_a_million_keys_match_and_fail_in_seconds():
     blobs["res2.0.conv1.norm.weight"] = _arr(1)
     with pytest.raises(ValueError, match=re.escape("maps several blobs to ['res2.0.conv1.norm")):
         align_and_update_state_dicts(model, blobs, c2_conversion=True)
-    assert time.perf_counter() - start < 30
+    # About 6 s on an idle core; the quadratic check needed hours for this many keys, so the
+    # bound only has to survive a busy machine.
+    assert time.perf_counter() - start < 60
