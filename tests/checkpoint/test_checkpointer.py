@@ -650,3 +650,11 @@ def test_torch_file_asking_for_a_huge_bytearray_is_refused_before_allocating(tmp
         Checkpointer(ToySegmentor()).load(path)
     message = str(info.value)
     assert message.startswith(f"Refusing to load {path}: the pickle references builtins.bytearray")
+
+
+def test_legacy_format_pth_asking_for_a_huge_bytearray_is_refused_before_allocating(tmp_path):
+    # Not a zip: torch reads it as its legacy format, whose first pickle it would run at once.
+    path = tmp_path / "alloc_legacy.pth"
+    path.write_bytes(pickle.dumps(Reduce(bytearray, (2**62,)), protocol=2))
+    with pytest.raises(UnsafePickleError, match="would allocate as much memory as the file asks"):
+        Checkpointer(ToySegmentor()).load(path)

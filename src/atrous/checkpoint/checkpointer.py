@@ -337,6 +337,13 @@ def _check_zip_pickles(path: str) -> None:
 def _torch_load(path: str) -> Any:
     with open(path, "rb") as f:
         is_zip = f.read(4) == _ZIP_MAGIC
+        if not is_zip:
+            # torch's legacy format is consecutive pickles (magic number, protocol, system info,
+            # the object, storage keys) followed by raw storage bytes; scanning stops at the
+            # first stream that is not a pickle.
+            f.seek(0)
+            for _ in range(5):
+                check_torch_pickle(f, source=path)
     if is_zip:
         _check_zip_pickles(path)
     try:
