@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
 import random
+import re
 import socket
+import tarfile
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from atrous.checkpoint import (
     UnsafePickleError,
 )
 
+from .hostile import Reduce
 from .toy import ToySegmentor, d2_pickle, numpy_state
 
 
@@ -464,3 +468,193 @@ def test_plain_pickle_under_a_pth_name(tmp_path):
 def test_directory_instead_of_file(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="is a directory"):
         Checkpointer(ToySegmentor()).load(tmp_path)
+
+
+# ------------------------------------------------------------ damaged and malformed files
+
+
+def _write(path, data):
+    if path.suffix == ".pkl":
+        path.write_bytes(pickle.dumps(data, protocol=2))
+    else:
+        torch.save(data, path)
+    return path
+
+
+_BIAS = "sem_seg_head.predictor.bias"
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ([1.0, 2.0, 3.0], f"the weight {_BIAS!r} is a list ([1.0, 2.0, 3.0]), not an array"),
+        (None, f"the weight {_BIAS!r} is None, not an array or tensor"),
+        ({"w": np.zeros(3)}, f"the weight {_BIAS!r} is a dict ({{'w': array("),
+        ("0.5", f"the weight {_BIAS!r} is a str ('0.5'), not an array"),
+    ],
+)
+def test_weights_that_are_not_arrays_name_the_key(tmp_path, suffix, value, fragment):
+    weights = {**numpy_state(ToySegmentor()), _BIAS: value}
+    path = _write(tmp_path / f"odd{suffix}", {"model": weights, "__author__": "x"})
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_string_arrays_are_refused_naming_the_key(tmp_path, suffix):
+    weights = {**numpy_state(ToySegmentor()), _BIAS: np.array(["a", "b", "c"])}
+    path = _write(tmp_path / f"strings{suffix}", {"model": weights, "__author__": "x"})
+    with pytest.raises(UnsafePickleError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert f"Refusing to load {path}: entry ['model'][{_BIAS!r}]" in message
+    assert "dtype '<U1' (unicode strings)" in message or "dtype 'U1'" in message
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_non_string_keys_and_non_dict_parts_are_named(tmp_path, suffix):
+    path = _write(tmp_path / f"intkey{suffix}", {"model": {3: np.zeros(3)}, "__author__": "x"})
+    with pytest.raises(CorruptCheckpointError, match="has the key 3 of type int"):
+        Checkpointer(ToySegmentor()).load(path)
+    path = _write(tmp_path / f"nomodel{suffix}", {"model": None, "__author__": "x"})
+    with pytest.raises(CorruptCheckpointError, match="the 'model' entry is None, not a dict"):
+        Checkpointer(ToySegmentor()).load(path)
+
+
+def test_blobs_that_are_not_a_dict_are_named(tmp_path):
+    path = _write(tmp_path / "caffe2.pkl", {"blobs": [1, 2]})
+    with pytest.raises(CorruptCheckpointError, match=r"the 'blobs' entry is a list \(\[1, 2\]\)"):
+        Checkpointer(ToySegmentor()).load(path)
+
+
+def test_big_endian_and_fortran_arrays_load(tmp_path):
+    source = ToySegmentor()
+    weights = {}
+    for key, value in numpy_state(source).items():
+        value = value.astype(value.dtype.newbyteorder(">"))
+        weights[key] = np.asfortranarray(value) if value.ndim > 1 else value
+    target = ToySegmentor()
+    assert Checkpointer(target).load(d2_pickle(tmp_path / "be.pkl", weights)).ok
+    _assert_same_weights(source, target)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+def test_tensors_that_cannot_be_weights_name_the_key(tmp_path, kind):
+    dense = torch.zeros(3)
+    value = {
+        "sparse": dense.to_sparse(),
+        "meta": torch.zeros(3, device="meta"),
+    }[kind]
+    path = tmp_path / f"{kind}.pth"
+    torch.save({**ToySegmentor().state_dict(), _BIAS: value}, path)
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert f"{path}: the weight {_BIAS!r} is a Tensor with layout" in str(info.value)
+    assert "only dense CPU tensors can be loaded" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pkl"])
+def test_zero_filled_file_is_corrupt_and_never_suggests_weights_only_false(tmp_path, suffix):
+    path = tmp_path / f"model_final{suffix}"
+    path.write_bytes(bytes(4096))
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} holds nothing but zero bytes (4096 of them)")
+    assert "Delete it and download or copy it again" in message
+    assert "weights_only" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("noise", np.random.default_rng(0).bytes(4096), "its pickle data is malformed"),
+        ("bad_zip", b"PK\x03\x04" + bytes(4000), "PytorchStreamReader failed reading zip"),
+        ("half_zeros", b"\x80\x02" + bytes(4094), "its pickle data is malformed"),
+    ],
+)
+def test_garbage_pth_is_corrupt_and_never_suggests_weights_only_false(
+    tmp_path, name, content, reason
+):
+    path = tmp_path / f"{name}.pth"
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is truncated, corrupt or not a torch checkpoint")
+    assert reason in message and "Delete it" in message
+    assert "weights_only" not in message
+
+
+def test_legacy_tar_archive_is_named_as_such(tmp_path):
+    path = tmp_path / "old.pth"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("sys_info")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    assert "pre-1.6 .tar format" in str(info.value)
+    assert "weights_only" not in str(info.value)
+
+
+def test_hostile_plain_pickle_under_a_pth_name_names_what_it_asked_for(tmp_path):
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": _RunsShell(tmp_path / "pwned")}, protocol=4))
+    with pytest.raises(UnsafePickleError, match=r"references posix\.system|nt\.system"):
+        Checkpointer(ToySegmentor()).load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_ambiguous_suffix_match_is_a_checkpoint_error_naming_the_file(tmp_path):
+    path = d2_pickle(tmp_path / "amb.pkl", {"weight": np.zeros((4, 4, 3, 3), np.float32)})
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: Ambiguous checkpoint"):
+        Checkpointer(ToySegmentor()).load(path)
+
+
+def test_optimizer_state_of_another_setup_names_the_entry(tmp_path):
+    model, opt, sched = _training_objects()
+    Checkpointer(model, tmp_path, optimizer=opt, scheduler=sched).save("model_0000000")
+    other = ToySegmentor()
+    other_opt = torch.optim.SGD([{"params": [other.backbone.stem.conv1.weight]}, {"params": []}])
+    with pytest.raises(CheckpointError) as info:
+        Checkpointer(other, tmp_path, optimizer=other_opt).resume_or_load("", resume=True)
+    message = str(info.value)
+    assert "model_0000000.pth: its 'optimizer' entry cannot be loaded into the SGD" in message
+    assert "ValueError" in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"rng_state": {"python": {"version": 3}}}, "its 'rng_state' entry is malformed"),
+        ({"iteration": "10"}, "its 'iteration' entry is a str ('10'), not an integer"),
+    ],
+)
+def test_resume_from_malformed_training_state_names_the_entry(tmp_path, extra, fragment):
+    model = ToySegmentor()
+    torch.save({"model": model.state_dict(), **extra}, tmp_path / "model_0000000.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000000.pth")
+    with pytest.raises(CorruptCheckpointError, match=re.escape(fragment)):
+        Checkpointer(ToySegmentor(), tmp_path).resume_or_load("", resume=True)
+
+
+def test_torch_file_asking_for_a_huge_bytearray_is_refused_before_allocating(tmp_path):
+    # torch's weights-only unpickler admits builtins.bytearray itself; bytearray(n) would zero-fill
+    # n bytes (2**62 cannot be allocated, so without the check this fails with MemoryError).
+    path = tmp_path / "alloc.pth"
+    torch.save({"model": {}, "pad": Reduce(bytearray, (2**62,))}, path)
+    with pytest.raises(UnsafePickleError) as info:
+        Checkpointer(ToySegmentor()).load(path)
+    message = str(info.value)
+    assert message.startswith(f"Refusing to load {path}: the pickle references builtins.bytearray")
+
+
+def test_legacy_format_pth_asking_for_a_huge_bytearray_is_refused_before_allocating(tmp_path):
+    # Not a zip: torch reads it as its legacy format, whose first pickle it would run at once.
+    path = tmp_path / "alloc_legacy.pth"
+    path.write_bytes(pickle.dumps(Reduce(bytearray, (2**62,)), protocol=2))
+    with pytest.raises(UnsafePickleError, match="would allocate as much memory as the file asks"):
+        Checkpointer(ToySegmentor()).load(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -133,3 +134,48 @@ def test_caffe2_conversion_reports_original_names():
         "backbone.res2.0.conv1.weight": "res2_0_branch2a_w",
     }
     assert report.unexpected == ["fc1000_b"]
+
+
+def _convert_by_regex_only(name):
+    """convert_basic_c2_names without its literal pre-check: every rule, in order."""
+    from atrous.checkpoint.detectron2 import _C2_RULES
+
+    if "." in name:
+        return name
+    name = {"pred_b": "linear_b", "pred_w": "linear_w"}.get(name, name)
+    name = name.replace("_", ".")
+    for pattern, repl in _C2_RULES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+_C2_PARTS = "res conv1 bn gn s b w rm riv running mean var gamma beta branch1 branch2a branch2b"
+_c2_part = st.sampled_from([*_C2_PARTS.split(), "branch2c", "0", "2", "pred", "fc1000", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_c2_part, min_size=1, max_size=7).map("_".join), max_size=10))
+def test_caffe2_conversion_equals_applying_every_rule(names):
+    assert convert_basic_c2_names(names) == [_convert_by_regex_only(n) for n in names]
+
+
+_MILLION = 10**6
+
+
+@pytest.mark.slow
+def test_a_million_keys_match_and_fail_in_seconds():
+    # Hostile files can hold any number of keys; each step must be linear in their number
+    # (a quadratic duplicate check took minutes to reject such a file).
+    model = {f"backbone.res{i % 4 + 2}.{i}.conv1.weight": _arr(1) for i in range(1000)}
+    ckpt = {f"res{i % 4 + 2}.{i}.conv1.weight": _arr(1) for i in range(_MILLION)}
+    start = time.perf_counter()
+    _, report = align_and_update_state_dicts(model, ckpt)
+    assert len(report.matched) == 1000 and len(report.unexpected) == _MILLION - 1000
+    blobs = {f"res{i % 4 + 2}_{i}_branch2a_bn_s": _arr(1) for i in range(_MILLION)}
+    # Two Caffe2 blobs for one module name: rejected, naming the name.
+    blobs["res2.0.conv1.norm.weight"] = _arr(1)
+    with pytest.raises(ValueError, match=re.escape("maps several blobs to ['res2.0.conv1.norm")):
+        align_and_update_state_dicts(model, blobs, c2_conversion=True)
+    # About 6 s on an idle core; the quadratic check needed hours for this many keys, so the
+    # bound only has to survive a busy machine.
+    assert time.perf_counter() - start < 60

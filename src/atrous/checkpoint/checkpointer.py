@@ -16,7 +16,10 @@ Sources accepted by :meth:`Checkpointer.load`:
   into the cache first.
 
 Nothing in a file is ever executed: pickles go through :mod:`.safe_pickle` and torch files through
-``torch.load(weights_only=True)``; safetensors files hold no code at all.
+``torch.load(weights_only=True)``; numpy arrays in either are rebuilt by :mod:`.safe_pickle` from
+a checked boolean/numeric dtype, shape and byte count, so no file can make numpy read its bytes
+as memory addresses. Values that cannot be weights are errors naming their key. safetensors
+files hold no code at all.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import logging
 import os
 import pickle
 import re
+import reprlib
 import urllib.parse
 import warnings
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +55,13 @@ from .errors import (
     UnsafePickleError,
 )
 from .rng import capture_rng_state, restore_rng_state
-from .safe_pickle import NUMPY_SAFE_GLOBALS, load_pickle
+from .safe_pickle import (
+    NUMPY_SAFE_GLOBALS,
+    check_torch_pickle,
+    load_pickle,
+    resolve_pending,
+    unsafe_pickle_error,
+)
 from .weights_io import is_safetensors_file, read_safetensors_checkpoint
 
 __all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
@@ -173,17 +184,49 @@ def _is_harmless(key: str, non_persistent: set[str]) -> bool:
     return key.endswith("num_batches_tracked") or key in non_persistent
 
 
-def _to_tensor(value: Any) -> torch.Tensor | None:
-    """Checkpoint value -> tensor; None for values that are not arrays (reported unexpected)."""
+def _describe(value: Any) -> str:
+    """`value` for an error message: its type and a shortened repr."""
+    if value is None:
+        return "None"
+    cls = type(value)
+    name = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return f"a {name} ({reprlib.repr(value)})"
+
+
+def _to_tensor(value: Any, key: str, path: str) -> torch.Tensor:
+    """A weight of the checkpoint's "model" dict as a dense CPU tensor.
+
+    Raises:
+        CorruptCheckpointError: naming `key`, when the value is not a numeric array or a plain
+            dense tensor (lists, None, nested dicts, strings, sparse/quantized/meta tensors).
+    """
     if isinstance(value, torch.Tensor):
+        plain = type(value) in (torch.Tensor, nn.Parameter) and value.layout == torch.strided
+        if not plain or value.is_quantized or value.is_nested or value.device.type != "cpu":
+            raise CorruptCheckpointError(
+                f"{path}: the weight {key!r} is a {type(value).__name__} with layout "
+                f"{value.layout}, device {value.device}"
+                + (" (quantized)" if value.is_quantized else "")
+                + "; only dense CPU tensors can be loaded into a model. The file was saved "
+                "from a sparse, quantized or meta-device model, or it is damaged."
+            )
         return value
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
-        if array.dtype == object or array.dtype.fields is not None:
-            return None
-        # Unpickled arrays may be read-only or non-contiguous; torch needs neither.
-        return torch.from_numpy(np.require(array, requirements=["C", "W"]))
-    return None
+        if array.dtype.kind not in "biufc" or array.dtype.char in "gG":  # not longdouble
+            # The safe loaders admit nothing else; this guards values handed in by other code.
+            raise CorruptCheckpointError(
+                f"{path}: the weight {key!r} is a numpy array of dtype {array.dtype}, not a "
+                "numeric one, so it cannot be a model weight."
+            )
+        # Unpickled arrays may be read-only, non-contiguous or big-endian; torch takes none.
+        native = array.astype(array.dtype.newbyteorder("="), copy=False)
+        return torch.from_numpy(np.require(native, requirements=["C", "W"]))
+    raise CorruptCheckpointError(
+        f"{path}: the weight {key!r} is {_describe(value)}, not an array or tensor. The 'model' "
+        "entry of a checkpoint must map parameter names to arrays; this file is damaged or not "
+        "a model checkpoint."
+    )
 
 
 def _split_query(source: str) -> tuple[str, dict[str, list[str]]]:
@@ -207,8 +250,10 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         CheckpointNotFoundError: `path` does not exist.
-        CorruptCheckpointError: the file is truncated, damaged, or not a checkpoint.
-        UnsafePickleError: the file holds Python objects beyond arrays and plain containers.
+        CorruptCheckpointError: the file is truncated, damaged (malformed arrays included), all
+            zero bytes, or not a checkpoint.
+        UnsafePickleError: the file holds Python objects beyond arrays and plain containers, or
+            numpy values of a non-numeric dtype (object, string, structured, datetime).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -228,6 +273,12 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
     if is_safetensors_file(path):
         return read_safetensors_checkpoint(path)
+    if magic == b"\0\0\0\0" and _only_zero_bytes(path):
+        raise CorruptCheckpointError(
+            f"{path} holds nothing but zero bytes ({os.path.getsize(path)} of them), so it is not "
+            "a checkpoint: its contents were never written, as happens when a copy or download "
+            "is interrupted or the disk fills up. Delete it and download or copy it again."
+        )
     if magic == _ZIP_MAGIC:
         return _normalise_torch(_torch_load(path), path)
     if path.endswith(".pkl"):
@@ -238,12 +289,74 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         # A plain pickle of arrays saved under a .pth name: readable by the safe unpickler.
         try:
             data = load_pickle(path)
+        except UnsafePickleError as pickle_error:
+            # The pickle reader names what the file asked for; torch's legacy reader only got as
+            # far as its magic number.
+            best = torch_error if isinstance(torch_error, UnsafePickleError) else pickle_error
+            raise best from None
         except CheckpointError:
             raise torch_error from None
         return _normalise_torch(data, path)
 
 
+def _only_zero_bytes(path: str) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
+
+
+def _torch_error_detail(message: str) -> str:
+    """The part of a ``torch.load`` error that describes the file, without torch's advice.
+
+    torch wraps unpickling errors in instructions to retry with ``weights_only`` switched off;
+    for a file that failed these checks that advice is wrong, so it never reaches our messages.
+    """
+    if "WeightsUnpickler error:" in message:
+        message = message.rpartition("WeightsUnpickler error:")[2]
+    elif message.startswith("Weights only load failed"):
+        message = message.partition("\n\n")[2]
+    if "legacy .tar format" in message:
+        return "it looks like an archive in torch's pre-1.6 .tar format, which atrous does not read"
+    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "")
+    # Keep the first sentence (torch appends explanations and links).
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0][:200]
+    return "" if "weights_only" in sentence.lower() else sentence
+
+
+def _check_zip_pickles(path: str) -> None:
+    """Run :func:`check_torch_pickle` on the pickles of a torch zip file before torch reads it."""
+    # An archive or member that cannot be read (bad zip, CRC or compression error) is left for
+    # torch.load to report in its own terms.
+    try:
+        archive = zipfile.ZipFile(path)
+    except Exception:
+        return
+    with archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".pkl"):
+                # Streamed: a compressed member is never held in memory as a whole.
+                try:
+                    member = archive.open(info)
+                except Exception:
+                    return
+                with member:
+                    check_torch_pickle(member, source=path)
+
+
 def _torch_load(path: str) -> Any:
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == _ZIP_MAGIC
+        if not is_zip:
+            # torch's legacy format is consecutive pickles (magic number, protocol, system info,
+            # the object, storage keys) followed by raw storage bytes; scanning stops at the
+            # first stream that is not a pickle.
+            f.seek(0)
+            for _ in range(5):
+                check_torch_pickle(f, source=path)
+    if is_zip:
+        _check_zip_pickles(path)
     try:
         # Arrays inside torch files are admitted on the same terms as in .pkl files. A plain
         # pickle tried as torch's legacy format makes torch warn about its protocol; the caller
@@ -253,39 +366,56 @@ def _torch_load(path: str) -> Any:
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except UnsafePickleError as exc:  # raised by safe_pickle's constructors
+        raise unsafe_pickle_error(path, str(exc)) from None
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0])
-        if "Weights only load failed" in str(exc):
+        detail = _torch_error_detail(str(exc))
+        unsafe = re.search(r"GLOBAL (\S+)", str(exc))
+        if unsafe:
             raise UnsafePickleError(
-                f"Refusing to load {path}: it holds Python objects other than tensors and plain "
-                f"containers ({detail.strip()}). Loading it could run arbitrary code, so nothing "
-                "in it was executed. If you trust the file, re-save its state dict alone with "
-                "torch.save(model.state_dict(), ...)."
+                f"Refusing to load {path}: it holds Python objects other than tensors, numpy "
+                f"arrays and plain containers (it references {unsafe.group(1)}). Loading it "
+                "could run arbitrary code, so nothing in it was executed. If you trust the file, "
+                "re-save its state dict alone with torch.save(model.state_dict(), ...)."
             ) from None
         raise CorruptCheckpointError(
-            f"{path} is truncated or corrupt ({exc}). Delete it and download or copy it again."
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:
+            f"{path} is truncated, corrupt or not a torch checkpoint (its pickle data is "
+            f"malformed{': ' + detail if detail else ''}). Delete it and download or copy it again."
+        ) from None
+    except Warning:  # a warning turned into an error (-W error) is about the code, not the file
+        raise
+    except Exception as exc:
+        # Everything torch.load raises past this point comes from the file's bytes: a damaged
+        # zip (RuntimeError), a missing record (KeyError), storage sizes that do not add up,
+        # wrong argument types for torch's rebuild functions (TypeError), absurd lengths
+        # (MemoryError), ...
+        detail = _torch_error_detail(str(exc))
         raise CorruptCheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}). "
+            f"({type(exc).__name__}{': ' + detail if detail else ''}). "
             "Delete it and download or copy it again."
         ) from exc
+    return resolve_pending(data, source=path)
 
 
 def _normalise_pickle(data: Any, path: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise CorruptCheckpointError(
-            f"{path} holds a {type(data).__name__}, not a dict of weights; it is not a checkpoint."
+            f"{path} holds {_describe(data)}, not a dict of weights; it is not a checkpoint."
         )
     if "model" in data and "__author__" in data:
-        logger.info("Reading %s (written by %s)", path, data["__author__"])
+        logger.info("Reading %s (written by %s)", path, reprlib.repr(data["__author__"]))
         return dict(data)
     # Caffe2 / Detectron1 files: detection models wrap the weights in "blobs"; the solver's
     # momentum buffers are of no use for initialisation.
     weights = data.get("blobs", data)
+    if not isinstance(weights, Mapping):
+        raise CorruptCheckpointError(
+            f"{path}: the 'blobs' entry is {_describe(weights)}, not a dict of weights."
+        )
     weights = {k: v for k, v in weights.items() if not str(k).endswith("_momentum")}
     return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
@@ -293,7 +423,7 @@ def _normalise_pickle(data: Any, path: str) -> dict[str, Any]:
 def _normalise_torch(data: Any, path: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise CorruptCheckpointError(
-            f"{path} holds a {type(data).__name__}, not a state dict; save "
+            f"{path} holds {_describe(data)}, not a state dict; save "
             "model.state_dict() rather than the model object."
         )
     data = dict(data)
@@ -409,7 +539,18 @@ class Checkpointer:
                 raise KeyError(f"{name!r} is not a checkpointable of this Checkpointer")
             if name in checkpoint:
                 logger.info("Loading %s from %s", name, local)
-                self.checkpointables[name].load_state_dict(checkpoint.pop(name))
+                obj = self.checkpointables[name]
+                try:
+                    obj.load_state_dict(checkpoint.pop(name))
+                except Exception as exc:
+                    # torch's load_state_dict methods report a foreign or damaged state with
+                    # whatever exception the first bad entry causes (KeyError, TypeError, ...).
+                    raise CheckpointError(
+                        f"{local}: its {name!r} entry cannot be loaded into the "
+                        f"{type(obj).__name__} ({type(exc).__name__}: {reprlib.repr(str(exc))}). "
+                        "The file was saved for another setup or is damaged; load the weights "
+                        "alone with checkpointables=[] (resume=False) to start a new run from it."
+                    ) from exc
                 report.checkpointables.append(name)
             elif checkpointables is not None:
                 logger.warning("%s holds no %r state; it keeps its current state", local, name)
@@ -426,7 +567,7 @@ class Checkpointer:
         raw = checkpoint.get("model")
         if not isinstance(raw, Mapping):
             raise CorruptCheckpointError(
-                f"{path}: the 'model' entry is a {type(raw).__name__}, not a dict of weights."
+                f"{path}: the 'model' entry is {_describe(raw)}, not a dict of weights."
             )
         report = LoadReport(
             path=path,
@@ -434,25 +575,29 @@ class Checkpointer:
             metadata=_string_metadata(checkpoint.get("metadata")),
         )
         state: dict[str, torch.Tensor] = {}
-        not_arrays: list[str] = []
         for key, value in raw.items():
-            tensor = _to_tensor(value)
-            if tensor is None:
-                not_arrays.append(str(key))
-            else:
-                state[str(key)] = tensor
-        if not_arrays:
-            logger.warning("%s: %d entries are not arrays and were skipped", path, len(not_arrays))
+            if not isinstance(key, str):
+                raise CorruptCheckpointError(
+                    f"{path}: the 'model' entry has the key {key!r:.80} of type "
+                    f"{type(key).__name__}; parameter names are strings, so this file is damaged "
+                    "or not a model checkpoint."
+                )
+            # Like detectron2, a value that is not an array is an error rather than skipped:
+            # the file is not what its name says, and a partial load would hide that.
+            state[key] = _to_tensor(value, key, path)
         # Saved from a (Distributed)DataParallel wrapper.
         if state and all(k.startswith("module.") for k in state):
             state = {k[len("module.") :]: v for k, v in state.items()}
 
         model_state = self.model.state_dict()
-        unexpected = list(not_arrays)
+        unexpected: list[str] = []
         if report.matching_heuristics:
-            state, match = align_and_update_state_dicts(
-                model_state, state, c2_conversion=checkpoint.get("__author__") == "Caffe2"
-            )
+            try:
+                state, match = align_and_update_state_dicts(
+                    model_state, state, c2_conversion=checkpoint.get("__author__") == "Caffe2"
+                )
+            except ValueError as exc:  # ambiguous names: no way to tell which weight is meant
+                raise CheckpointError(f"{path}: {exc}") from None
             unexpected += match.unexpected
             report.shapes = dict(match.shape_mismatched)
         else:
@@ -594,7 +739,20 @@ class Checkpointer:
             report = self.load(self.get_checkpoint_file())
             rng_state = report.extra.pop("rng_state", None)
             if rng_state is not None:
-                restore_rng_state(rng_state)
+                try:
+                    restore_rng_state(rng_state)
+                except Exception as exc:
+                    raise CorruptCheckpointError(
+                        f"{report.path}: its 'rng_state' entry is malformed "
+                        f"({type(exc).__name__}: {reprlib.repr(str(exc))}); the file is damaged "
+                        "or was not written by atrous."
+                    ) from exc
+            iteration = report.extra.get("iteration", -1)
+            if type(iteration) is not int:
+                raise CorruptCheckpointError(
+                    f"{report.path}: its 'iteration' entry is {_describe(iteration)}, not an "
+                    "integer; the file is damaged or was not written by atrous."
+                )
             return report.extra
         self.load(path, checkpointables=[])
         return {}
