@@ -656,7 +656,8 @@ def test_stop_signal_saves_then_resume_is_bit_identical(
     assert "Traceback" not in stdout + stderr
     assert f"Received {sig}: saving a checkpoint at the end of this iteration" in stderr
     it = _stopped_at(out, sig)
-    assert 3 <= it < 7
+    # Signalled once iteration 2 was written: the stop is at the boundary after 2 or a later one.
+    assert 2 <= it < 7
     assert "s after the signal" in (out / "log.txt").read_text()
     assert max(r["iteration"] for r in _metrics(out)) == it  # the writers flushed up to it
 

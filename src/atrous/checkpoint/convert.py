@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from .checkpointer import Checkpointer, LoadReport, _to_tensor, load_checkpoint_file
@@ -114,11 +116,12 @@ def convert_as_stored(
         )
     tensors, skipped = {}, []
     for key, value in raw.items():
-        tensor = _to_tensor(value)
-        if tensor is None:
-            skipped.append(str(key))
+        # Entries that are not arrays (a note, a counter) have no place in a weights file; they
+        # are reported as skipped rather than refused, as a model load would.
+        if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+            tensors[str(key)] = _to_tensor(value, str(key), os.fspath(source))
         else:
-            tensors[str(key)] = tensor
+            skipped.append(str(key))
     if not tensors:
         raise CheckpointError(f"{source} holds no arrays to convert.")
     if skipped:
