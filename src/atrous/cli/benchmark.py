@@ -74,27 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_cfg(args: argparse.Namespace):
-    from atrous.config import get_cfg, resolve_config_file
+    from atrous.checkpoint.errors import CheckpointError
+    from atrous.cli.common import config_or_bundle
+    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
-    if bool(args.model) == bool(args.config_file):
-        raise SystemExit("Give either --config-file or --model DIR.")
-    if args.model:
-        from atrous.checkpoint.bundle import bundle_config
-        from atrous.checkpoint.errors import CheckpointError
-
-        try:
-            cfg, _ = bundle_config(args.model, opts=list(args.opts or []))
-        except CheckpointError as error:
-            raise SystemExit(str(error)) from None
-    else:
-        cfg = get_cfg()
-        try:
-            path = resolve_config_file(args.config_file)
-        except FileNotFoundError as error:
-            raise SystemExit(str(error)) from None
-        cfg.merge_from_file(path)
-        cfg.merge_from_list(list(args.opts or []))
+    try:
+        cfg, _ = config_or_bundle(args, weights=False)
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
+        raise SystemExit(str(error)) from error
     # Random weights: speed does not depend on them and a benchmark must not download.
     cfg.MODEL.WEIGHTS = ""
     if args.device:

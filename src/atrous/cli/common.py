@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_allow_partial_flag", "load_weights"]
+__all__ = ["add_allow_partial_flag", "config_or_bundle", "load_weights"]
 
 
 def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
@@ -49,3 +49,50 @@ def load_weights(model: Any, weights: str, *, allow_partial: bool) -> Any:
         "Make the config match the weights (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES), or pass "
         "--allow-partial to use them anyway with those parts left random."
     )
+
+
+def config_or_bundle(
+    args: argparse.Namespace,
+    *,
+    opts: list[str] | None = None,
+    device: str | None = None,
+    weights: bool = True,
+) -> tuple[Any, Any]:
+    """The run's config from exactly one of ``--config-file`` (+ overrides) and ``--model DIR``.
+
+    A bundle is read whole: its files are checked and its weights loaded into its model, moved to
+    `device` (checked to exist first, so that a missing GPU is one clear line). With
+    ``weights=False`` only its checked config is read (a benchmark runs random weights).
+
+    Args:
+        args: the parsed command line, with ``config_file`` and ``model``.
+        opts: ``KEY VALUE`` overrides (default ``args.opts``).
+        device: where a bundle's model goes (its ``config.yaml`` says ``cpu``).
+
+    Returns:
+        ``(cfg, bundle)``: the mutable config and the `LoadedBundle`, or None for a config file
+        (and for a bundle read with ``weights=False``).
+
+    Raises:
+        ConfigError: both or neither given, or a bad key; CheckpointError: a damaged bundle.
+    """
+    from atrous.config import ConfigError, get_cfg
+
+    opts = list(args.opts or []) if opts is None else opts
+    if bool(args.model) == bool(args.config_file):
+        raise ConfigError("Give either --config-file or --model DIR.")
+    if not args.model:
+        cfg = get_cfg()
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(opts)
+        return cfg, None
+    from atrous.checkpoint.bundle import bundle_config, load_bundle
+    from atrous.config.validate import check_device_available
+
+    if not weights:
+        cfg, _ = bundle_config(args.model, opts=opts)
+        return cfg, None
+    if device:
+        check_device_available(device)
+    bundle = load_bundle(args.model, opts=opts, device=device)
+    return bundle.cfg, bundle

@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from atrous.cli.common import add_allow_partial_flag, load_weights
+from atrous.cli.common import add_allow_partial_flag, config_or_bundle, load_weights
 
 __all__ = ["add_arguments", "run"]
 
@@ -80,24 +80,10 @@ def run(args: argparse.Namespace) -> int:
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    from atrous.config import ConfigError, get_cfg
+    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
-    if bool(args.model) == bool(args.config_file):
-        raise ConfigError("Give either --config-file or --model DIR.")
-    bundle = None
-    if args.model:
-        from atrous.checkpoint.bundle import load_bundle
-        from atrous.config.validate import check_device_available
-
-        if args.device:
-            check_device_available(args.device)  # before the bundle's model is moved there
-        bundle = load_bundle(args.model, opts=list(args.opts or []), device=args.device)
-        cfg = bundle.cfg
-    else:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(list(args.opts or []))
+    cfg, bundle = config_or_bundle(args, device=args.device)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:

@@ -51,23 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_and_model(args: argparse.Namespace):
-    """--config-file + MODEL.WEIGHTS -> (frozen cfg, model with the weights)."""
-    from atrous.config import get_cfg, resolve_config_file
-    from atrous.config.validate import validate_config
+def _model_with_weights(cfg):
+    """The model of `cfg` with MODEL.WEIGHTS loaded (random weights when it is empty)."""
     from atrous.modeling import build_model
-
-    try:
-        config_file = resolve_config_file(args.config_file)
-    except FileNotFoundError as error:
-        raise SystemExit(str(error)) from None
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(args.opts or []))
-    # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    validate_config(cfg)
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
@@ -78,32 +64,33 @@ def _config_and_model(args: argparse.Namespace):
             Checkpointer(model).load(cfg.MODEL.WEIGHTS)
         except CheckpointError as error:
             # The message already says what to do (local path, mirror); a traceback adds nothing.
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from None
+            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
-    return cfg, model
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
+    from atrous.checkpoint.errors import CheckpointError
+    from atrous.cli.common import config_or_bundle
+    from atrous.config import ConfigError
+    from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if bool(args.model) == bool(args.config_file):
-        raise SystemExit("Give either --config-file (with MODEL.WEIGHTS) or --model DIR.")
-    bundle_metrics = None
-    if args.model:
-        from atrous.checkpoint.bundle import load_bundle
-        from atrous.checkpoint.errors import CheckpointError
-
-        try:
-            # Exports are made on the CPU in float32; the file runs on any device.
-            bundle = load_bundle(args.model, opts=list(args.opts or []), device="cpu")
-        except CheckpointError as error:
-            raise SystemExit(str(error)) from None
-        cfg, model, bundle_metrics = bundle.cfg, bundle.model, bundle.metadata.metrics
+    # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
+    try:
+        cfg, bundle = config_or_bundle(args, device="cpu")
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
+        raise SystemExit(str(error)) from error
+    if bundle is None:
+        cfg.MODEL.DEVICE = "cpu"
         cfg.freeze()
+        validate_config(cfg)  # before the model is built and its weights are read
+        model, bundle_metrics = _model_with_weights(cfg), None
     else:
-        cfg, model = _config_and_model(args)
+        cfg.freeze()
+        model, bundle_metrics = bundle.model, bundle.metadata.metrics
     model.eval()
 
     if args.format == "bundle":

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from atrous.cli.common import add_allow_partial_flag, load_weights
+from atrous.cli.common import add_allow_partial_flag, config_or_bundle, load_weights
 
 __all__ = ["add_arguments", "collect_inputs", "run"]
 
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     Other errors (config, weights, output folder) are reported by `atrous.cli.main.dispatch`.
     """
     _setup_logging()
-    from atrous.config import ConfigError, get_cfg
+    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
     inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
@@ -214,21 +214,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if bool(args.model) == bool(args.config_file):
-        raise ConfigError("Give either --config-file or --model DIR.")
-    bundle = None
-    if args.model:
-        from atrous.checkpoint.bundle import load_bundle
-        from atrous.config.validate import check_device_available
-
-        if args.device:
-            check_device_available(args.device)  # before the bundle's model is moved there
-        bundle = load_bundle(args.model, opts=opts, device=args.device)
-        cfg = bundle.cfg
-    else:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(opts)
+    cfg, bundle = config_or_bundle(args, opts=opts, device=args.device)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:
