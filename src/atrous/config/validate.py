@@ -126,15 +126,7 @@ def _check_crop(cfg: Any) -> None:
             f"INPUT.CROP.ENABLED True set INPUT.CROP.TYPE absolute (got {crop.TYPE!r}) and "
             "INPUT.CROP.SIZE in pixels."
         )
-    if (
-        not isinstance(size, (list, tuple))
-        or len(size) != 2
-        or not all(_is_int(s) and s >= 1 for s in size)
-    ):
-        raise ConfigError(
-            f"INPUT.CROP.SIZE must be two positive whole numbers of pixels (height, width), got "
-            f"{size!r}."
-        )
+    _check_pairs(cfg, ("INPUT.CROP.SIZE",))
     dilation = cfg.MODEL.RESNETS.RES5_DILATION
     stride = 32 // dilation if dilation in (1, 2, 4) else 32
     if size[0] % stride or size[1] % stride:
