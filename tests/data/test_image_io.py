@@ -126,6 +126,19 @@ def test_lazy_image_partial_decode_is_exact(tmp_path, rgb):
         lazy.array()
 
 
+def test_lazy_image_resized_is_pillows_bilinear_resize(tmp_path):
+    rgb = np.random.RandomState(4).randint(0, 256, (30, 22, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    ref = np.asarray(Image.fromarray(rgb).resize((45, 61), Image.BILINEAR))
+    for fmt, order in (("RGB", slice(None)), ("BGR", slice(None, None, -1))):
+        lazy = LazyImage(tmp_path / "a.png", fmt)
+        np.testing.assert_array_equal(lazy.resized(61, 45), ref[:, :, order])
+        # With the top 12 source rows decoded, output rows within their reach are exact.
+        top = lazy.resized(61, 45, rows=12)
+        assert top.shape == (61, 45, 3)
+        np.testing.assert_array_equal(top[:20], ref[:20, :, order])
+
+
 # -- pixel budget -----------------------------------------------------------------------------
 
 

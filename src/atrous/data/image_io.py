@@ -431,6 +431,15 @@ class LazyImage:
             return self._decode(rows, h)
         return Image.fromarray(np.ascontiguousarray(self._rgb))
 
+    def resized(self, new_h: int, new_w: int, *, rows: int | None = None) -> np.ndarray:
+        """(new_h, new_w, 3) uint8 in `format` order: Pillow's bilinear resize of the image.
+
+        Only the first `rows` source rows (default: all) are decoded and the rest read as
+        zero, so only the output rows whose filter stays within them are the true resize.
+        """
+        out = np.asarray(self.pil_image(rows).resize((int(new_w), int(new_h)), Image.BILINEAR))
+        return out if self.format == "RGB" else out[:, :, ::-1]
+
     def array(self, rows: int | None = None) -> np.ndarray:
         """(rows, W, 3) uint8 in `format` order: the first `rows` rows (default: all)."""
         h = self.shape[0]
