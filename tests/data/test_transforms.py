@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from atrous.data.transforms import (
     AugInput,
@@ -12,7 +11,6 @@ from atrous.data.transforms import (
     RandomFlip,
     ResizeShortestEdge,
     apply_augmentations,
-    bilinear_window,
     resize_shortest_edge_shape,
 )
 
@@ -144,28 +142,6 @@ def test_color_jitter_changes_only_the_image():
     out, lab, _ = apply_augmentations([aug], image, label, rng)
     assert out.dtype == np.uint8 and out.shape == image.shape and not np.array_equal(out, image)
     np.testing.assert_array_equal(lab, label)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    h=st.integers(1, 60),
-    w=st.integers(1, 60),
-    nh=st.integers(1, 160),
-    nw=st.integers(1, 160),
-    seed=st.integers(0, 2**16),
-    data=st.data(),
-)
-def test_bilinear_window_equals_pillow_for_enlargement(h, w, nh, nw, seed, data):
-    nh, nw = max(nh, h), max(nw, w)  # the fused path uses it for enlargements only
-    image = np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
-    full = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    y0 = data.draw(st.integers(0, nh - 1))
-    x0 = data.draw(st.integers(0, nw - 1))
-    ch = data.draw(st.integers(1, nh - y0))
-    cw = data.draw(st.integers(1, nw - x0))
-    np.testing.assert_array_equal(
-        bilinear_window(image, nh, nw, y0, x0, ch, cw), full[y0 : y0 + ch, x0 : x0 + cw]
-    )
 
 
 def _blocky_label(rng, h, w, block=8):

@@ -8,15 +8,11 @@ bilinearly, labels with nearest neighbour, exactly as detectron2 does it through
 Two ways to run a list of augmentations give bit-identical results:
 
 * `AugInput` applies every transform to the whole image in turn (the reference).
-* `FusedAugInput` only records the transforms, then computes the final crop window directly:
-  the label is gathered through Pillow's nearest-neighbour index tables and, when the crop is
-  much smaller than the resized image, the image is resampled only inside the crop window with
-  a re-implementation of Pillow's fixed-point bilinear filter (same coefficients, same integer
-  rounding, horizontal pass first). Pillow 13 runs the vertical pass first for some reductions,
-  so the windowed path is only used for enlargements, the case where it saves most (the
-  Cityscapes recipe upsamples to 2x and crops a quarter or less). Given a
-  `atrous.data.image_io.LazyImage`, it also decodes the PNG only down to the last source row
-  the crop depends on. Tests compare both paths against Pillow on many sizes.
+* `FusedAugInput` only records the transforms, then computes the final crop window directly
+  with `atrous.data.fused_crop` (Pillow's nearest-neighbour tables for the label, Pillow's
+  bilinear filter re-implemented inside the window for enlarged images, an
+  `atrous.data.image_io.LazyImage` decoded only down to the last row the crop depends on).
+  Tests compare both paths against Pillow on many sizes.
 
 Deviation from detectron2, documented: for crop types "absolute" and "absolute_range", an image
 smaller than the crop is cropped as detectron2 does (the crop shrinks to the image), then padded
@@ -28,12 +24,13 @@ configs) nothing changes.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
+from .fused_crop import crop_window, label_window, pil_resize
 
 __all__ = [
     "AugInput",
@@ -92,29 +89,13 @@ class ResizeTransform(Transform):
     def apply_image(self, image):
         if image.shape[:2] != (self.h, self.w):
             raise ValueError(f"ResizeTransform expects {(self.h, self.w)}, got {image.shape[:2]}")
-        return _pil_resize(image, self.new_h, self.new_w, Image.BILINEAR)
+        return pil_resize(image, self.new_h, self.new_w, Image.BILINEAR)
 
     def apply_segmentation(self, sem_seg):
-        return _pil_resize(sem_seg, self.new_h, self.new_w, Image.NEAREST)
+        return pil_resize(sem_seg, self.new_h, self.new_w, Image.NEAREST)
 
     def output_shape(self, shape):
         return (self.new_h, self.new_w)
-
-
-def _pil_resize(array: np.ndarray, new_h: int, new_w: int, resample) -> np.ndarray:
-    if array.dtype == np.uint8:
-        if array.ndim == 3 and array.shape[2] == 1:
-            img = Image.fromarray(np.ascontiguousarray(array[:, :, 0]), mode="L")
-        else:
-            img = Image.fromarray(np.ascontiguousarray(array))
-        out = np.asarray(img.resize((new_w, new_h), resample))
-        return out[:, :, None] if array.ndim == 3 and array.shape[2] == 1 else out
-    if array.ndim == 2 and resample == Image.NEAREST:
-        # 16-bit label maps: nearest neighbour through the same index tables as Pillow's.
-        ys = _nearest_table(array.shape[0], new_h)
-        xs = _nearest_table(array.shape[1], new_w)
-        return array[ys[:, None], xs[None, :]]
-    raise TypeError(f"cannot resize an array of dtype {array.dtype} with shape {array.shape}")
 
 
 class CropTransform(Transform):
@@ -518,7 +499,7 @@ class FusedAugInput:
             return _replay(self.image, self.sem_seg, self.transforms).sem_seg_crop(y0, x0, h, w)
         if resize is None:
             return self.sem_seg[y0 : y0 + h, x0 : x0 + w]
-        return _nearest_window(self.sem_seg, resize.new_h, resize.new_w, y0, x0, h, w)
+        return label_window(self.sem_seg, resize.new_h, resize.new_w, y0, x0, h, w)
 
     def transform(self, t: Transform) -> None:
         if isinstance(t, NoOpTransform):
@@ -533,39 +514,19 @@ class FusedAugInput:
         flip = ts.pop(0) if ts and isinstance(ts[0], HFlipTransform) else None
         if not all(isinstance(t, ColorTransform) for t in ts):
             return _replay(self.image, self.sem_seg, self.transforms).result()
-        image, sem_seg = self.image, self.sem_seg
-        lazy = not isinstance(image, np.ndarray)
         h, w = self._input_shape
-        nh, nw = (resize.new_h, resize.new_w) if resize else (h, w)
         if crop is None:
-            y0, x0, ch, cw = 0, 0, nh, nw
+            window = (0, 0, resize.new_h, resize.new_w) if resize else (0, 0, h, w)
         else:
-            y0, x0, ch, cw = crop.y0, crop.x0, crop.h, crop.w
-        if resize is None or (nh, nw) == (h, w):
-            if lazy:
-                image = image.array(y0 + ch)
-            image = image[y0 : y0 + ch, x0 : x0 + cw]
-            if sem_seg is not None:
-                sem_seg = sem_seg[y0 : y0 + ch, x0 : x0 + cw]
-        else:
-            # Source rows below the window's vertical filter support are never read, so a
-            # lazily decoded image is decoded only down to that row.
-            rows = _rows_needed(h, nh, y0, ch) if nh != h else y0 + ch
-            # The windowed resampler follows Pillow's horizontal-then-vertical order, which
-            # Pillow uses for enlargements; shrinking goes through Pillow itself.
-            upscale = nh >= h and nw >= w
-            if upscale and ch * cw <= self.WINDOW_FRACTION * nh * nw:
-                src = image.array(rows) if lazy else image
-                image = bilinear_window(src, nh, nw, y0, x0, ch, cw, in_h=h)
-            elif lazy:
-                full = np.asarray(image.pil_image(rows).resize((nw, nh), Image.BILINEAR))
-                image = full[y0 : y0 + ch, x0 : x0 + cw]
-                if self.image.format == "BGR":
-                    image = image[:, :, ::-1]
-            else:
-                image = _pil_resize(image, nh, nw, Image.BILINEAR)[y0 : y0 + ch, x0 : x0 + cw]
-            if sem_seg is not None:
-                sem_seg = _nearest_window(sem_seg, nh, nw, y0, x0, ch, cw)
+            window = (crop.y0, crop.x0, crop.h, crop.w)
+        image, sem_seg = crop_window(
+            self.image,
+            self.sem_seg,
+            new_shape=(resize.new_h, resize.new_w) if resize else None,
+            window=window,
+            window_fraction=self.WINDOW_FRACTION,
+        )
+        ch, cw = window[2:]
         if crop is not None and (crop.out_h, crop.out_w) != (ch, cw):
             image = _pad(image, crop, True)
             if sem_seg is not None:
@@ -631,139 +592,3 @@ def apply_augmentations(
         transforms.append(t)
     image, sem_seg = inp.result()
     return image, sem_seg, transforms
-
-
-# ------------------------------------------------------------------------------------------
-# Exact Pillow resampling inside a window
-# ------------------------------------------------------------------------------------------
-
-_PRECISION_BITS = 32 - 8 - 2
-
-
-def _nearest_table(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of every output pixel in Pillow's nearest-neighbour resize.
-
-    Pillow accumulates the source coordinate (start + step / 2, then + step per pixel) in
-    double precision; `np.add.accumulate` adds in the same sequential order.
-    """
-    step = float(in_size) / out_size
-    steps = np.full(out_size, step, dtype=np.float64)
-    steps[0] = 0.0 + step * 0.5
-    coords = np.add.accumulate(steps)
-    idx = coords.astype(np.int64)  # truncation, like C's (int) on non-negative values
-    return np.minimum(idx, in_size - 1)
-
-
-def _nearest_window(label, new_h, new_w, y0, x0, h, w) -> np.ndarray:
-    ys = _nearest_table(label.shape[0], new_h)[y0 : y0 + h]
-    xs = _nearest_table(label.shape[1], new_w)[x0 : x0 + w]
-    return label[ys[:, None], xs[None, :]]
-
-
-def _bilinear_coeffs(in_size: int, out_size: int, start: int, count: int):
-    """Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs [start, start + count).
-
-    Returns:
-        (xmin (count,), kk (count, ksize) int32 fixed-point weights).
-    """
-    scale = float(in_size) / out_size
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale
-    ksize = math.ceil(support) * 2 + 1
-    xx = np.arange(start, start + count, dtype=np.float64)
-    center = 0.0 + (xx + 0.5) * scale
-    ss = 1.0 / filterscale
-    xmin = np.trunc(center - support + 0.5).astype(np.int64)
-    xmin = np.maximum(xmin, 0)
-    xmax = np.trunc(center + support + 0.5).astype(np.int64)
-    xmax = np.minimum(xmax, in_size) - xmin
-    taps = np.arange(ksize, dtype=np.int64)
-    arg = ((taps[None, :] + xmin[:, None]).astype(np.float64) - center[:, None] + 0.5) * ss
-    arg = np.abs(arg)
-    w = np.where(arg < 1.0, 1.0 - arg, 0.0)
-    w = np.where(taps[None, :] < xmax[:, None], w, 0.0)
-    ww = np.zeros(count, dtype=np.float64)
-    for k in range(ksize):  # sequential, as Pillow sums
-        ww = ww + w[:, k]
-    w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
-    scaled = w * float(1 << _PRECISION_BITS)
-    kk = np.where(w < 0, np.trunc(-0.5 + scaled), np.trunc(0.5 + scaled)).astype(np.int32)
-    return xmin, kk
-
-
-def _clip8(acc: np.ndarray) -> np.ndarray:
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-def _rows_needed(in_h: int, new_h: int, y0: int, h: int) -> int:
-    """Source rows [0, n) that output rows [y0, y0 + h) of a bilinear resize depend on."""
-    if h <= 0:  # an empty crop (e.g. a relative crop of a 1-pixel-high image) reads nothing
-        return 0
-    ymin, kk = _bilinear_coeffs(in_h, new_h, y0, h)
-    return min(int(ymin.max()) + kk.shape[1], in_h)
-
-
-def bilinear_window(
-    image: np.ndarray,
-    new_h: int,
-    new_w: int,
-    y0: int,
-    x0: int,
-    h: int,
-    w: int,
-    *,
-    in_h: int | None = None,
-) -> np.ndarray:
-    """``Image.resize((new_w, new_h), BILINEAR)`` of a uint8 image, cropped to a window.
-
-    Computes only the window: the same coefficients, integer arithmetic and two passes
-    (horizontal, then vertical) as Pillow's 8-bit resampler, hence identical pixels.
-
-    Args:
-        image: (H, W, C) or (H, W) uint8.
-        new_h, new_w: size of the full resized image.
-        y0, x0, h, w: window inside the resized image.
-        in_h: height of the full source image when `image` holds only its top rows (at least
-            those the window depends on).
-
-    Returns:
-        (h, w, C) or (h, w) uint8.
-    """
-    in_w = image.shape[1]
-    in_h = image.shape[0] if in_h is None else in_h
-    squeeze = image.ndim == 2
-    if squeeze:
-        image = image[:, :, None]
-    # Vertical coefficients decide which source rows the horizontal pass needs.
-    if new_h != in_h:
-        ymin, kky = _bilinear_coeffs(in_h, new_h, y0, h)
-        row_first = int(ymin[0])
-        row_last = min(int(ymin.max()) + kky.shape[1], in_h, image.shape[0])
-    else:
-        row_first, row_last = y0, y0 + h
-    rows = image[row_first:row_last]
-    if new_w != in_w:
-        xmin, kkx = _bilinear_coeffs(in_w, new_w, x0, w)
-        acc = np.full((rows.shape[0], w, rows.shape[2]), 1 << (_PRECISION_BITS - 1), np.int32)
-        for k in range(kkx.shape[1]):
-            weight = kkx[:, k]
-            if not weight.any():
-                continue
-            idx = np.minimum(xmin + k, in_w - 1)
-            acc += rows[:, idx, :].astype(np.int32) * weight[None, :, None]
-        tmp = _clip8(acc)
-    else:
-        tmp = rows[:, x0 : x0 + w]
-    if new_h != in_h:
-        acc = np.full((h, w, tmp.shape[2]), 1 << (_PRECISION_BITS - 1), np.int32)
-        local = ymin - row_first
-        for k in range(kky.shape[1]):
-            weight = kky[:, k]
-            if not weight.any():
-                continue
-            idx = np.minimum(local + k, tmp.shape[0] - 1)
-            acc += tmp[idx].astype(np.int32) * weight[:, None, None]
-        out = _clip8(acc)
-    else:
-        out = tmp
-    return out[:, :, 0] if squeeze else out
