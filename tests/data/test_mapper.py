@@ -228,3 +228,20 @@ def test_training_loader_refuses_a_bomb_in_the_dataset(
     message = str(info.value)
     assert message.startswith(f"{bomb}: the image is 20000 x 20000 = 400,000,000 pixels")
     assert "limit of 89,478,485 pixels (INPUT.MAX_IMAGE_PIXELS)" in message
+
+
+@pytest.mark.parametrize("fmt", ["RGB", "BGR"])
+def test_map_image_is_the_record_mapping_of_the_same_pixels(records, fmt):
+    """The predictor's in-memory path and the test loader's file path give the same input."""
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 1000
+    cfg.INPUT.FORMAT = fmt
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    mapper = build_mapper(cfg, is_train=False)
+    from_file = mapper({"file_name": records[0]["file_name"]})
+    rgb = np.asarray(Image.open(records[0]["file_name"]).convert("RGB"))
+    from_array = mapper.map_image(rgb)
+    assert set(from_array) == {"image", "height", "width"}
+    assert (from_array["height"], from_array["width"]) == (128, 256)
+    assert from_array["image"].shape == (3, 96, 192) and from_array["image"].is_contiguous()
+    torch.testing.assert_close(from_array["image"], from_file["image"], rtol=0, atol=0)

@@ -106,3 +106,12 @@ def test_a_batch_logits_are_freed_before_the_next_batch_runs():
     model = _Recorder()
     inference_on_dataset(model, [[{"image": torch.zeros(3, 8, 8)}]] * 3, None)
     assert model.alive == [False, False]  # the peak holds one batch of logits, not two
+
+
+def test_the_builder_hands_each_evaluator_the_catalogs_metadata(cfg):
+    from atrous.data import get_metadata
+
+    meta = get_metadata("synthetic_sem_seg_val")
+    evaluator = build_evaluator(cfg, "synthetic_sem_seg_val")
+    parts = evaluator.evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+    assert parts and all(part.metadata == meta for part in parts)

@@ -242,3 +242,31 @@ def test_ground_truth_bomb_is_refused_from_its_header(tmp_path):
     ev = SemSegEvaluator(META, distributed=False, write_report=False, max_image_pixels=7)
     with pytest.raises(ImageTooLargeError, match=r"small\.png: the image is 4 x 2 = 8 pixels"):
         ev.process(inputs, [{"sem_seg": _one_hot_logits(PRED, 3)}])
+
+
+def test_records_are_listed_only_when_an_input_needs_them(tmp_path):
+    gt_file = _write_gt(tmp_path / "gt.png", GT)
+    calls = []
+
+    def list_records():
+        calls.append(1)
+        return [{"file_name": "img.png", "sem_seg_file_name": gt_file}]
+
+    ev = SemSegEvaluator(META, distributed=False, write_report=False, records=list_records)
+    ev.process(
+        [{"file_name": "other.png", "sem_seg_file_name": gt_file, "height": 2, "width": 4}],
+        [{"sem_seg": _one_hot_logits(PRED, 3)}],
+    )
+    assert calls == []  # the input named its label file
+    for _ in range(2):
+        ev.process(
+            [{"file_name": "img.png", "height": 2, "width": 4}],
+            [{"sem_seg": _one_hot_logits(PRED, 3)}],
+        )
+    assert calls == [1]
+    assert ev.evaluate()["sem_seg"]["mIoU"] == pytest.approx((50.0 + 200 / 3) / 2)
+
+
+def test_a_dataset_name_is_not_looked_up_behind_the_callers_back():
+    with pytest.raises(TypeError, match="build_evaluator"):
+        SemSegEvaluator("cityscapes_fine_sem_seg_val")

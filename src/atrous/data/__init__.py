@@ -2,7 +2,6 @@
 
 from .catalog import (
     DatasetError,
-    Metadata,
     check_datasets,
     dataset_root,
     get_dataset_records,
@@ -31,6 +30,7 @@ from .mapper import (
     build_train_augmentations,
     load_sem_seg,
 )
+from .metadata import Metadata, as_metadata
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -41,6 +41,7 @@ __all__ = [
     "InferenceSampler",
     "Metadata",
     "TrainingSampler",
+    "as_metadata",
     "build_mapper",
     "build_test_augmentations",
     "build_test_loader",

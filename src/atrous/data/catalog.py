@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .image_io import DatasetError
+from .metadata import DatasetEntry, Metadata, check_colors, dataset_root, default_colors
 
 __all__ = [
     "DatasetError",
     "Metadata",
     "check_datasets",
     "dataset_root",
+    "default_colors",
     "get_dataset_records",
     "get_metadata",
     "list_datasets",
@@ -35,81 +35,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Metadata:
-    """What the rest of the library needs to know about a dataset's labels.
-
-    Attributes:
-        name: the dataset name.
-        stuff_classes: class names, index = training label.
-        stuff_colors: one RGB colour per class (for visualisation).
-        ignore_label: training label of unlabelled pixels.
-        evaluator_type: "sem_seg" (detectron2's SemSegEvaluator) or "cityscapes_sem_seg" (the
-            official Cityscapes script on labelIds).
-        image_root: folder of the split's images, when there is one.
-        gt_root: folder of the split's label files, when there is one (for Cityscapes the
-            ``gtFine/<split>`` folder that also holds ``*_gtFine_labelIds.png``).
-        extra: anything else a dataset wants to expose.
-    """
-
-    name: str
-    stuff_classes: tuple[str, ...]
-    stuff_colors: tuple[tuple[int, int, int], ...]
-    ignore_label: int = 255
-    evaluator_type: str = "sem_seg"
-    image_root: str | None = None
-    gt_root: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.stuff_classes)
-
-    # detectron2 spells the Cityscapes GT folder `gt_dir`; evaluators ported from it use that.
-    @property
-    def gt_dir(self) -> str | None:
-        return self.gt_root
-
-    def __getattr__(self, key: str) -> Any:
-        extra = object.__getattribute__(self, "extra")
-        if key in extra:
-            return extra[key]
-        raise AttributeError(f"metadata of dataset {self.name!r} has no attribute {key!r}")
-
-
-@dataclass
-class _Entry:
-    records: Callable[[], list[dict]]
-    metadata: Callable[[], Metadata]
-
-
-_REGISTERED: dict[str, _Entry] = {}
-_BUILTIN: dict[str, _Entry] = {}
-
-
-def dataset_root() -> Path:
-    """$ATROUS_DATASETS, else $DETECTRON2_DATASETS, else ./datasets."""
-    for var in ("ATROUS_DATASETS", "DETECTRON2_DATASETS"):
-        value = os.environ.get(var)
-        if value:
-            return Path(value).expanduser()
-    return Path("datasets")
-
-
-def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """A fixed, well-spread palette for datasets that do not define colours."""
-    colors = []
-    for i in range(num_classes):
-        # Pascal VOC's bit-interleaving palette: distinct for neighbouring indices.
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append((r, g, b))
-    return tuple(colors)
+_REGISTERED: dict[str, DatasetEntry] = {}
+_BUILTIN: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(
@@ -153,7 +80,7 @@ def register_dataset(
     classes = tuple(str(c) for c in stuff_classes)
     if not classes:
         raise DatasetError(f"dataset {name!r}: stuff_classes is empty")
-    colors = default_colors(len(classes)) if stuff_colors is None else _colors(stuff_colors)
+    colors = default_colors(len(classes)) if stuff_colors is None else check_colors(stuff_colors)
     if len(colors) != len(classes):
         raise DatasetError(
             f"dataset {name!r}: {len(colors)} colours for {len(classes)} classes; give one "
@@ -177,22 +104,13 @@ def register_dataset(
         def fn() -> list[dict]:
             return fixed
 
-    _REGISTERED[name] = _Entry(records=fn, metadata=lambda: meta)
-
-
-def _colors(colors: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for c in colors:
-        if len(c) != 3 or not all(0 <= int(v) <= 255 for v in c):
-            raise DatasetError(f"colour {list(c)} is not three values in 0..255")
-        out.append((int(c[0]), int(c[1]), int(c[2])))
-    return tuple(out)
+    _REGISTERED[name] = DatasetEntry(records=fn, metadata=lambda: meta)
 
 
 def _register_builtin(
     name: str, records: Callable[[], list[dict]], metadata: Callable[[], Metadata]
 ) -> None:
-    _BUILTIN[name] = _Entry(records=records, metadata=metadata)
+    _BUILTIN[name] = DatasetEntry(records=records, metadata=metadata)
 
 
 def _is_yaml_name(name: str) -> bool:
@@ -202,7 +120,7 @@ def _is_yaml_name(name: str) -> bool:
     return path.endswith((".yaml", ".yml"))
 
 
-def _lookup(name: str) -> _Entry:
+def _lookup(name: str) -> DatasetEntry:
     _ensure_builtins()
     if name in _REGISTERED:
         return _REGISTERED[name]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
-from .catalog import Metadata, dataset_root
 from .image_io import DatasetError
+from .metadata import Metadata, dataset_root
 
 __all__ = [
     "CITYSCAPES_CLASSES",

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .catalog import Metadata, _colors, _Entry, default_colors
 from .image_io import DatasetError
+from .metadata import DatasetEntry, Metadata, check_colors, default_colors
 
 __all__ = ["load_dataset_yaml", "pair_folders", "pair_list", "yaml_dataset_entry"]
 
@@ -252,7 +252,7 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
         colors = default_colors(len(classes))
     else:
         try:
-            colors = _colors(colors)
+            colors = check_colors(colors)
         except (DatasetError, TypeError) as e:
             raise DatasetError(f"{path}: field 'colors': {e}") from e
         if len(colors) != len(classes):
@@ -296,7 +296,7 @@ def _split_name(name: str) -> tuple[str, str | None]:
     return path, split
 
 
-def yaml_dataset_entry(name: str) -> _Entry:
+def yaml_dataset_entry(name: str) -> DatasetEntry:
     """Catalog entry for "path/to/data.yaml" or "path/to/data.yaml:split"."""
     path_str, split = _split_name(name)
     path = Path(path_str)
@@ -349,4 +349,4 @@ def yaml_dataset_entry(name: str) -> _Entry:
             gt_root=str(spec["root"] / s["masks"]) if "masks" in s else None,
         )
 
-    return _Entry(records=records, metadata=metadata)
+    return DatasetEntry(records=records, metadata=metadata)

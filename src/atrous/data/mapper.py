@@ -158,6 +158,29 @@ class DatasetMapper:
         out["height"], out["width"] = height, width
         return out
 
+    def map_image(self, image: np.ndarray, rng: np.random.RandomState | None = None) -> dict:
+        """Map an in-memory image (no label) exactly as `__call__` maps a record's image file.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 in RGB order (what Pillow reads); converted to
+                `image_format`.
+            rng: as in `__call__`.
+
+        Returns:
+            ``{"image": uint8 (3, H', W') in image_format, "height": H, "width": W}``.
+        """
+        if rng is None:
+            rng = np.random.RandomState(0)
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        image, _, _ = apply_augmentations(self.augmentations, image, None, rng, fused=self.fused)
+        return {
+            "image": torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")),
+            "height": height,
+            "width": width,
+        }
+
 
 def build_train_augmentations(cfg) -> list[Augmentation]:
     """projects/DeepLab's ``build_sem_seg_train_aug``: resize, constrained crop, flip.

@@ -78,7 +78,7 @@ def compare_fast_path(cfg: Any, dataset_name: str) -> dict[str, Any]:
         the fast path's settings.
     """
     from atrous.checkpoint import Checkpointer
-    from atrous.data import build_test_loader
+    from atrous.data import build_test_loader, get_metadata
     from atrous.evaluation import SemSegEvaluator
     from atrous.modeling import build_model
 
@@ -96,7 +96,7 @@ def compare_fast_path(cfg: Any, dataset_name: str) -> dict[str, Any]:
     )
     evaluators = tuple(
         SemSegEvaluator(
-            dataset_name,
+            get_metadata(dataset_name),
             distributed=False,
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             compute_boundary_iou=False,

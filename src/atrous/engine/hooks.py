@@ -12,18 +12,15 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from atrous.utils import comm
 from atrous.utils.file_io import atomic_write
 
-from .events import EventWriter
+from .events import EventStorage, EventWriter
 from .preemption import EXIT_PREEMPTED, StopSignals, TrainingPreempted, signal_name
-
-if TYPE_CHECKING:
-    from .trainer import TrainerBase
 
 __all__ = [
     "EvalHook",
@@ -33,6 +30,7 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "PreemptionCheckpointer",
+    "TrainerState",
     "TrainingCurvePlotter",
     "flatten_results",
 ]
@@ -40,10 +38,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class TrainerState(Protocol):
+    """What a hook reads from the trainer that runs it (`atrous.engine.trainer.TrainerBase`).
+
+    Hooks depend on this shape, not on the trainer module, so the trainer can import the hooks.
+    """
+
+    iter: int
+    start_iter: int
+    max_iter: int
+    storage: EventStorage
+
+
 class HookBase:
     """Base class of hooks; every method is a no-op by default."""
 
-    trainer: TrainerBase
+    trainer: TrainerState
 
     def before_train(self) -> None:
         pass

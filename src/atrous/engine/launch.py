@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from atrous.utils import comm
+from atrous.utils.comm import default_backend
 
 from . import preemption
 from .preemption import StopSignals, TrainingPreempted
@@ -205,13 +206,6 @@ def _stop_with_parent() -> None:
         return
     if os.getppid() != parent:  # the agent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def default_backend(device: str | None = None) -> str:
-    """NCCL when the model lives on CUDA (or, without a device, whenever CUDA exists), else gloo."""
-    if device is None:
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
 
 
 def launch(

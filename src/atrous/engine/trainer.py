@@ -169,7 +169,7 @@ class SimpleTrainer(TrainerBase):
         )
         if comm.is_distributed():
             stacked = (
-                comm.all_reduce_sum(stacked.cpu() if _gloo() else stacked) / comm.get_world_size()
+                comm.all_reduce_sum(stacked.to(comm.collective_device())) / comm.get_world_size()
             )
         values = dict(zip(names, stacked.tolist()))
         if not all(np.isfinite(v) for v in values.values()):
@@ -180,12 +180,6 @@ class SimpleTrainer(TrainerBase):
                 "SOLVER.CLIP_GRADIENTS, or check the data)."
             )
         return values
-
-
-def _gloo() -> bool:
-    import torch.distributed as dist
-
-    return dist.get_backend() == "gloo"
 
 
 def _device_type(model: nn.Module) -> str:

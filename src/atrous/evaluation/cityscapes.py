@@ -37,9 +37,9 @@ from PIL import Image
 
 from atrous.utils import comm
 
+from ..data.metadata import Metadata, as_metadata
 from ..utils.file_io import atomic_write_json
 from .evaluator import DatasetEvaluator
-from .metadata import EvalMetadata, resolve_metadata
 
 __all__ = [
     "CityscapesSemSegEvaluator",
@@ -224,8 +224,9 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
     ) -> None:
         """
         Args:
-            metadata: dataset name or metadata object with the 19 Cityscapes ``stuff_classes``
-                (and optionally ``gt_dir``).
+            metadata: the dataset's `atrous.data.Metadata` (or an object with its fields) with the
+                19 Cityscapes ``stuff_classes`` and optionally the ``gtFine/<split>`` folder as
+                ``gt_root`` (detectron2's ``gt_dir``).
             output_dir: where ``cityscapes_evaluation.json`` (the library's full results) goes.
             distributed: gather predictions from all ranks in `evaluate`.
             gt_dir: folder with ``<city>/*_gtFine_labelIds.png``; overrides the metadata's.
@@ -233,14 +234,9 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
             max_image_pixels: pixel budget of the ground-truth files (INPUT.MAX_IMAGE_PIXELS);
                 None: the data layer's default (Pillow's limit), 0 or negative: no limit.
         """
-        raw = metadata
-        if isinstance(metadata, str):
-            from atrous.data import get_metadata
-
-            raw = get_metadata(metadata)
-        self.metadata: EvalMetadata = resolve_metadata(raw)
+        self.metadata: Metadata = as_metadata(metadata)
         self._lut = train_id_to_label_id_lut(self.metadata.stuff_classes)
-        gt_dir = gt_dir if gt_dir is not None else getattr(raw, "gt_dir", None)
+        gt_dir = gt_dir if gt_dir is not None else self.metadata.gt_root
         self._gt_dir = Path(gt_dir) if gt_dir else None
         self._output_dir = Path(output_dir) if output_dir else None
         self._distributed = distributed

@@ -37,27 +37,30 @@ def build_evaluator(
             dataset's class count.
         DatasetError: a Cityscapes-style dataset has a file the official script cannot score.
     """
-    from atrous.data import get_metadata
+    import functools
+
+    from atrous.data import get_dataset_records, get_metadata
 
     from .cityscapes import CityscapesSemSegEvaluator
     from .sem_seg import SemSegEvaluator
 
+    # The one place where a dataset name becomes the metadata and records evaluators are given.
     meta = get_metadata(dataset_name)
-    evaluator_type = getattr(meta, "evaluator_type", "sem_seg")
+    evaluator_type = meta.evaluator_type
     max_pixels = int(cfg.INPUT.MAX_IMAGE_PIXELS)
     sem_seg = SemSegEvaluator(
-        dataset_name,
+        meta,
         output_dir=output_dir,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        # Listed only if an input arrives without its label file name.
+        records=functools.partial(get_dataset_records, dataset_name),
         max_image_pixels=max_pixels,
     )
     if evaluator_type == "sem_seg":
         return sem_seg
     if evaluator_type == "cityscapes_sem_seg":
-        from atrous.data import get_dataset_records
-
         cityscapes = CityscapesSemSegEvaluator(
-            dataset_name, output_dir=output_dir, max_image_pixels=max_pixels
+            meta, output_dir=output_dir, max_image_pixels=max_pixels
         )
         # Names the official script cannot match would fail only after the whole inference.
         cityscapes.check_inputs(get_dataset_records(dataset_name))

@@ -1,25 +1,20 @@
-"""What an evaluator needs to know about a dataset: class names, colours and the ignore label."""
+"""Dataset metadata for the top-level commands: a dataset name (or metadata) -> `Metadata`.
+
+The library has one metadata type, `atrous.data.Metadata`; evaluators take it (or an object with
+its fields) as an argument and never look a name up. This module is for the builders at the
+top (the bundle writer, ``atrous predict``) that start from a name in a config.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from atrous.data.metadata import Metadata, as_metadata
 
 __all__ = ["EvalMetadata", "resolve_metadata"]
 
-
-@dataclass(frozen=True)
-class EvalMetadata:
-    """Class names (index = training id), their RGB colours and the ignored label value."""
-
-    name: str
-    stuff_classes: tuple[str, ...]
-    stuff_colors: tuple[tuple[int, int, int], ...]
-    ignore_label: int = 255
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.stuff_classes)
+# The name evaluators used for their metadata type; the same type as `atrous.data.Metadata`.
+EvalMetadata = Metadata
 
 
 def resolve_metadata(
@@ -27,49 +22,15 @@ def resolve_metadata(
     *,
     num_classes: int | None = None,
     ignore_label: int | None = None,
-) -> EvalMetadata:
-    """Turn a dataset name or a metadata object into an `EvalMetadata`.
-
-    Args:
-        metadata: a dataset name (looked up with `atrous.data.get_metadata`), an object with
-            ``stuff_classes`` (and optionally ``stuff_colors``, ``ignore_label``, ``name``), or
-            None together with `num_classes` for anonymous classes ``class_0 ...``.
-        num_classes: must equal ``len(stuff_classes)`` when both are known.
-        ignore_label: overrides the metadata's ignore label.
+) -> Metadata:
+    """`as_metadata`, but a dataset name is first looked up with `atrous.data.get_metadata`.
 
     Raises:
+        DatasetError: an unknown dataset name.
         ValueError: the class count disagrees with `num_classes`, or nothing defines the classes.
     """
     if isinstance(metadata, str):
         from atrous.data import get_metadata
 
         metadata = get_metadata(metadata)
-    if metadata is None:
-        if num_classes is None:
-            raise ValueError("give a dataset name, a metadata object or num_classes")
-        classes: tuple[str, ...] = tuple(f"class_{i}" for i in range(num_classes))
-        name, colors, ignore = "unnamed", None, 255
-    else:
-        classes = tuple(getattr(metadata, "stuff_classes", None) or ())
-        if not classes:
-            if num_classes is None:
-                raise ValueError(f"metadata {metadata!r} has no stuff_classes")
-            classes = tuple(f"class_{i}" for i in range(num_classes))
-        name = str(getattr(metadata, "name", "unnamed"))
-        colors = getattr(metadata, "stuff_colors", None)
-        ignore = getattr(metadata, "ignore_label", 255)
-    if num_classes is not None and num_classes != len(classes):
-        raise ValueError(
-            f"dataset '{name}' has {len(classes)} classes but num_classes={num_classes}; "
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES must match the dataset"
-        )
-    if colors is None or len(colors) < len(classes):
-        from atrous.data.catalog import default_colors
-
-        colors = default_colors(len(classes))
-    return EvalMetadata(
-        name=name,
-        stuff_classes=classes,
-        stuff_colors=tuple(tuple(int(v) for v in c) for c in colors[: len(classes)]),
-        ignore_label=int(ignore_label if ignore_label is not None else ignore),
-    )
+    return as_metadata(metadata, num_classes=num_classes, ignore_label=ignore_label)

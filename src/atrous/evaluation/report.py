@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from atrous.inference.visualize import colorize, overlay
+from atrous.utils.visualize import colorize, overlay
 
+from ..data.metadata import Metadata
 from ..utils.file_io import atomic_write_text
-from .metadata import EvalMetadata
 
 __all__ = ["plot_confusion_matrix", "plot_iou_bars", "write_report"]
 
@@ -127,7 +127,7 @@ def write_report(
     *,
     metrics: dict[str, float],
     conf: np.ndarray,
-    metadata: EvalMetadata,
+    metadata: Metadata,
     samples: Sequence[dict[str, Any]] = (),
     title: str | None = None,
 ) -> Path:

@@ -18,19 +18,19 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from atrous.utils import comm
 
+from ..data.metadata import Metadata, as_metadata
 from ..utils.file_io import atomic_write_json, atomic_write_text
 from .evaluator import DatasetEvaluator
-from .metadata import EvalMetadata, resolve_metadata
 
 __all__ = [
     "SemSegEvaluator",
@@ -185,7 +185,7 @@ class SemSegEvaluator(DatasetEvaluator):
 
     Ground truth is read at the original image size, like detectron2: from the input's
     ``sem_seg_file_name`` if present, else from the dataset records' ``file_name ->
-    sem_seg_file_name`` mapping (given as `records`, or looked up by dataset name). When no file is
+    sem_seg_file_name`` mapping (given as `records`). When no file is
     known, an ``input["sem_seg"]`` tensor of the prediction's size is used instead.
     """
 
@@ -197,7 +197,7 @@ class SemSegEvaluator(DatasetEvaluator):
         distributed: bool = True,
         num_classes: int | None = None,
         ignore_label: int | None = None,
-        records: list[dict[str, Any]] | None = None,
+        records: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] | None = None,
         compute_boundary_iou: bool = True,
         dilation_ratio: float = 0.02,
         num_report_samples: int = 8,
@@ -206,13 +206,15 @@ class SemSegEvaluator(DatasetEvaluator):
     ) -> None:
         """
         Args:
-            metadata: dataset name or metadata object (see `resolve_metadata`).
+            metadata: the dataset's `atrous.data.Metadata` (or an object with its fields, see
+                `atrous.data.as_metadata`); `build_evaluator` looks it up from a dataset name.
             output_dir: where the JSON/CSV metrics and the HTML report go; None writes nothing.
             distributed: sum the statistics over all ranks in `evaluate`.
             num_classes: checked against the metadata's class count.
             ignore_label: overrides the metadata's ignore label.
             records: dataset records mapping ``file_name`` to ``sem_seg_file_name``, for inputs
-                that do not carry the latter.
+                that do not carry the latter; or a function returning them, called the first time
+                such an input arrives (so a dataset's files are listed only when needed).
             compute_boundary_iou: report Boundary IoU (needs fewer than 255 classes, as in
                 detectron2, because the boundary maps are uint8 images).
             dilation_ratio: boundary width relative to the image diagonal.
@@ -222,8 +224,7 @@ class SemSegEvaluator(DatasetEvaluator):
                 checked from their headers before decoding; None: the data layer's default
                 (Pillow's limit), 0 or negative: no limit.
         """
-        self._dataset_name = metadata if isinstance(metadata, str) else None
-        self.metadata: EvalMetadata = resolve_metadata(
+        self.metadata: Metadata = as_metadata(
             metadata, num_classes=num_classes, ignore_label=ignore_label
         )
         self._num_classes = self.metadata.num_classes
@@ -267,11 +268,7 @@ class SemSegEvaluator(DatasetEvaluator):
         if file_name is None:
             return None
         if self._gt_records is None:
-            records = self._records
-            if records is None and self._dataset_name is not None:
-                from atrous.data import get_dataset_records
-
-                records = get_dataset_records(self._dataset_name)
+            records = self._records() if callable(self._records) else self._records
             self._gt_records = {
                 str(r["file_name"]): r for r in records or [] if r.get("sem_seg_file_name")
             }
@@ -357,11 +354,7 @@ class SemSegEvaluator(DatasetEvaluator):
         if self._distributed and comm.is_distributed():
             # NCCL reduces CUDA tensors only; gloo reduces CPU tensors. A rank that saw no image
             # has a CPU matrix, so move everything to the backend's device first.
-            device = (
-                torch.device("cuda", torch.cuda.current_device())
-                if dist.get_backend() == "nccl"
-                else torch.device("cpu")
-            )
+            device = comm.collective_device()
             stacked = torch.cat([conf.reshape(-1), b_conf.reshape(-1), count.to(conf.device)])
             stacked = comm.all_reduce_sum(stacked.to(device))
             conf = stacked[: n * n].reshape(n, n)

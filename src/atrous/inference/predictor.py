@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .resize import resize_image, shortest_edge_size
 from .sliding_window import SlidingWindowInference
 from .tta import SemanticSegmentorWithTTA
 
@@ -135,6 +134,10 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
         self.min_size = int(self.cfg.INPUT.MIN_SIZE_TEST)
         self.max_size = int(self.cfg.INPUT.MAX_SIZE_TEST)
+        # The test loader's mapping (format, ResizeShortestEdge): one place for the resize.
+        from atrous.data import build_mapper
+
+        self._mapper = build_mapper(self.cfg, is_train=False)
 
     @classmethod
     def from_bundle(
@@ -166,12 +169,7 @@ class Predictor:
                 f"image {index}: expected an (H, W, 3) uint8 RGB array, got shape "
                 f"{image.shape} dtype {image.dtype}"
             )
-        if self.input_format == "BGR":
-            image = image[:, :, ::-1]
-        h, w = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        tensor = resize_image(tensor, shortest_edge_size(h, w, self.min_size, self.max_size))
-        return {"image": tensor, "height": h, "width": w}
+        return self._mapper.map_image(image)
 
     def __call__(
         self, image: np.ndarray, *, return_probabilities: bool = False

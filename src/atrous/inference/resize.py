@@ -1,10 +1,11 @@
-"""Test-time resizing with detectron2's `ResizeShortestEdge` arithmetic and PIL interpolation."""
+"""Test-time resizing of image tensors, by the data pipeline's `ResizeShortestEdge` rules."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+
+from atrous.data.transforms import ResizeTransform, resize_shortest_edge_shape
 
 __all__ = ["resize_image", "shortest_edge_size"]
 
@@ -18,15 +19,8 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tu
     """
     if short == 0:
         return height, width
-    scale = short / min(height, width)
-    if height < width:
-        new_h, new_w = float(short), scale * width
-    else:
-        new_h, new_w = scale * height, float(short)
-    if max(new_h, new_w) > max_size:
-        shrink = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # The data pipeline's rule (one place for detectron2's arithmetic).
+    return resize_shortest_edge_shape(height, width, short, max_size)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -41,8 +35,8 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
+    h, w = image.shape[-2:]
     hwc = image.permute(1, 2, 0).cpu().numpy()
-    resized = Image.fromarray(np.ascontiguousarray(hwc)).resize(
-        (size[1], size[0]), Image.Resampling.BILINEAR
-    )
-    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).to(image.device)
+    # The data pipeline's image resize, so test-time augmentation matches the test loader.
+    resized = ResizeTransform(h=h, w=w, new_h=size[0], new_w=size[1]).apply_image(hwc)
+    return torch.from_numpy(np.array(resized, order="C")).permute(2, 0, 1).to(image.device)

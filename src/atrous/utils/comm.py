@@ -14,6 +14,8 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_object",
     "all_reduce_sum",
+    "collective_device",
+    "default_backend",
     "get_local_rank",
     "get_rank",
     "get_world_size",
@@ -23,6 +25,29 @@ __all__ = [
 ]
 
 _LOCAL_RANK = 0
+
+
+def default_backend(device: str | None = None) -> str:
+    """The process-group backend for a model on `device`: NCCL on CUDA, else gloo.
+
+    Args:
+        device: the model's device (``cfg.MODEL.DEVICE``, e.g. "cuda", "cuda:1", "cpu"); None
+            means NCCL whenever CUDA exists.
+    """
+    if device is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live for the current process group's collectives.
+
+    NCCL reduces CUDA tensors only (on this process's current device), gloo CPU tensors; without
+    a process group the CPU.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def is_distributed() -> bool:

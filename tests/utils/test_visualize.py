@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atrous.inference.visualize import (
+from atrous.utils.visualize import (
     colorize,
     draw_legend,
     overlay,

@@ -1,0 +1,134 @@
+"""Pictures of label maps: palette PNGs, colour overlays on the photo, and legends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "colorize",
+    "draw_legend",
+    "overlay",
+    "palette_array",
+    "save_palette_png",
+]
+
+Color = tuple[int, int, int]
+
+
+def palette_array(colors: Sequence[Color], *, ignore_color: Color = (0, 0, 0)) -> np.ndarray:
+    """A 256-entry RGB lookup table: class ids get their colour, every other value `ignore_color`.
+
+    Returns:
+        uint8 array ``(256, 3)``.
+    """
+    if len(colors) > 255:
+        raise ValueError(
+            f"a palette PNG holds at most 255 classes besides ignore, got {len(colors)}"
+        )
+    table = np.tile(np.asarray(ignore_color, dtype=np.uint8), (256, 1))
+    if len(colors):
+        table[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    return table
+
+
+def colorize(labels: np.ndarray, colors: Sequence[Color]) -> np.ndarray:
+    """Colour a label map ``(H, W)``; values outside the classes (ignore) become black.
+
+    Returns:
+        uint8 RGB image ``(H, W, 3)``.
+    """
+    labels = np.asarray(labels)
+    table = palette_array(colors)
+    idx = np.where((labels >= 0) & (labels < 256), labels, 255).astype(np.uint8)
+    return table[idx]
+
+
+def save_palette_png(
+    path: str | os.PathLike[str], labels: np.ndarray, colors: Sequence[Color]
+) -> None:
+    """Write a label map as an indexed ("P" mode) PNG whose palette shows the class colours.
+
+    The pixel values stay the class ids, so the file is both a picture and a valid label map
+    that tools reading the indices (and `np.asarray(Image.open(path))`) get back unchanged.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be (H, W), got {labels.shape}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError("label values must lie in [0, 255] to be stored in an indexed PNG")
+    # Build the "P" image from raw bytes: converting from "L" could remap indices.
+    img = Image.new("P", (labels.shape[1], labels.shape[0]))
+    img.frombytes(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    img.putpalette(palette_array(colors).reshape(-1).tolist())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+
+
+def overlay(
+    image: np.ndarray, labels: np.ndarray, colors: Sequence[Color], *, opacity: float = 0.5
+) -> np.ndarray:
+    """Blend class colours over an RGB photo.
+
+    Args:
+        image: uint8 RGB ``(H, W, 3)``.
+        labels: class ids ``(H, W)``; pixels outside the classes keep the photo.
+        colors: RGB per class.
+        opacity: weight of the colour, 0 (photo only) to 1 (colours only).
+
+    Returns:
+        uint8 RGB ``(H, W, 3)``.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    image = np.asarray(image)
+    if image.shape[:2] != np.shape(labels):
+        raise ValueError(f"image {image.shape[:2]} and label map {np.shape(labels)} differ in size")
+    color = colorize(labels, colors).astype(np.float32)
+    valid = ((labels >= 0) & (labels < len(colors)))[..., None]
+    blended = image.astype(np.float32) * (1 - opacity) + color * opacity
+    out = np.where(valid, blended, image.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def draw_legend(
+    class_ids: Sequence[int],
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    *,
+    swatch: int = 18,
+    padding: int = 6,
+) -> Image.Image:
+    """An image listing the given classes, one colour swatch and name per row.
+
+    Args:
+        class_ids: ids to show, in order (typically the classes present in a prediction).
+        class_names: name of every class id.
+        colors: RGB of every class id.
+
+    Returns:
+        RGB PIL image (at least one row high, saying "no classes" when `class_ids` is empty).
+    """
+    font = ImageFont.load_default()
+    rows = [(colors[i], f"{i}: {class_names[i]}") for i in class_ids] or [(None, "no classes")]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(int(probe.textlength(text, font=font)) for _, text in rows)
+    row_h = swatch + padding
+    width = padding * 3 + swatch + text_w
+    height = padding + row_h * len(rows)
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for r, (color, text) in enumerate(rows):
+        y = padding + r * row_h
+        if color is not None:
+            draw.rectangle(
+                [padding, y, padding + swatch - 1, y + swatch - 1],
+                fill=tuple(color),
+                outline=(0, 0, 0),
+            )
+        draw.text((padding * 2 + swatch, y + 2), text, fill=(0, 0, 0), font=font)
+    return img
