@@ -23,6 +23,7 @@ from .loader import (
     TrainingSampler,
     build_test_loader,
     build_train_loader,
+    train_data_seed,
 )
 from .mapper import (
     DatasetMapper,
@@ -56,4 +57,5 @@ __all__ = [
     "read_image",
     "read_label",
     "register_dataset",
+    "train_data_seed",
 ]
