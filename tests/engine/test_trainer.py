@@ -128,6 +128,16 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path: 
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_periodic_checkpoints_also_rotate_the_files_an_earlier_run_left(tmp_path: Path) -> None:
+    # What a resumed run finds: numbered files of its predecessor, counted like its own.
+    (tmp_path / "model_0000000.pth").write_bytes(b"old")
+    trainer, _ = _trainer(_Toy(), tmp_path, max_iter=10, period=2, keep=2)
+    trainer.train(0, 10)
+    names = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert names == ["model_0000007.pth", "model_0000009.pth", "model_final.pth"]
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 9
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
     model = _Toy()

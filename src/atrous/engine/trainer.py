@@ -213,7 +213,8 @@ class Trainer:
 
     The parts come from classmethods a subclass may override, as in detectron2's
     ``DefaultTrainer``: `build_model`, `build_optimizer`, `build_lr_scheduler`,
-    `build_train_loader` (e.g. for a custom mapper), `build_evaluators`, and `build_hooks`.
+    `build_train_loader` (e.g. for a custom mapper) and `build_hooks` (and `build_evaluators`,
+    see its note).
 
     Args:
         cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
@@ -297,7 +298,11 @@ class Trainer:
 
     @classmethod
     def build_evaluators(cls, cfg: Any, dataset_name: str, output_folder: str) -> Any:
-        """The evaluator of one test dataset (`atrous.evaluation.build_evaluator`)."""
+        """The evaluator of one test dataset (`atrous.evaluation.build_evaluator`).
+
+        Note: `Trainer.test` (through `evaluate_dataset`) still calls `build_evaluator` itself,
+        so an override takes effect only once that path builds its evaluators here.
+        """
         from atrous.evaluation import build_evaluator
 
         return build_evaluator(cfg, dataset_name, output_folder)
