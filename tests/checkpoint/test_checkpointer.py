@@ -22,7 +22,6 @@ from atrous.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    PeriodicCheckpointer,
     UnsafePickleError,
 )
 
@@ -393,23 +392,6 @@ def test_not_writing_process_saves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_periodic_checkpointer_keeps_last_n_and_final(tmp_path):
-    ckpt = Checkpointer(ToySegmentor(), tmp_path)
-    # A file from an earlier run with the same pattern is pruned too (resume keeps counting).
-    (tmp_path / "model_0000000.pth").write_bytes(b"old")
-    periodic = PeriodicCheckpointer(ckpt, period=2, max_iter=10, max_to_keep=2)
-    for it in range(10):
-        periodic.step(it)
-    assert sorted(os.listdir(tmp_path)) == [
-        "last_checkpoint",
-        "model_0000007.pth",
-        "model_0000009.pth",
-        "model_final.pth",
-    ]
-    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 9
-    assert ckpt.get_checkpoint_file() == str(tmp_path / "model_final.pth")
-
-
 def test_prune_never_deletes_the_resume_target(tmp_path):
     ckpt = Checkpointer(ToySegmentor(), tmp_path)
     for it in (1, 2, 3):
@@ -658,3 +640,22 @@ def test_legacy_format_pth_asking_for_a_huge_bytearray_is_refused_before_allocat
     path.write_bytes(pickle.dumps(Reduce(bytearray, (2**62,)), protocol=2))
     with pytest.raises(UnsafePickleError, match="would allocate as much memory as the file asks"):
         Checkpointer(ToySegmentor()).load(path)
+
+
+def test_without_rng_states_nothing_of_the_rng_is_saved_or_restored(tmp_path):
+    model, opt, sched = _training_objects()
+    ckpt = Checkpointer(model, tmp_path, optimizer=opt, scheduler=sched, rng_states=False)
+    path = ckpt.save("model_0000002", iteration=2)
+    assert "rng_state" not in torch.load(path, weights_only=True)
+
+    # A file that has them (an older trainer's, or a plain Checkpointer's) leaves the RNG alone.
+    Checkpointer(model, tmp_path, optimizer=opt, scheduler=sched).save("model_0000003", iteration=3)
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    model2, opt2, sched2 = _training_objects()
+    torch.manual_seed(5)
+    resumer = Checkpointer(model2, tmp_path, optimizer=opt2, scheduler=sched2, rng_states=False)
+    assert resumer.resume_or_load("", resume=True) == {"iteration": 3}
+    assert torch.equal(torch.rand(1), expected)
+    _assert_same_weights(model, model2)

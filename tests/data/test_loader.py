@@ -1,6 +1,7 @@
 import itertools
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,6 +14,7 @@ from atrous.data import (
     TrainingSampler,
     build_test_loader,
     build_train_loader,
+    train_data_seed,
 )
 
 
@@ -164,3 +166,14 @@ def test_distributed_ranks_take_interleaved_slices_of_one_stream(datasets, tmp_p
     all_test = out[0]["test"] + out[1]["test"]
     assert len(out[0]["test"]) == 2 and all_test == sorted(all_test) and len(set(all_test)) == 4
     assert "must be divisible by the number of processes (2)" in out[0]["error"]
+
+
+def test_train_data_seed_is_the_config_seed_or_a_drawn_one(datasets):
+    cfg = _cfg()
+    assert train_data_seed(cfg) == 7
+    assert build_train_loader(cfg).dataset.seed == 7  # the loader's default is the same choice
+    cfg.SEED = -1
+    np.random.seed(3)
+    drawn = train_data_seed(cfg)
+    np.random.seed(3)
+    assert 0 <= drawn < 2**31 and train_data_seed(cfg) == drawn

@@ -128,6 +128,16 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path: 
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_periodic_checkpoints_also_rotate_the_files_an_earlier_run_left(tmp_path: Path) -> None:
+    # What a resumed run finds: numbered files of its predecessor, counted like its own.
+    (tmp_path / "model_0000000.pth").write_bytes(b"old")
+    trainer, _ = _trainer(_Toy(), tmp_path, max_iter=10, period=2, keep=2)
+    trainer.train(0, 10)
+    names = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert names == ["model_0000007.pth", "model_0000009.pth", "model_final.pth"]
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 9
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
     model = _Toy()
@@ -147,22 +157,99 @@ def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
     assert sum(losses[-4:]) < sum(losses[:4]) / 4
 
 
-def test_naive_sync_bn_becomes_cuda_sync_bn_with_its_state() -> None:
-    from atrous.engine.trainer import _convert_naive_sync_bn
-    from atrous.layers import NaiveSyncBatchNorm
+# ---------------------------------------------------------------------------------------------
+# The config-driven Trainer, on the synthetic scenes with a model shrunk to seconds.
+# ---------------------------------------------------------------------------------------------
 
-    net = nn.Sequential(
-        nn.Conv2d(3, 4, 1), NaiveSyncBatchNorm(4), nn.Sequential(NaiveSyncBatchNorm(4)),
-        nn.BatchNorm2d(4),
-    )  # fmt: skip
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_()
-            m.weight.data.uniform_()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    converted = _convert_naive_sync_bn(net)
-    assert type(converted[1]) is nn.SyncBatchNorm and type(converted[2][0]) is nn.SyncBatchNorm
-    assert type(converted[3]) is nn.BatchNorm2d  # plain BN stays unsynchronised
-    after = converted.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
+_TINY = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
+    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
+    "INPUT.MAX_SIZE_TRAIN", "256",
+    "INPUT.CROP.SIZE", "(64, 64)",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.WARMUP_ITERS", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "DATASETS.TEST", "()",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SEED", "0",
+    "LOG_PERIOD", "1",
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_run_cfg(synthetic_cityscapes_root, monkeypatch):
+    """Factory: the quickstart config shrunk to a few seconds, writing into `out`."""
+    from atrous.config import get_cfg
+
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+
+    def make(out: Path):
+        cfg = get_cfg()
+        cfg.merge_from_file(str(QUICKSTART))
+        cfg.merge_from_list([*_TINY, "OUTPUT_DIR", str(out)])
+        return cfg
+
+    return make
+
+
+def _readme_python_block(heading: str) -> str:
+    section = (REPO / "README.md").read_text(encoding="utf-8").split(f"\n### {heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model_final.pth", weights_only=True)["model"]
+
+
+def test_readme_custom_mapper_trainer_trains_with_its_mapper(tmp_path: Path, tiny_run_cfg) -> None:
+    cfg = tiny_run_cfg(tmp_path / "run")
+    namespace = {"cfg": cfg}
+    exec(compile(_readme_python_block("Custom training parts"), "README.md", "exec"), namespace)
+    assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["iteration"] == 3
+
+    # The override is what feeds the samples: about half of them come out grey.
+    loader = namespace["MyTrainer"].build_train_loader(cfg, start_iter=0, seed=0)
+    assert type(loader.dataset.mapper).__name__ == "GreyscaleMapper"
+    images = [d["image"] for batch in itertools.islice(iter(loader), 4) for d in batch]
+    grey = [bool((im[0] == im[1]).all() and (im[1] == im[2]).all()) for im in images]
+    assert any(grey) and not all(grey)
+
+
+def test_resume_record_per_rank_and_previous_layout_resumes_bit_identically(
+    tmp_path: Path, tiny_run_cfg
+) -> None:
+    from atrous.engine import Trainer
+
+    full = tmp_path / "full"
+    trainer = Trainer(tiny_run_cfg(full))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    saved = torch.load(full / "model_0000001.pth", weights_only=True)
+    # The RNG states are stored once, in the rank's resume record.
+    assert "rng_state" not in saved and "data_position" not in saved
+    assert [sorted(r) for r in saved["ranks"]] == [["data_seed", "rng"]]
+    assert saved["ranks"][0]["data_seed"] == 0
+
+    # The layout before: rank 0's states also in the file, a data position in every record.
+    old = dict(saved, rng_state=saved["ranks"][0]["rng"])
+    old["ranks"] = [dict(r, data_position=2) for r in saved["ranks"]]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    torch.save(old, resumed / "model_0000001.pth")
+    (resumed / "last_checkpoint").write_text("model_0000001.pth")
+    torch.manual_seed(123)  # whatever state this process is in, the record's comes back
+    trainer = Trainer(tiny_run_cfg(resumed))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2
+    trainer.train()
+    expected, got = _final_weights(full), _final_weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from atrous.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+from atrous.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, convert_sync_batchnorm, get_norm
 
 
 def test_get_norm_builds_every_supported_norm():
@@ -85,6 +85,24 @@ def _sync_bn_worker(rank: int, world_size: int, port: int, x: torch.Tensor, out_
     )  # fmt: skip
     dist.barrier()
     dist.destroy_process_group()
+
+
+def test_convert_sync_batchnorm_swaps_naive_sync_bn_keeping_its_state() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 1), NaiveSyncBatchNorm(4), nn.Sequential(NaiveSyncBatchNorm(4)),
+        nn.BatchNorm2d(4),
+    )  # fmt: skip
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_()
+            m.weight.data.uniform_()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    converted = convert_sync_batchnorm(net)
+    assert type(converted[1]) is nn.SyncBatchNorm and type(converted[2][0]) is nn.SyncBatchNorm
+    assert type(converted[3]) is nn.BatchNorm2d  # plain BN stays unsynchronised
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Public entry points::
 """
 
 from .bundle import BundleMetadata, LoadedBundle, is_bundle, load_bundle
-from .checkpointer import Checkpointer, LoadReport, PeriodicCheckpointer, load_checkpoint_file
+from .checkpointer import Checkpointer, LoadReport, load_checkpoint_file
 from .detectron2 import MatchReport, align_and_update_state_dicts, convert_basic_c2_names
 from .download import cache_dir, cached_file_path, download, expected_sha256_prefix
 from .errors import (
@@ -38,7 +38,6 @@ __all__ = [
     "LoadReport",
     "LoadedBundle",
     "MatchReport",
-    "PeriodicCheckpointer",
     "SafeUnpickler",
     "UnsafePickleError",
     "align_and_update_state_dicts",

@@ -64,7 +64,7 @@ from .safe_pickle import (
 )
 from .weights_io import is_safetensors_file, read_safetensors_checkpoint
 
-__all__ = ["Checkpointer", "LoadReport", "PeriodicCheckpointer", "load_checkpoint_file"]
+__all__ = ["Checkpointer", "LoadReport", "load_checkpoint_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -449,6 +449,10 @@ class Checkpointer:
         scheduler: saved and restored under ``"scheduler"``.
         save_to_disk: whether this process writes files; defaults to "is the main process", so
             in distributed training only rank 0 writes.
+        rng_states: whether :meth:`save` stores this process's RNG states (``"rng_state"``) and
+            :meth:`resume_or_load` restores them. Right for one process; a multi-process trainer
+            passes False and records every rank's states itself (`atrous.engine.Trainer`), since
+            this file holds only the writing rank's.
         **checkpointables: more objects with ``state_dict``/``load_state_dict``, saved under
             their keyword.
     """
@@ -461,9 +465,11 @@ class Checkpointer:
         optimizer: _Stateful | None = None,
         scheduler: _Stateful | None = None,
         save_to_disk: bool | None = None,
+        rng_states: bool = True,
         **checkpointables: _Stateful,
     ) -> None:
         self.model = _unwrap(model)
+        self.rng_states = rng_states
         self.save_dir = Path(save_dir) if save_dir else None
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.checkpointables: dict[str, _Stateful] = {}
@@ -647,7 +653,8 @@ class Checkpointer:
     def save(self, name: str, **extra: Any) -> Path | None:
         """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
 
-        The file holds ``"model"``, each checkpointable's state, ``"rng_state"``, `extra`
+        The file holds ``"model"``, each checkpointable's state, ``"rng_state"`` (unless the
+        Checkpointer was made with ``rng_states=False``), `extra`
         (e.g. ``iteration=999``) and ``"metadata"`` (the atrous and torch versions that wrote it,
         see `atrous.utils.version.version_metadata`); it loads with
         ``torch.load(weights_only=True)``. It is written to a temporary file in `save_dir`,
@@ -675,7 +682,8 @@ class Checkpointer:
         data: dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data["rng_state"] = capture_rng_state()
+        if self.rng_states:
+            data["rng_state"] = capture_rng_state()
         data.update(extra)
         data["metadata"] = version_metadata()
         _check_weights_only(data, name)
@@ -730,15 +738,17 @@ class Checkpointer:
     ) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` when asked and possible, else load `path`'s weights.
 
-        Resuming restores the model, every checkpointable and the RNG states, and returns the
-        file's remaining state (e.g. ``{"iteration": 999}``). Loading `path` (weights only,
-        e.g. ``cfg.MODEL.WEIGHTS``) returns ``{}`` so a pretrained file never sets the start
-        iteration.
+        Resuming restores the model, every checkpointable and (with `rng_states`) this process's
+        RNG states, and returns the file's remaining state (e.g. ``{"iteration": 999}``), without
+        ``"rng_state"``. Loading `path` (weights only, e.g. ``cfg.MODEL.WEIGHTS``) returns ``{}``
+        so a pretrained file never sets the start iteration.
         """
         if resume and self.has_checkpoint():
             report = self.load(self.get_checkpoint_file())
+            # Files from before ``rng_states=False`` existed hold rank 0's states here even when
+            # written by a trainer that also kept every rank's: that copy is not ours to restore.
             rng_state = report.extra.pop("rng_state", None)
-            if rng_state is not None:
+            if rng_state is not None and self.rng_states:
                 try:
                     restore_rng_state(rng_state)
                 except Exception as exc:
@@ -808,49 +818,3 @@ def _check_weights_only(obj: Any, where: str) -> None:
             "read back by a weights-only load. Store tensors, numbers, strings and "
             "dicts/lists of them (convert numpy arrays with torch.from_numpy)."
         )
-
-
-class PeriodicCheckpointer:
-    """Saves every `period` iterations and at the end, keeping only the newest files.
-
-    Call :meth:`step` once per iteration (the training engine's checkpoint hook does).
-    Files are ``<prefix>_<iteration:07d>.pth`` and ``<prefix>_final.pth``; with `max_to_keep` the
-    older numbered files are deleted after each save, ``<prefix>_final.pth`` never.
-
-    Args:
-        checkpointer: the :class:`Checkpointer` that writes.
-        period: save after iterations ``period - 1, 2 * period - 1, ...`` (detectron2's timing).
-        max_iter: when given, also save ``<prefix>_final`` at iteration ``max_iter - 1``.
-        max_to_keep: how many numbered files to keep; None keeps all.
-        file_prefix: file name prefix.
-    """
-
-    def __init__(
-        self,
-        checkpointer: Checkpointer,
-        *,
-        period: int,
-        max_iter: int | None = None,
-        max_to_keep: int | None = None,
-        file_prefix: str = "model",
-    ) -> None:
-        if period <= 0:
-            raise ValueError(f"period must be positive, got {period}")
-        if max_to_keep is not None and max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be at least 1 or None, got {max_to_keep}")
-        self.checkpointer = checkpointer
-        self.period = period
-        self.max_iter = max_iter
-        self.max_to_keep = max_to_keep
-        self.file_prefix = file_prefix
-
-    def step(self, iteration: int, **extra: Any) -> None:
-        """Save if `iteration` is due; `extra` is stored along with ``iteration``."""
-        if (iteration + 1) % self.period == 0:
-            self.checkpointer.save(
-                f"{self.file_prefix}_{iteration:07d}", iteration=iteration, **extra
-            )
-            if self.max_to_keep is not None:
-                self.checkpointer.prune(self.max_to_keep, prefix=self.file_prefix)
-        if self.max_iter is not None and iteration >= self.max_iter - 1:
-            self.checkpointer.save(f"{self.file_prefix}_final", iteration=iteration, **extra)

@@ -22,6 +22,7 @@ from .loader import (
     TrainingSampler,
     build_test_loader,
     build_train_loader,
+    train_data_seed,
 )
 from .mapper import (
     DatasetMapper,
@@ -57,4 +58,5 @@ __all__ = [
     "read_image",
     "read_label",
     "register_dataset",
+    "train_data_seed",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "build_train_loader",
     "sample_rng",
     "shared_random_seed",
+    "train_data_seed",
     "trivial_batch_collator",
 ]
 
@@ -155,6 +156,16 @@ def shared_random_seed() -> int:
     return int(comm.all_gather_object(seed)[0])
 
 
+def train_data_seed(cfg) -> int:
+    """The seed of a new run's training stream: ``cfg.SEED``, or when negative a random one.
+
+    The one place that decides it; the trainer stores the value in its checkpoints, so a resumed
+    run with SEED < 0 continues the stream it started instead of drawing another one. Every rank
+    must call this (the random seed is drawn on rank 0 and shared).
+    """
+    return int(cfg.SEED) if int(cfg.SEED) >= 0 else shared_random_seed()
+
+
 def _records(names: Sequence[str], num_classes: int, ignore: int) -> list[dict]:
     if isinstance(names, str):
         names = (names,)
@@ -189,10 +200,12 @@ def build_train_loader(
     Args:
         cfg: config (DATASETS.TRAIN, INPUT.*, SOLVER.IMS_PER_BATCH, DATALOADER.NUM_WORKERS,
             SEED, MODEL.SEM_SEG_HEAD.NUM_CLASSES/IGNORE_VALUE).
-        mapper: replaces the config's training mapper.
+        mapper: replaces the config's training mapper: a callable ``(record, rng) -> dict``
+            (see `DatasetMapper`), called with the sample's ``np.random.RandomState``.
         start_iter: iteration to start at; the first batch equals batch `start_iter` of a run
             started at 0 with the same seed and world size.
-        seed: stream seed (default cfg.SEED, or a random seed shared by all ranks if negative).
+        seed: stream seed (default `train_data_seed`: cfg.SEED, or a random seed shared by all
+            ranks if negative).
 
     Returns:
         A DataLoader; iterate it for batches of SOLVER.IMS_PER_BATCH / world_size dicts.
@@ -212,7 +225,7 @@ def build_train_loader(
     ignore = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
     records = _records(cfg.DATASETS.TRAIN, num_classes, ignore)
     if seed is None:
-        seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else shared_random_seed()
+        seed = train_data_seed(cfg)
     if mapper is None:
         mapper = build_mapper(cfg, is_train=True)
     sampler = TrainingSampler(

@@ -127,7 +127,7 @@ class LRScheduler(HookBase):
 class PeriodicCheckpointer(HookBase):
     """Saves a resumable checkpoint every `period` iterations and ``model_final`` at the end.
 
-    Every rank takes part (each contributes its RNG states and data position), rank 0 writes.
+    Every rank takes part (each contributes its resume record, e.g. its RNG states), rank 0 writes.
     The checkpoint after iteration ``i`` is ``model_{i:07d}.pth`` and stores ``iteration=i``.
 
     Args:
@@ -138,7 +138,7 @@ class PeriodicCheckpointer(HookBase):
         max_to_keep: keep only this many periodic checkpoints (0 keeps all; ``model_final`` is
             never deleted).
         extra_state: returns this rank's resumable state beyond what `checkpointer` handles
-            (RNG states, data position); gathered from all ranks into ``extra["ranks"]``.
+            (RNG states, data seed); gathered from all ranks into ``extra["ranks"]``.
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 `SimpleTrainer` is the loop; `Trainer` builds one from a config (model, optimizer, scheduler,
 data, checkpointing, evaluation, writers) the way detectron2's ``DefaultTrainer`` does, and adds
-exact resume: model, optimizer, scheduler, grad scaler, iteration, every RNG and the data position.
+exact resume: model, optimizer, scheduler, grad scaler, iteration, every rank's RNG states and the
+data stream's seed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
+from atrous.layers.norm import convert_sync_batchnorm
 from atrous.utils import comm
 from atrous.utils.output_dir import safe_dataset_dirname
 
@@ -194,28 +196,6 @@ def _device_type(model: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _convert_naive_sync_bn(module: nn.Module) -> nn.Module:
-    """Replace the CPU-capable NaiveSyncBatchNorm by CUDA's SyncBatchNorm, keeping the state."""
-    from atrous.layers import NaiveSyncBatchNorm
-
-    if isinstance(module, NaiveSyncBatchNorm):
-        sync = nn.SyncBatchNorm(
-            module.num_features,
-            eps=module.eps,
-            momentum=module.momentum,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-        ).to(next(iter(module.state_dict().values())).device)
-        sync.load_state_dict(module.state_dict())
-        sync.train(module.training)
-        return sync
-    for name, child in module.named_children():
-        new = _convert_naive_sync_bn(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
 class Trainer:
     """Everything a training run needs, built from a config.
 
@@ -225,30 +205,32 @@ class Trainer:
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
 
+    The parts come from classmethods a subclass may override, as in detectron2's
+    ``DefaultTrainer``: `build_model`, `build_optimizer`, `build_lr_scheduler`,
+    `build_train_loader` (e.g. for a custom mapper) and `build_hooks` (and `build_evaluators`,
+    see its note).
+
     Args:
         cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
             OUTPUT_DIR and LOG_PERIOD.
     """
 
     def __init__(self, cfg: Any) -> None:
-        from atrous.checkpoint import Checkpointer
-        from atrous.modeling import build_model
-        from atrous.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
+        from atrous.solver import build_gradient_clipper
 
         from .output_dir import check_checkpoint_space, on_main_process
 
         self.cfg = cfg
         # A bad dataset name fails now, not when the first evaluation (or the end) comes.
         check_config_datasets(cfg, test=True)
-        model = build_model(cfg)
+        model = self.build_model(cfg)
         if cfg.SOLVER.CHANNELS_LAST:
             model = model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, model)
+        self.model = model
+        self.optimizer = self.build_optimizer(cfg, model)
         if cfg.OUTPUT_DIR:
-            on_main_process(
-                lambda: check_checkpoint_space(cfg.OUTPUT_DIR, model, self.optimizer), None
-            )
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+            on_main_process(lambda: self._prepare_output_dir(check_checkpoint_space), None)
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
         self.grad_clipper = build_gradient_clipper(cfg)
         self.amp_dtype = _amp_dtype(cfg)
         self.grad_scaler = (
@@ -256,25 +238,89 @@ class Trainer:
             if self.amp_dtype == torch.float16
             else None
         )
-        checkpointables: dict[str, Any] = {}
-        if self.grad_scaler is not None:
-            checkpointables["grad_scaler"] = self.grad_scaler
-        self.model = model
-        self.checkpointer = Checkpointer(
-            model,
-            save_dir=cfg.OUTPUT_DIR,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            **checkpointables,
-        )
+        self.checkpointer = self._build_checkpointer()
         self.start_iter = 0
         self.max_iter = int(cfg.SOLVER.MAX_ITER)
-        self._resume_state: Mapping[str, Any] | None = None
+        self._loaded_record: Mapping[str, Any] | None = None
         self._resumed = False
-        self._data_position = 0
         self._data_seed: int | None = None
         self._trainer: SimpleTrainer | None = None
         self._stop_signals = StopSignals()
+
+    # -- the parts: override these to change one ---------------------------------------------
+
+    @classmethod
+    def build_model(cls, cfg: Any) -> nn.Module:
+        """The segmentor of MODEL.META_ARCHITECTURE (`atrous.modeling.build_model`)."""
+        from atrous.modeling import build_model
+
+        return build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+        """SOLVER.OPTIMIZER over `model`'s parameters (`atrous.solver.build_optimizer`)."""
+        from atrous.solver import build_optimizer
+
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(
+        cls, cfg: Any, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """SOLVER.LR_SCHEDULER_NAME for `optimizer` (`atrous.solver.build_lr_scheduler`)."""
+        from atrous.solver import build_lr_scheduler
+
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any, *, start_iter: int, seed: int) -> Iterable[Any]:
+        """The infinite training loader (`atrous.data.build_train_loader`).
+
+        An override must pass `start_iter` and `seed` on: together they make the first batch the
+        one an uninterrupted run sees at `start_iter`, which is what exact resume rests on. To
+        change what a sample becomes, pass ``mapper=`` (a callable ``(record, rng) -> dict``
+        drawing its randomness from `rng` only).
+
+        Args:
+            cfg: the config.
+            start_iter: the first iteration this loader feeds.
+            seed: the stream seed (`atrous.data.train_data_seed`, or the checkpoint's).
+        """
+        from atrous.data import build_train_loader
+
+        return build_train_loader(cfg, start_iter=start_iter, seed=seed)
+
+    @classmethod
+    def build_evaluators(cls, cfg: Any, dataset_name: str, output_folder: str) -> Any:
+        """The evaluator of one test dataset (`atrous.evaluation.build_evaluator`).
+
+        Note: `Trainer.test` (through `evaluate_dataset`) still calls `build_evaluator` itself,
+        so an override takes effect only once that path builds its evaluators here.
+        """
+        from atrous.evaluation import build_evaluator
+
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def _prepare_output_dir(self, check_checkpoint_space: Any) -> None:
+        # `default_setup` has made it for a command-line run; a script may not have called that.
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        check_checkpoint_space(self.cfg.OUTPUT_DIR, self.model, self.optimizer)
+
+    def _build_checkpointer(self) -> Any:
+        from atrous.checkpoint import Checkpointer
+
+        checkpointables: dict[str, Any] = {}
+        if self.grad_scaler is not None:
+            checkpointables["grad_scaler"] = self.grad_scaler
+        return Checkpointer(
+            self.model,
+            save_dir=self.cfg.OUTPUT_DIR,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            # Every rank's RNG states go into its own resume record (`_resume_record`).
+            rng_states=False,
+            **checkpointables,
+        )
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -282,8 +328,13 @@ class Trainer:
         """With `resume` and a checkpoint in OUTPUT_DIR, continue from it; else load MODEL.WEIGHTS.
 
         Resuming restores the model, optimizer, scheduler (and grad scaler), the iteration, the
-        data stream's seed and position, and this rank's RNG states. A checkpoint written by a
-        different number of processes resumes everything but the RNG states (with a warning).
+        data stream's seed, and this rank's RNG states. A checkpoint written by a different
+        number of processes resumes everything but the RNG states (with a warning).
+
+        A checkpoint holds ``ranks``: one resume record per rank, ``{"rng": ..., "data_seed":
+        ...}``, gathered when it is saved. Files written before the Checkpointer stopped storing
+        rank 0's states a second time (``rng_state``) or that carry a ``data_position`` resume
+        the same way; both entries are ignored.
         """
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume) or {}
         # A resumed run rewrites metrics.json from its start iteration on.
@@ -303,10 +354,17 @@ class Trainer:
                         comm.get_world_size(),
                     )
                 else:
-                    self._resume_state = ranks[comm.get_rank()]
+                    self._loaded_record = ranks[comm.get_rank()]
             logger.info("Resuming from iteration %d", self.start_iter)
         else:
             self.start_iter = 0
+
+    def _resume_record(self) -> dict[str, Any]:
+        """This rank's resume record: its RNG states and the data stream's seed.
+
+        The stream's position needs no record: it is the checkpoint's iteration.
+        """
+        return {"rng": capture_rng_state(), "data_seed": self._data_seed}
 
     def _wrap_model(self) -> nn.Module:
         model = self.model
@@ -323,7 +381,7 @@ class Trainer:
         else:
             kwargs["broadcast_buffers"] = False
         if model.device.type == "cuda":
-            model = _convert_naive_sync_bn(model)
+            model = convert_sync_batchnorm(model)
             kwargs["device_ids"] = [comm.get_local_rank()]
         return nn.parallel.DistributedDataParallel(model, **kwargs)
 
@@ -334,16 +392,13 @@ class Trainer:
         augmentation is seeded by its position, so nothing needs replaying. The stream seed is
         the checkpoint's (a run with SEED < 0 drew it at random).
         """
-        from atrous.data import build_train_loader
-        from atrous.data.loader import shared_random_seed
+        from atrous.data import train_data_seed
 
         if self._data_seed is None:
-            self._data_seed = (
-                int(self.cfg.SEED) if int(self.cfg.SEED) >= 0 else shared_random_seed()
-            )
-        loader = build_train_loader(self.cfg, start_iter=self.start_iter, seed=self._data_seed)
-        self._data_position = self.start_iter
-        return _CountingIterator(iter(loader), self)
+            self._data_seed = train_data_seed(self.cfg)
+        return iter(
+            self.build_train_loader(self.cfg, start_iter=self.start_iter, seed=self._data_seed)
+        )
 
     def build_hooks(self) -> list[hooks_mod.HookBase]:
         cfg = self.cfg
@@ -352,7 +407,7 @@ class Trainer:
             period=int(cfg.SOLVER.CHECKPOINT_PERIOD),
             max_iter=self.max_iter,
             max_to_keep=int(cfg.SOLVER.MAX_TO_KEEP),
-            extra_state=self._extra_state,
+            extra_state=self._resume_record,
         )
         out: list[hooks_mod.HookBase] = [
             # First, so that its check sees every hook done with the previous step.
@@ -386,13 +441,6 @@ class Trainer:
             TensorboardWriter(self.cfg.OUTPUT_DIR),
         ]
 
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "rng": capture_rng_state(),
-            "data_position": self._data_position,
-            "data_seed": self._data_seed,
-        }
-
     # -- running ---------------------------------------------------------------------------
 
     def train(self) -> Mapping[str, Any]:
@@ -416,8 +464,8 @@ class Trainer:
 
     def _train(self) -> Mapping[str, Any]:
         data = self._data_iterator()
-        if self._resume_state is not None:
-            restore_rng_state(self._resume_state["rng"])
+        if self._loaded_record is not None:
+            restore_rng_state(self._loaded_record["rng"])
         model = self._wrap_model()
         trainer = SimpleTrainer(
             model=model,
@@ -463,22 +511,6 @@ class Trainer:
         if len(results) == 1:
             return next(iter(results.values()))
         return results
-
-
-class _CountingIterator:
-    """Counts the batches handed out, so a checkpoint knows the data position."""
-
-    def __init__(self, iterator: Iterator[Any], owner: Trainer) -> None:
-        self._iterator = iterator
-        self._owner = owner
-
-    def __iter__(self) -> _CountingIterator:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self._iterator)
-        self._owner._data_position += 1
-        return batch
 
 
 def check_config_datasets(

@@ -2,7 +2,7 @@
 
 from .aspp import ASPP, ImagePooling
 from .conv import Conv2d, DepthwiseSeparableConv2d, c2_msra_fill, c2_xavier_fill
-from .norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+from .norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, convert_sync_batchnorm, get_norm
 from .shape_spec import ShapeSpec
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "ShapeSpec",
     "c2_msra_fill",
     "c2_xavier_fill",
+    "convert_sync_batchnorm",
     "get_norm",
 ]

@@ -3,7 +3,7 @@
 "SyncBN" builds `NaiveSyncBatchNorm`: a `BatchNorm2d` (same state-dict layout) that averages batch
 statistics over all ranks with an all-reduce when a process group exists. Unlike
 `nn.SyncBatchNorm` it works on CPU with gloo; on CUDA the trainer swaps it for
-`nn.SyncBatchNorm` (NCCL kernels) before wrapping the model in DDP.
+`nn.SyncBatchNorm` (NCCL kernels) with `convert_sync_batchnorm` before wrapping the model in DDP.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FrozenBatchNorm2d", "NaiveSyncBatchNorm", "get_norm"]
+__all__ = ["FrozenBatchNorm2d", "NaiveSyncBatchNorm", "convert_sync_batchnorm", "get_norm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -142,6 +142,35 @@ class NaiveSyncBatchNorm(nn.BatchNorm2d):
         if self.affine:
             out = out + self.bias.reshape(1, -1, 1, 1)
         return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every `NaiveSyncBatchNorm` in `module` (recursively) by ``nn.SyncBatchNorm``.
+
+    The trainer calls this on CUDA before wrapping the model in DDP: ``nn.SyncBatchNorm`` uses
+    NCCL kernels, `NaiveSyncBatchNorm` also runs on CPU with gloo. Parameters, running statistics,
+    the step counter and train/eval mode carry over; plain ``BatchNorm2d`` layers stay
+    unsynchronised (a config asks for "BN" when it means per-rank statistics).
+
+    Returns:
+        The converted module (a new object when `module` itself is a NaiveSyncBatchNorm).
+    """
+    if isinstance(module, NaiveSyncBatchNorm):
+        sync = nn.SyncBatchNorm(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        ).to(next(iter(module.state_dict().values())).device)
+        sync.load_state_dict(module.state_dict())
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
 
 
 def get_norm(norm: str | None, num_channels: int) -> nn.Module | None:
