@@ -7,7 +7,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from atrous.utils import comm
 
 from .evaluator import DatasetEvaluator, DatasetEvaluators
 
-__all__ = ["build_evaluator", "inference_on_dataset"]
+__all__ = ["build_evaluator", "evaluate_datasets", "inference_on_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,3 +154,46 @@ def inference_on_dataset(
         compute / max(count, 1),
     )
     return evaluator.evaluate() or {}
+
+
+def evaluate_datasets(
+    cfg: Any,
+    model: nn.Module,
+    datasets: Sequence[str],
+    output_dir: str | os.PathLike[str],
+) -> dict[str, dict[str, Any]]:
+    """Run `model` over every dataset and score each with its `build_evaluator` evaluator.
+
+    Every loader and evaluator is built before the first inference, so that a dataset the
+    evaluator cannot score (e.g. Cityscapes file names the official script cannot match) fails
+    in seconds rather than after the other datasets' inference. The model is wrapped for
+    inference as TEST.* asks (fast path, sliding windows, TTA), so training's evaluation, ``atrous
+    train --eval-only`` and ``atrous evaluate`` measure what ``atrous predict`` computes.
+
+    Args:
+        model: a segmentor; put in eval mode for the run and restored afterwards.
+        datasets: registered names or ``file.yaml:split`` paths.
+        output_dir: each dataset's files go to ``output_dir/<safe_dataset_dirname(name)>``.
+
+    Returns:
+        ``{dataset: {"sem_seg": {"mIoU": ..., ...}}}`` in the order of `datasets` (empty result
+        dicts on the processes that do not evaluate).
+    """
+    from atrous.data import build_test_loader
+    from atrous.inference import build_inference_model
+    from atrous.utils.output_dir import safe_dataset_dirname
+
+    jobs = [
+        (
+            name,
+            build_test_loader(cfg, name),
+            # A name may be a path ("/data/d.yaml:val"): joined as it is, it would leave the folder.
+            build_evaluator(cfg, name, os.path.join(output_dir, safe_dataset_dirname(name))),
+        )
+        for name in datasets
+    ]
+    inference_model = build_inference_model(cfg, model)
+    return {
+        name: inference_on_dataset(inference_model, loader, evaluator)
+        for name, loader, evaluator in jobs
+    }
