@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; returns 0 on success. Errors are reported by `atrous.cli.main.dispatch`.
 
     Everything that can be checked without the model runs first: the config, the output folder
-    (writable, not in use), the datasets and their evaluators, so that a mistake surfaces in
-    seconds rather than after a whole inference.
+    (writable, not in use) and the dataset names; every dataset's loader and evaluator are built
+    before the first inference (`evaluate_datasets`), so that a mistake surfaces in seconds rather
+    than after a whole inference.
     """
     setup_logging()
     from atrous.config import ConfigError
