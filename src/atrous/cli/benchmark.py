@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 
-from atrous.cli.common import add_allow_partial_flag, parse_size, setup_logging
+from atrous.cli.common import (
+    add_allow_partial_flag,
+    add_model_source_flags,
+    parse_size,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +38,7 @@ _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--mode",
         choices=("infer", "train", "data", "accuracy"),

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "add_allow_partial_flag",
+    "add_model_source_flags",
     "build_model_and_load",
     "config_or_bundle",
     "load_config",
@@ -60,6 +61,14 @@ def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use MODEL.WEIGHTS even when some model entries are missing from it or have another "
         "shape (they keep their random initialisation)",
+    )
+
+
+def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config-file FILE`` and ``--model DIR``, of which `config_or_bundle` takes exactly one."""
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
     )
 
 

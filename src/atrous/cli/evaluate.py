@@ -24,6 +24,7 @@ from pathlib import Path
 
 from atrous.cli.common import (
     add_allow_partial_flag,
+    add_model_source_flags,
     build_model_and_load,
     config_or_bundle,
     setup_logging,
@@ -35,10 +36,7 @@ logger = logging.getLogger("atrous.evaluate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--output", default=None, metavar="DIR", help="output folder (default: OUTPUT_DIR)"
     )

@@ -21,6 +21,7 @@ import functools
 
 from atrous.cli.common import (
     add_allow_partial_flag,
+    add_model_source_flags,
     build_model_and_load,
     parse_size,
     setup_logging,
@@ -29,10 +30,7 @@ from atrous.cli.common import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("onnx", "torchscript", "bundle"), required=True)
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
     )

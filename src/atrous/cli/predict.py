@@ -34,6 +34,7 @@ import numpy as np
 
 from atrous.cli.common import (
     add_allow_partial_flag,
+    add_model_source_flags,
     build_model_and_load,
     config_or_bundle,
     setup_logging,
@@ -48,10 +49,7 @@ _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--input",
         nargs="+",
