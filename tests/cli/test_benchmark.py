@@ -111,3 +111,11 @@ def test_benchmark_a_bundle_times_its_config(tmp_path, reference_bundle):
     assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
     with pytest.raises(SystemExit, match="either --config-file or --model"):
         main(["benchmark", "--size", "64x128"])
+
+
+def test_accuracy_mode_needs_a_dataset(tmp_path):
+    with pytest.raises(SystemExit, match="--mode accuracy needs --dataset NAME"):
+        main(["benchmark", "--mode", "accuracy", "--config-file", str(V3PLUS_CONFIG),
+              *SMALL_REFERENCE_OVERRIDES, "DATASETS.TEST", "()"])  # fmt: skip
+    with pytest.raises(SystemExit, match="add --mode accuracy"):
+        main([*HEAD, "--dataset", "synthetic_sem_seg_val", *SMALL_REFERENCE_OVERRIDES])

@@ -130,3 +130,16 @@ def test_export_needs_exactly_one_model_source(tmp_path, reference_bundle):
     with pytest.raises(SystemExit, match=r"bundle\.json is missing"):
         main(["export", "--format", "onnx", "--model", str(tmp_path),
               "--output", str(tmp_path / "m.onnx")])  # fmt: skip
+
+
+def test_weights_that_leave_the_head_random_are_refused(tmp_path, weights_overrides, capsys):
+    # A model exported with its head left random writes a file that predicts nothing useful.
+    output = tmp_path / "bundle"
+    args = ["export", "--format", "bundle", "--config-file", str(V3PLUS_CONFIG),
+            "--output", str(output), *weights_overrides,
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"small_v3plus\.pkl.*does not fit this model"):
+        main(args)
+    assert not output.exists()
+    assert main([*args[:3], "--allow-partial", *args[3:]]) == 0
+    assert (output / "model.safetensors").is_file()

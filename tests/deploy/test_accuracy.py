@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from atrous.deploy.accuracy import compare_fast_path, compare_predictions, main
+from atrous.cli.main import main
+from atrous.deploy.accuracy import compare_fast_path, compare_predictions
 
 
 @pytest.fixture
@@ -49,9 +50,9 @@ def test_command_line(synthetic_cfg, tmp_path, capsys):
 
     weights = synthetic_cfg.MODEL.WEIGHTS
     code = main(
-        ["--config-file", str(V3PLUS_CONFIG), "--dataset", "synthetic_sem_seg_val",
-         *SMALL_REFERENCE_OVERRIDES, "MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", "0",
-         "INPUT.MIN_SIZE_TEST", "0"]
+        ["benchmark", "--mode", "accuracy", "--config-file", str(V3PLUS_CONFIG),
+         "--dataset", "synthetic_sem_seg_val", *SMALL_REFERENCE_OVERRIDES,
+         "MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "0"]
     )  # fmt: skip
     assert code == 0
     assert '"pixel_agreement"' in capsys.readouterr().out

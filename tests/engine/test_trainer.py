@@ -223,6 +223,26 @@ def test_readme_custom_mapper_trainer_trains_with_its_mapper(tmp_path: Path, tin
     assert any(grey) and not all(grey)
 
 
+def test_test_builds_its_evaluators_through_the_seam(tmp_path: Path, tiny_run_cfg) -> None:
+    from atrous.engine import Trainer
+    from atrous.evaluation import build_evaluator
+    from atrous.modeling import build_model
+
+    seen = []
+
+    class CountingTrainer(Trainer):
+        @classmethod
+        def build_evaluators(cls, cfg, dataset_name, output_folder):
+            seen.append((dataset_name, Path(output_folder).name))
+            return build_evaluator(cfg, dataset_name, output_folder)
+
+    cfg = tiny_run_cfg(tmp_path / "run")
+    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
+    results = CountingTrainer.test(cfg, build_model(cfg))
+    assert seen == [("synthetic_sem_seg_val", "synthetic_sem_seg_val")]
+    assert "sem_seg" in results, results
+
+
 def test_resume_record_per_rank_and_previous_layout_resumes_bit_identically(
     tmp_path: Path, tiny_run_cfg
 ) -> None:

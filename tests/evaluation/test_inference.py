@@ -15,6 +15,7 @@ from atrous.evaluation import (
     DatasetEvaluators,
     SemSegEvaluator,
     build_evaluator,
+    evaluate_datasets,
     inference_on_dataset,
 )
 from atrous.inference import Predictor, build_inference_model
@@ -115,3 +116,24 @@ def test_the_builder_hands_each_evaluator_the_catalogs_metadata(cfg):
     evaluator = build_evaluator(cfg, "synthetic_sem_seg_val")
     parts = evaluator.evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
     assert parts and all(part.metadata == meta for part in parts)
+
+
+def test_evaluate_datasets_scores_each_dataset_in_its_own_folder(cfg, tmp_path):
+    model = _model(cfg).train()
+    results = evaluate_datasets(cfg, model, ["synthetic_sem_seg_val"], tmp_path / "inference")
+    assert list(results) == ["synthetic_sem_seg_val"]
+    assert 0 <= results["synthetic_sem_seg_val"]["sem_seg"]["mIoU"] <= 100
+    assert model.training  # the trainer evaluates mid-training and goes on
+    assert (tmp_path / "inference" / "synthetic_sem_seg_val" / "report.html").is_file()
+
+
+def test_evaluate_datasets_checks_every_dataset_before_any_inference(cfg, tmp_path):
+    from atrous.data import DatasetError
+
+    model = _model(cfg)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(DatasetError, match="no_such_dataset"):
+        evaluate_datasets(cfg, model, ["synthetic_sem_seg_val", "no_such_dataset"], tmp_path)
+    assert calls == []  # the first dataset was not run only to fail on the second
+    assert not (tmp_path / "synthetic_sem_seg_val" / "sem_seg_evaluation.json").exists()

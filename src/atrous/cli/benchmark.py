@@ -5,43 +5,56 @@ Examples::
     atrous benchmark --config-file CONFIG.yaml --dtype bf16 --channels-last --fold-bn
     atrous benchmark --config-file CONFIG.yaml --mode train --batch 2 --dtype bf16 --channels-last
     atrous benchmark --config-file ... --onnx --json out/onnx.json
+    atrous benchmark --mode accuracy --config-file CONFIG.yaml --dataset NAME MODEL.WEIGHTS W.pkl
 
 The model gets random weights (MODEL.WEIGHTS is ignored), so nothing is downloaded; speed does
-not depend on the weights' values. ``--model DIR`` benchmarks a model bundle's config.
+not depend on the weights' values. ``--mode accuracy`` is the exception: it loads MODEL.WEIGHTS
+and compares the fast path (the TEST.FAST keys, whether or not TEST.FAST.ENABLED is set) with the
+float32 model on every image of the dataset (`atrous.deploy.accuracy.compare_fast_path`).
+``--model DIR`` benchmarks a model bundle's config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from atrous.cli.common import (
+    add_allow_partial_flag,
+    add_model_source_flags,
+    parse_size,
+    setup_logging,
+)
+
 logger = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise argparse.ArgumentTypeError(f"--size must look like 512x1024 (HxW), got {text!r}.")
-    return int(match.group(1)), int(match.group(2))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
+    add_model_source_flags(parser)
     parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+        "--mode",
+        choices=("infer", "train", "data", "accuracy"),
+        default="infer",
+        help="accuracy: the TEST.FAST path's agreement with float32 on --dataset, with "
+        "MODEL.WEIGHTS (see atrous.deploy.accuracy)",
     )
-    parser.add_argument("--mode", choices=("infer", "train", "data"), default="infer")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="--mode accuracy: the dataset to compare on (default: the first of DATASETS.TEST)",
+    )
     parser.add_argument(
         "--size",
-        type=_parse_size,
+        type=parse_size,
         default=None,
         help="HxW of the input (default 512x1024; --mode data: of the generated PNGs, 1024x2048)",
     )
@@ -68,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the device's peak TFLOP/s at this dtype, to report model FLOP utilisation",
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="also write results here")
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
@@ -222,6 +236,41 @@ def _run_data(args, cfg) -> int:
     return 0
 
 
+def _run_accuracy(args: argparse.Namespace) -> int:
+    """``--mode accuracy``: `compare_fast_path` of MODEL.WEIGHTS (or the bundle's weights)."""
+    from atrous.checkpoint.errors import CheckpointError
+    from atrous.cli.common import build_model_and_load, config_or_bundle
+    from atrous.config import ConfigError
+    from atrous.config.validate import validate_config
+    from atrous.deploy.accuracy import compare_fast_path
+
+    try:
+        cfg, bundle = config_or_bundle(args, device=args.device)
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
+        raise SystemExit(str(error)) from error
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    cfg.freeze()
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
+        raise SystemExit("--mode accuracy needs --dataset NAME (DATASETS.TEST is empty).")
+    validate_config(cfg)
+    model = bundle.model if bundle is not None else None
+    if model is None:
+        try:
+            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
+        except CheckpointError as error:
+            raise SystemExit(str(error)) from error
+    result = compare_fast_path(cfg, dataset, model=model)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        from atrous.deploy.benchmark import write_json
+
+        write_json({"mode": "accuracy", **result}, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from atrous.deploy.benchmark import (
         BenchmarkResult,
@@ -234,13 +283,17 @@ def run(args: argparse.Namespace) -> int:
     from atrous.deploy.flops import count_model_flops
     from atrous.modeling import build_model
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch < 1:
         raise SystemExit(f"--batch must be at least 1, got {args.batch}.")
     if args.onnx and args.mode != "infer":
         raise SystemExit("--onnx times inference; use it with --mode infer.")
+    if args.dataset and args.mode != "accuracy":
+        raise SystemExit("--dataset names the dataset of --mode accuracy; add --mode accuracy.")
+    if args.mode == "accuracy":
+        return _run_accuracy(args)
     cfg = _setup_cfg(args)
     if args.mode == "data":
         return _run_data(args, cfg)

@@ -1,11 +1,58 @@
-"""Pieces shared by the inference commands (`evaluate`, `predict`)."""
+"""The one place for what several commands do: read a config, set up logging, parse a size,
+build a model with its weights."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_allow_partial_flag", "config_or_bundle", "load_weights"]
+__all__ = [
+    "add_allow_partial_flag",
+    "add_model_source_flags",
+    "build_model_and_load",
+    "config_or_bundle",
+    "load_config",
+    "load_weights",
+    "parse_size",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+_SIZE = re.compile(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*")
+
+
+def setup_logging() -> None:
+    """INFO logging to stderr for commands that do not run `engine.defaults.setup_logger`.
+
+    A no-op when the process has logging set up already (a test, a program calling a command).
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="[%(asctime)s %(levelname)s %(name)s] %(message)s",
+            datefmt="%m/%d %H:%M:%S",
+        )
+
+
+def parse_size(text: str, *, flag: str = "--size") -> tuple[int, int]:
+    """``"512x1024"`` (also ``512X1024``, ``512,1024``) -> ``(512, 1024)``, as (H, W).
+
+    Meant as an argparse ``type=``: a bad value becomes argparse's usage error (exit status 2);
+    `flag` names the option in the message (``functools.partial(parse_size, flag=...)``).
+
+    Raises:
+        argparse.ArgumentTypeError: not two positive integers.
+    """
+    match = _SIZE.fullmatch(text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{flag} must look like 256x512 (HxW, both at least 1), got {text!r}."
+        )
+    return int(match.group(1)), int(match.group(2))
 
 
 def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +62,30 @@ def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
         help="use MODEL.WEIGHTS even when some model entries are missing from it or have another "
         "shape (they keep their random initialisation)",
     )
+
+
+def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config-file FILE`` and ``--model DIR``, of which `config_or_bundle` takes exactly one."""
+    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
+    parser.add_argument(
+        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+    )
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> Any:
+    """A fresh default config with `config_file` (and its ``_BASE_`` files) and then the
+    ``KEY VALUE`` overrides `opts` merged in; not frozen, not validated.
+
+    Raises:
+        FileNotFoundError: `config_file` (or one of its bases) does not exist.
+        ConfigError: an unknown key, a bad value or an odd number of override items.
+    """
+    from atrous.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def load_weights(model: Any, weights: str, *, allow_partial: bool) -> Any:
@@ -51,6 +122,22 @@ def load_weights(model: Any, weights: str, *, allow_partial: bool) -> Any:
     )
 
 
+def build_model_and_load(cfg: Any, *, allow_partial: bool) -> Any:
+    """The model of `cfg` with MODEL.WEIGHTS loaded by `load_weights` (random when it is empty).
+
+    Raises:
+        CheckpointError: see `load_weights`.
+    """
+    from atrous.modeling import build_model
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the model keeps its random initialisation")
+    return model
+
+
 def config_or_bundle(
     args: argparse.Namespace,
     *,
@@ -76,16 +163,13 @@ def config_or_bundle(
     Raises:
         ConfigError: both or neither given, or a bad key; CheckpointError: a damaged bundle.
     """
-    from atrous.config import ConfigError, get_cfg
+    from atrous.config import ConfigError
 
     opts = list(args.opts or []) if opts is None else opts
     if bool(args.model) == bool(args.config_file):
         raise ConfigError("Give either --config-file or --model DIR.")
     if not args.model:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(opts)
-        return cfg, None
+        return load_config(args.config_file, opts), None
     from atrous.checkpoint.bundle import bundle_config, load_bundle
     from atrous.config.validate import check_device_available
 

@@ -46,15 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    from atrous.cli.common import load_config, setup_logging
+
+    setup_logging()
     from atrous.checkpoint.convert import (
         check_output_suffix,
         convert_as_stored,
         convert_into_model,
     )
     from atrous.checkpoint.errors import CheckpointError
-    from atrous.config import ConfigError, get_cfg, resolve_config_file
+    from atrous.config import ConfigError
 
     try:
         check_output_suffix(args.output)
@@ -78,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(resolve_config_file(args.config_file))
-        cfg.merge_from_list(list(args.opts or []))
+        cfg = load_config(args.config_file, args.opts or [])
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,7 +22,13 @@ import math
 import sys
 from pathlib import Path
 
-from atrous.cli.common import add_allow_partial_flag, config_or_bundle, load_weights
+from atrous.cli.common import (
+    add_allow_partial_flag,
+    add_model_source_flags,
+    build_model_and_load,
+    config_or_bundle,
+    setup_logging,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -30,10 +36,7 @@ logger = logging.getLogger("atrous.evaluate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--output", default=None, metavar="DIR", help="output folder (default: OUTPUT_DIR)"
     )
@@ -75,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; returns 0 on success. Errors are reported by `atrous.cli.main.dispatch`.
 
     Everything that can be checked without the model runs first: the config, the output folder
-    (writable, not in use), the datasets and their evaluators, so that a mistake surfaces in
-    seconds rather than after a whole inference.
+    (writable, not in use) and the dataset names; every dataset's loader and evaluator are built
+    before the first inference (`evaluate_datasets`), so that a mistake surfaces in seconds rather
+    than after a whole inference.
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    setup_logging()
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
@@ -117,35 +120,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(cfg, datasets: list[str], out_root: Path, bundle, allow_partial: bool) -> int:
     """Build (or take the bundle's) model, evaluate every dataset, write results.json."""
-    from atrous.data import build_test_loader
-    from atrous.evaluation import build_evaluator, inference_on_dataset
+    from atrous.evaluation import evaluate_datasets
     from atrous.inference import build_inference_model
-    from atrous.modeling import build_model
     from atrous.utils.file_io import atomic_write_json
-    from atrous.utils.output_dir import safe_dataset_dirname
 
-    # Loaders and evaluators check their inputs (e.g. Cityscapes file names) before inference.
-    jobs = [
-        (
-            name,
-            build_test_loader(cfg, name),
-            build_evaluator(cfg, name, out_root / safe_dataset_dirname(name)),
-        )
-        for name in datasets
-    ]
-    if bundle is not None:
-        model = bundle.model
-    else:
-        model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=allow_partial)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: evaluating untrained weights")
-    inference_model = build_inference_model(cfg, model.eval())
-    all_results = {}
-    for name, loader, evaluator in jobs:
-        results = inference_on_dataset(inference_model, loader, evaluator)
-        all_results[name] = results
+    model = (
+        bundle.model
+        if bundle is not None
+        else build_model_and_load(cfg, allow_partial=allow_partial)
+    )
+    all_results = evaluate_datasets(
+        cfg, build_inference_model(cfg, model.eval()), datasets, out_root
+    )
+    for name, results in all_results.items():
         print(f"{name}\n{_format(results)}")
     atomic_write_json(out_root / "results.json", all_results)
     print(f"results written to {out_root}", file=sys.stderr)

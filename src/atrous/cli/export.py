@@ -17,57 +17,34 @@ with the config, ``model.safetensors``, ``bundle.json`` and a README model card;
 from __future__ import annotations
 
 import argparse
-import logging
-import re
+import functools
 
-logger = logging.getLogger(__name__)
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise argparse.ArgumentTypeError(f"--sample-size must look like 512x1024, got {text!r}.")
-    return int(match.group(1)), int(match.group(2))
+from atrous.cli.common import (
+    add_allow_partial_flag,
+    add_model_source_flags,
+    build_model_and_load,
+    parse_size,
+    setup_logging,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("onnx", "torchscript", "bundle"), required=True)
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
     )
     parser.add_argument(
         "--sample-size",
-        type=_parse_size,
+        type=functools.partial(parse_size, flag="--sample-size"),
         default=None,
         help="HxW of the example input used for tracing (default: just above the minimum)",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    add_allow_partial_flag(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
-
-
-def _model_with_weights(cfg):
-    """The model of `cfg` with MODEL.WEIGHTS loaded (random weights when it is empty)."""
-    from atrous.modeling import build_model
-
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        from atrous.checkpoint import Checkpointer
-        from atrous.checkpoint.errors import CheckpointError
-
-        try:
-            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
-        except CheckpointError as error:
-            # The message already says what to do (local path, mirror); a traceback adds nothing.
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
-    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     try:
         cfg, bundle = config_or_bundle(args, device="cpu")
@@ -87,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.MODEL.DEVICE = "cpu"
         cfg.freeze()
         validate_config(cfg)  # before the model is built and its weights are read
-        model, bundle_metrics = _model_with_weights(cfg), None
+        try:
+            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
+        except CheckpointError as error:
+            # The message already says what to do (local path, mirror); a traceback adds nothing.
+            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
+        bundle_metrics = None
     else:
         cfg.freeze()
         model, bundle_metrics = bundle.model, bundle.metadata.metrics

@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from atrous.cli.common import add_allow_partial_flag, config_or_bundle, load_weights
+from atrous.cli.common import (
+    add_allow_partial_flag,
+    add_model_source_flags,
+    build_model_and_load,
+    config_or_bundle,
+    setup_logging,
+)
 
 __all__ = ["add_arguments", "collect_inputs", "run"]
 
@@ -43,10 +49,7 @@ _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
-    )
+    add_model_source_flags(parser)
     parser.add_argument(
         "--input",
         nargs="+",
@@ -194,18 +197,12 @@ def _write_labelids(out_dir: Path, path: str, name: str, labels: np.ndarray, lut
     Image.fromarray(lut[labels]).save(target)
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-
-
 def run(args: argparse.Namespace) -> int:
     """Predict every input; returns 0, or 1 when some image failed.
 
     Other errors (config, weights, output folder) are reported by `atrous.cli.main.dispatch`.
     """
-    _setup_logging()
+    setup_logging()
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
@@ -253,7 +250,6 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
 
     from atrous.data.image_io import read_image
     from atrous.inference import Predictor
-    from atrous.modeling import build_model
 
     out_dir = Path(args.output)
     meta = bundle.metadata if bundle is not None else _metadata(cfg, args.dataset)
@@ -261,11 +257,7 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
     if bundle is not None:
         predictor = Predictor(cfg, model=bundle.model, metadata=bundle.metadata)
     else:
-        model = build_model(cfg)
-        if cfg.MODEL.WEIGHTS:
-            load_weights(model, cfg.MODEL.WEIGHTS, allow_partial=args.allow_partial)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: predicting with untrained weights")
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
         predictor = Predictor(cfg, model=model)
     failures: list[tuple[str, str]] = []
     written = 0

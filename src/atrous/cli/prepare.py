@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..data.catalog import dataset_root
+from .common import parse_size
 
 __all__ = ["add_arguments", "convert_cityscapes", "run"]
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     syn.add_argument("--num-train", type=int, default=200)
     syn.add_argument("--num-val", type=int, default=50)
-    syn.add_argument("--size", default="256x512", help="HxW of every image")
+    syn.add_argument("--size", type=parse_size, default="256x512", help="HxW of every image")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
 
@@ -97,14 +98,6 @@ def convert_cityscapes(
     return len(tasks)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--size must look like 256x512 (HxW), got {text!r}") from None
-    return h, w
-
-
 def run(args: argparse.Namespace) -> int:
     if args.dataset == "cityscapes":
         root = Path(args.root) if args.root else dataset_root() / "cityscapes"
@@ -118,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.synthetic import generate_dataset
 
     output = Path(args.output) if args.output else dataset_root() / "synthetic"
-    size = _parse_size(args.size)
+    size = args.size
     try:
         generate_dataset(
             output,

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from atrous.cli.common import build_model_and_load, parse_size
+
 __all__ = ["add_arguments", "find_config", "run"]
 
 logger = logging.getLogger("atrous.quickstart")
@@ -40,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-train", type=int, default=300, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=50, help="synthetic validation images")
     parser.add_argument(
-        "--size", default="256x512", help="synthetic image size HxW (default 256x512)"
+        "--size",
+        type=parse_size,
+        default="256x512",
+        help="synthetic image size HxW (default 256x512)",
     )
     parser.add_argument("--num-pictures", type=int, default=8, help="prediction pictures to write")
     parser.add_argument(
@@ -51,14 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=argparse.REMAINDER,
         help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_ITER 300 MODEL.DEVICE cuda",
     )
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--size must look like 256x512, got {text!r}") from None
-    return h, w
 
 
 def _train_args(config_file: str, num_gpus: int, opts: list[str]) -> argparse.Namespace:
@@ -91,7 +88,8 @@ def write_pictures(
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
-    predictor = Predictor(cfg)
+    cfg.freeze()
+    predictor = Predictor(cfg, model=build_model_and_load(cfg, allow_partial=False))
     meta = get_metadata(dataset_name)
     colors = [tuple(c) for c in meta.stuff_colors]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config_file = args.config_file or str(find_config())
-        size = _parse_size(args.size)
+        size = args.size
         train_args = _train_args(config_file, args.num_gpus, list(args.opts or []))
         cfg = load_config(train_args)
     except (ConfigError, FileNotFoundError, ValueError) as error:

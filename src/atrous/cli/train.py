@@ -15,7 +15,8 @@ import os
 import sys
 from typing import Any
 
-from atrous.config import CfgNode, ConfigError, get_cfg
+from atrous.cli import common
+from atrous.config import CfgNode, ConfigError
 from atrous.config.validate import validate_config
 from atrous.engine.defaults import add_train_arguments, default_setup
 from atrous.engine.launch import default_backend, launch
@@ -67,9 +68,7 @@ def load_config(args: argparse.Namespace) -> CfgNode:
             "No config given: pass --config-file FILE, e.g. "
             "--config-file configs/Synthetic/deeplab_v3_plus_R_50_quickstart.yaml"
         )
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts or []))
+    cfg = common.load_config(args.config_file, args.opts or [])
     cfg.freeze()
     _check_launch_flags(args)
     validate_config(cfg, world_size=world_size(args), training=not args.eval_only)

@@ -1,18 +1,16 @@
 """How far the fast inference path's predictions are from the float32 model's, on a dataset.
 
-Run as ``python -m atrous.deploy.accuracy --config-file CONFIG --dataset NAME [KEY VALUE ...]``:
-it loads MODEL.WEIGHTS, builds the fast path from the TEST.FAST keys (whether or not
-TEST.FAST.ENABLED is set), runs both models on every image of the dataset and reports the argmax
-agreement over all pixels, the worst image's agreement, the largest logit difference, and the
-mIoU of both (atrous' SemSegEvaluator on the same predictions).
+From the command line: ``atrous benchmark --mode accuracy --config-file CONFIG --dataset NAME
+[KEY VALUE ...]``. `compare_fast_path` takes the model with MODEL.WEIGHTS loaded, builds the fast
+path from the TEST.FAST keys (whether or not TEST.FAST.ENABLED is set), runs both models on every
+image of the dataset and reports the argmax agreement over all pixels, the worst image's
+agreement, the largest logit difference, and the mIoU of both (atrous' SemSegEvaluator on the
+same predictions).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,8 +68,16 @@ def compare_predictions(
     }
 
 
-def compare_fast_path(cfg: Any, dataset_name: str) -> dict[str, Any]:
+def compare_fast_path(
+    cfg: Any, dataset_name: str, *, model: nn.Module | None = None
+) -> dict[str, Any]:
     """`compare_predictions` of MODEL.WEIGHTS in float32 against its TEST.FAST path on a dataset.
+
+    Args:
+        cfg: the config (TEST.FAST, the test loader, MODEL.WEIGHTS).
+        dataset_name: a registered name or ``file.yaml:split``.
+        model: the float32 model with its weights; None builds `cfg`'s and loads MODEL.WEIGHTS
+            as they are (``atrous benchmark --mode accuracy`` passes one that it checked).
 
     Returns:
         The agreement figures plus ``miou_fp32``, ``miou_fast`` and ``miou_diff`` (points), and
@@ -82,9 +88,10 @@ def compare_fast_path(cfg: Any, dataset_name: str) -> dict[str, Any]:
     from atrous.evaluation import SemSegEvaluator
     from atrous.modeling import build_model
 
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    if model is None:
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     fast_cfg = cfg.TEST.FAST
     fast = optimize_for_inference(
@@ -123,30 +130,3 @@ def compare_fast_path(cfg: Any, dataset_name: str) -> dict[str, Any]:
         },
     )
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m atrous.deploy.accuracy",
-        description="Compare the fast inference path with float32 on a dataset.",
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--dataset", default=None, help="default: the first of DATASETS.TEST")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
-
-    from atrous.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts or []))
-    cfg.freeze()
-    if args.dataset is None and not cfg.DATASETS.TEST:
-        parser.error("no --dataset given and DATASETS.TEST is empty")
-    result = compare_fast_path(cfg, args.dataset or cfg.DATASETS.TEST[0])
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

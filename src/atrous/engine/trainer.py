@@ -22,7 +22,6 @@ from torch import nn
 from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
 from atrous.layers.norm import convert_sync_batchnorm
 from atrous.utils import comm
-from atrous.utils.output_dir import safe_dataset_dirname
 
 from . import hooks as hooks_mod
 from . import preemption
@@ -292,11 +291,8 @@ class Trainer:
 
     @classmethod
     def build_evaluators(cls, cfg: Any, dataset_name: str, output_folder: str) -> Any:
-        """The evaluator of one test dataset (`atrous.evaluation.build_evaluator`).
-
-        Note: `Trainer.test` (through `evaluate_dataset`) still calls `build_evaluator` itself,
-        so an override takes effect only once that path builds its evaluators here.
-        """
+        """The evaluator of one test dataset (`atrous.evaluation.build_evaluator`); `test` and
+        the evaluations during training build theirs here."""
         from atrous.evaluation import build_evaluator
 
         return build_evaluator(cfg, dataset_name, output_folder)
@@ -502,12 +498,21 @@ class Trainer:
             ``{dataset_name: {"sem_seg": {"mIoU": ..., ...}}}`` for several datasets, or the
             single dataset's result dict when there is one (as detectron2 does).
         """
+        from atrous.evaluation import evaluate_datasets
+        from atrous.inference import build_inference_model
+
         check_config_datasets(cfg, train=False)
-        results: dict[str, Any] = {}
-        for name in cfg.DATASETS.TEST:
-            results[name] = evaluate_dataset(cfg, model, name)
-            if comm.is_main_process():
-                logger.info("Evaluation results for %s: %s", name, _brief(results[name]))
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
+        results = evaluate_datasets(
+            cfg,
+            build_inference_model(cfg, model),
+            list(cfg.DATASETS.TEST),
+            output_dir,
+            evaluator_for=cls.build_evaluators,
+        )
+        if comm.is_main_process():
+            for name, result in results.items():
+                logger.info("Evaluation results for %s: %s", name, _brief(result))
         if len(results) == 1:
             return next(iter(results.values()))
         return results
@@ -553,20 +558,3 @@ def _brief(result: Mapping[str, Any]) -> str:
     flat = hooks_mod.flatten_results(result)
     keys = [k for k in flat if k.split("/")[-1] in ("mIoU", "fwIoU", "mACC", "pACC")]
     return ", ".join(f"{k}={flat[k]:.2f}" for k in keys) or str(result)
-
-
-def evaluate_dataset(cfg: Any, model: nn.Module, dataset_name: str) -> dict[str, Any]:
-    """Run `model` over one test dataset and score it with the dataset's evaluator.
-
-    The model is wrapped for inference as TEST.* asks (fast path, sliding windows, TTA), so
-    ``--eval-only`` and the periodic evaluation measure what `atrous predict` computes.
-    """
-    from atrous.data import build_test_loader
-    from atrous.evaluation import build_evaluator, inference_on_dataset
-    from atrous.inference import build_inference_model
-
-    # The name may be a path ("/data/d.yaml:val"): joined as it is, it would leave OUTPUT_DIR.
-    output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", safe_dataset_dirname(dataset_name))
-    loader = build_test_loader(cfg, dataset_name)
-    evaluator = build_evaluator(cfg, dataset_name, output_dir)
-    return inference_on_dataset(build_inference_model(cfg, model), loader, evaluator)

@@ -19,6 +19,7 @@ __all__ = [
     "EvalMetadata",
     "SemSegEvaluator",
     "build_evaluator",
+    "evaluate_datasets",
     "inference_on_dataset",
     "mask_to_boundary",
     "metrics_from_confusion",
@@ -28,6 +29,7 @@ __all__ = [
 _LAZY = {
     "CityscapesSemSegEvaluator": "cityscapes",
     "build_evaluator": "inference",
+    "evaluate_datasets": "inference",
     "inference_on_dataset": "inference",
 }
 

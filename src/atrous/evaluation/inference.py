@@ -7,7 +7,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from atrous.utils import comm
 
 from .evaluator import DatasetEvaluator, DatasetEvaluators
 
-__all__ = ["build_evaluator", "inference_on_dataset"]
+__all__ = ["build_evaluator", "evaluate_datasets", "inference_on_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,3 +157,50 @@ def inference_on_dataset(
         compute / max(count, 1),
     )
     return evaluator.evaluate() or {}
+
+
+def evaluate_datasets(
+    cfg: Any,
+    model: nn.Module,
+    datasets: Sequence[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    evaluator_for: Callable[[Any, str, str], DatasetEvaluator] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run `model` over every dataset and score each with its `build_evaluator` evaluator.
+
+    Every loader and evaluator is built before the first inference, so that a dataset the
+    evaluator cannot score (e.g. Cityscapes file names the official script cannot match) fails
+    in seconds rather than after the other datasets' inference.
+
+    Args:
+        model: what runs: a segmentor, or one wrapped by
+            `atrous.inference.build_inference_model` as TEST.* asks (fast path, sliding windows,
+            TTA), so that training's evaluation and ``atrous evaluate`` measure what ``atrous
+            predict`` computes. Put in eval mode for the run and restored afterwards.
+        datasets: registered names or ``file.yaml:split`` paths.
+        output_dir: each dataset's files go to ``output_dir/<safe_dataset_dirname(name)>``.
+        evaluator_for: ``(cfg, name, folder) -> evaluator``; default `build_evaluator` (the
+            trainer passes its `build_evaluators` seam).
+
+    Returns:
+        ``{dataset: {"sem_seg": {"mIoU": ..., ...}}}`` in the order of `datasets` (empty result
+        dicts on the processes that do not evaluate).
+    """
+    from atrous.data import build_test_loader
+    from atrous.utils.output_dir import safe_dataset_dirname
+
+    evaluator_for = evaluator_for or build_evaluator
+
+    jobs = [
+        (
+            name,
+            build_test_loader(cfg, name),
+            # A name may be a path ("/data/d.yaml:val"): joined as it is, it would leave the folder.
+            evaluator_for(cfg, name, os.path.join(output_dir, safe_dataset_dirname(name))),
+        )
+        for name in datasets
+    ]
+    return {
+        name: inference_on_dataset(model, loader, evaluator) for name, loader, evaluator in jobs
+    }
