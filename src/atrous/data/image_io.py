@@ -141,6 +141,22 @@ def _corrupt(path, err: Exception) -> ImageReadError:
     )
 
 
+def _read_png_checked(
+    path: str | os.PathLike, max_pixels: int | None
+) -> tuple[bytes, tuple[int, int, int, int] | None]:
+    """The file's bytes and PNG header (None if not a PNG), a PNG's size checked against the budget.
+
+    The PNG decoders below (OpenCV, or Pillow fed the IDAT directly) bypass Pillow's own limit,
+    so the budget is checked here from the header, before any of them runs; other formats are
+    checked when Pillow parses their header.
+    """
+    data = _read_bytes(path)
+    header = _png_header(data)
+    if header is not None:
+        check_pixel_budget(path, header[0], header[1], max_pixels)
+    return data, header
+
+
 def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
     """(width, height, bit depth, colour type) from a PNG's IHDR chunk, or None if not a PNG."""
     if len(data) < 26 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
@@ -231,10 +247,7 @@ def read_image(
     """
     if format not in ("RGB", "BGR"):
         raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
-    data = _read_bytes(path)
-    header = _png_header(data)
-    if header is not None:
-        check_pixel_budget(path, header[0], header[1], max_pixels)
+    data, header = _read_png_checked(path, max_pixels)
     if (
         cv2 is not None
         and header is not None
@@ -273,10 +286,7 @@ def read_label(
         ImageTooLargeError: more pixels than `max_pixels`.
         ImageReadError: missing, truncated, or a colour image (labels must hold class indices).
     """
-    data = _read_bytes(path)
-    header = _png_header(data)
-    if header is not None:
-        check_pixel_budget(path, header[0], header[1], max_pixels)
+    data, header = _read_png_checked(path, max_pixels)
     if cv2 is not None and header is not None and header[3] == 0 and header[2] in (8, 16):
         arr = _cv2_decode(data)
         if arr is not None and arr.ndim == 2 and arr.shape == (header[1], header[0]):
@@ -386,11 +396,7 @@ class LazyImage:
         self.max_pixels = max_pixels
         self._idat: bytes | None = None
         self._rgb: np.ndarray | None = None
-        data = _read_bytes(path)
-        header = _png_header(data)
-        if header is not None:
-            # Pillow's decoder is fed directly below, bypassing its limit: check here.
-            check_pixel_budget(path, header[0], header[1], max_pixels)
+        data, header = _read_png_checked(path, max_pixels)
         if (
             header is not None
             and header[2] == 8
