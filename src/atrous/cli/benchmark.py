@@ -272,33 +272,31 @@ def _run_accuracy(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.deploy.benchmark import (
-        BenchmarkResult,
-        hardware_name,
-        peak_memory,
-        reset_peak_memory,
-        time_iterations,
-        write_json,
-    )
-    from atrous.deploy.flops import count_model_flops
-    from atrous.modeling import build_model
-
+    """``atrous benchmark``: check the flags, then run the mode that ``--mode`` names."""
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check_flags(args)
+    if args.mode == "accuracy":
+        return _run_accuracy(args)
+    cfg = _setup_cfg(args)
+    if args.mode == "data":
+        return _run_data(args, cfg)
+    return _run_speed(args, cfg)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that make no sense together, naming the flag to change (SystemExit)."""
     if args.batch < 1:
         raise SystemExit(f"--batch must be at least 1, got {args.batch}.")
     if args.onnx and args.mode != "infer":
         raise SystemExit("--onnx times inference; use it with --mode infer.")
     if args.dataset and args.mode != "accuracy":
         raise SystemExit("--dataset names the dataset of --mode accuracy; add --mode accuracy.")
-    if args.mode == "accuracy":
-        return _run_accuracy(args)
-    cfg = _setup_cfg(args)
-    if args.mode == "data":
-        return _run_data(args, cfg)
 
-    args.size = args.size or (512, 1024)
+
+def _speed_device(args: argparse.Namespace, cfg) -> torch.device:
+    """``cfg.MODEL.DEVICE``, checked against this torch and ``--onnx`` (SystemExit)."""
     device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
@@ -307,6 +305,34 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.onnx and device.type != "cpu":
         raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
+    return device
+
+
+def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int | None:
+    """`count_model_flops` of one step on `inputs`, or None (with a warning) if it fails."""
+    from atrous.deploy.flops import count_model_flops
+
+    try:
+        return count_model_flops(model, inputs, train=train)
+    except Exception as error:  # the counter is a report, never a reason to fail the timing
+        logger.warning("FLOP counting failed (%s); reporting none.", error)
+        return None
+
+
+def _run_speed(args: argparse.Namespace, cfg) -> int:
+    """``--mode infer`` and ``--mode train``: time steps on a random batch, print and save."""
+    from atrous.deploy.benchmark import (
+        BenchmarkResult,
+        hardware_name,
+        peak_memory,
+        reset_peak_memory,
+        time_iterations,
+        write_json,
+    )
+    from atrous.modeling import build_model
+
+    args.size = args.size or (512, 1024)
+    device = _speed_device(args, cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
     if args.onnx:
@@ -320,11 +346,7 @@ def run(args: argparse.Namespace) -> int:
         labels=train,
     )
     parameters = sum(p.numel() for p in model.parameters())
-    try:
-        flops = count_model_flops(model, inputs, train=train)
-    except Exception as error:  # the counter is a report, never a reason to fail the timing
-        logger.warning("FLOP counting failed (%s); reporting none.", error)
-        flops = None
+    flops = _flops_or_none(model, inputs, train=train)
     if device.type != "cpu":
         inputs = [
             {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}

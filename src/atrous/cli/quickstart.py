@@ -109,7 +109,29 @@ def write_pictures(
     return written
 
 
+def _print_resume_command(config_file: str, opts: list[str], *, output_dir: str) -> None:
+    """Tell on stderr how to continue a stopped training (into the same OUTPUT_DIR)."""
+    resume = ["atrous", "train", "--config-file", config_file, "--resume", *opts]
+    if "OUTPUT_DIR" not in opts:
+        resume += ["OUTPUT_DIR", output_dir]
+    print(
+        "Training stopped with a checkpoint; continue it with: " + shlex.join(resume),
+        file=sys.stderr,
+    )
+
+
+def _final_metrics(metrics_path: Path) -> dict[str, float]:
+    """The last value of every ``sem_seg/*`` key in a ``metrics.json`` (JSON lines), or {}."""
+    final: dict[str, float] = {}
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            final.update({k: v for k, v in record.items() if k.startswith("sem_seg/")})
+    return final
+
+
 def run(args: argparse.Namespace) -> int:
+    """``atrous quickstart``: synthetic dataset, training, validation mIoU, pictures."""
     from atrous.cli.train import load_config
     from atrous.cli.train import main as train_main
     from atrous.config import ConfigError
@@ -157,22 +179,10 @@ def run(args: argparse.Namespace) -> int:
             backend=default_backend(cfg.MODEL.DEVICE),
         )
     except TrainingPreempted:
-        resume = ["atrous", "train", "--config-file", config_file, "--resume", *train_args.opts]
-        if "OUTPUT_DIR" not in train_args.opts:
-            resume += ["OUTPUT_DIR", cfg.OUTPUT_DIR]
-        print(
-            "Training stopped with a checkpoint; continue it with: " + shlex.join(resume),
-            file=sys.stderr,
-        )
+        _print_resume_command(config_file, train_args.opts, output_dir=cfg.OUTPUT_DIR)
         return EXIT_PREEMPTED
 
-    metrics_path = Path(cfg.OUTPUT_DIR) / "metrics.json"
-    final: dict[str, float] = {}
-    if metrics_path.is_file():
-        for line in metrics_path.read_text().splitlines():
-            record = json.loads(line)
-            final.update({k: v for k, v in record.items() if k.startswith("sem_seg/")})
-    miou = final.get("sem_seg/mIoU")
+    miou = _final_metrics(Path(cfg.OUTPUT_DIR) / "metrics.json").get("sem_seg/mIoU")
     print(
         f"[3/4] Validation mIoU: {miou:.2f}"
         if miou is not None

@@ -197,14 +197,35 @@ def model_card(meta: dict[str, Any], *, folder_name: str) -> str:
     """The README.md of a bundle, from its ``bundle.json`` content."""
     arch = meta["architecture"]
     title = _HEAD_NAMES.get(arch["head"], arch["head"])
-    inp = meta["input"]
-    flops = meta["flops"]
     lines = [
         f"# {folder_name}: {title}, ResNet-{arch['backbone_depth']}, {arch['num_classes']} classes",
         "",
         f"A semantic segmentation model bundle written by atrous {meta['atrous_version']} "
         f"(torch {meta['torch_version']}). This folder is all that is needed to run it.",
         "",
+        *_card_summary_table(meta, title=title),
+        "",
+        "## Classes",
+        "",
+        "| id | name | colour (RGB) |",
+        "|---|---|---|",
+    ]
+    for i, (name, color) in enumerate(zip(meta["classes"], meta["colors"])):
+        lines.append(f"| {i} | {name} | {tuple(color)} |")
+    lines += _card_usage(folder_name)
+    return "\n".join(lines)
+
+
+def _card_summary_table(meta: dict[str, Any], *, title: str) -> list[str]:
+    """The model card's summary table (Markdown rows), from ``bundle.json`` content `meta`.
+
+    Args:
+        title: the head's readable name, e.g. "DeepLabV3+".
+    """
+    arch = meta["architecture"]
+    inp = meta["input"]
+    flops = meta["flops"]
+    lines = [
         "| | |",
         "|---|---|",
         f"| Architecture | {title} head (`{arch['head']}`) on a ResNet-{arch['backbone_depth']} "
@@ -239,10 +260,12 @@ def model_card(meta: dict[str, Any], *, folder_name: str) -> str:
         )
         values = ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.2f}" for k, v in metrics["values"].items())
         lines.append(f"| Final metrics | {values}{where}{when} (from `{metrics['source']}`) |")
-    lines += ["", "## Classes", "", "| id | name | colour (RGB) |", "|---|---|---|"]
-    for i, (name, color) in enumerate(zip(meta["classes"], meta["colors"])):
-        lines.append(f"| {i} | {name} | {tuple(color)} |")
-    lines += [
+    return lines
+
+
+def _card_usage(folder_name: str) -> list[str]:
+    """The model card's "Run it" and "Files" sections (Markdown lines) for bundle `folder_name`."""
+    return [
         "",
         "## Run it",
         "",
@@ -275,7 +298,6 @@ def model_card(meta: dict[str, Any], *, folder_name: str) -> str:
         "sha256 of every file; atrous refuses the bundle when a file no longer matches.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _dump_json(obj: Any) -> str:

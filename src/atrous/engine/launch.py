@@ -253,31 +253,85 @@ def launch(
     backend = backend or default_backend()
     env = _torchrun_env()
     if env is not None and env[1] > 1:
-        rank, world_size, local_rank = env
-        if "TORCHELASTIC_RUN_ID" in os.environ:
-            _stop_with_parent()
-        return _run_in_group(
-            main_fn,
-            args,
-            rank=rank,
-            world_size=world_size,
-            local_rank=local_rank,
-            init_method="env://",
-            timeout=timeout,
-            backend=backend,
-        )
+        return _launch_torchrun(main_fn, args, env, timeout=timeout, backend=backend)
     slurm = _slurm_env() if env is None else None
     if slurm is not None:
-        logger.info(
-            "SLURM task %d of %d (local %d), rendezvous at %s; --num-gpus, --num-machines and "
-            "--dist-url are ignored.",
-            slurm["rank"],
-            slurm["world_size"],
-            slurm["local_rank"],
-            slurm["init_method"],
-        )
-        return _run_in_group(main_fn, args, timeout=timeout, backend=backend, **slurm)
+        return _launch_slurm(main_fn, args, slurm, timeout=timeout, backend=backend)
 
+    world_size = _world_size_from_flags(num_gpus_per_machine, num_machines, machine_rank)
+    if world_size == 1:
+        return main_fn(*args)
+    return _spawn_local(
+        main_fn,
+        args,
+        num_gpus_per_machine=num_gpus_per_machine,
+        machine_rank=machine_rank,
+        world_size=world_size,
+        dist_url=_resolve_dist_url(dist_url, num_machines),
+        timeout=timeout,
+        backend=backend,
+    )
+
+
+def _launch_torchrun(
+    main_fn: Callable[..., Any],
+    args: Sequence[Any],
+    env: tuple[int, int, int],
+    *,
+    timeout: timedelta,
+    backend: str,
+) -> Any:
+    """Join the group of a process that torchrun (or an ``env://`` wrapper) already started.
+
+    Args:
+        env: ``(rank, world_size, local_rank)`` from `_torchrun_env`.
+    """
+    rank, world_size, local_rank = env
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _stop_with_parent()
+    return _run_in_group(
+        main_fn,
+        args,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        init_method="env://",
+        timeout=timeout,
+        backend=backend,
+    )
+
+
+def _launch_slurm(
+    main_fn: Callable[..., Any],
+    args: Sequence[Any],
+    slurm: dict[str, Any],
+    *,
+    timeout: timedelta,
+    backend: str,
+) -> Any:
+    """Join the group of an ``srun`` job step, one task per device.
+
+    Args:
+        slurm: the keyword arguments of `_run_in_group` that `_slurm_env` read (rank,
+            world_size, local_rank, local_world_size, init_method).
+    """
+    logger.info(
+        "SLURM task %d of %d (local %d), rendezvous at %s; --num-gpus, --num-machines and "
+        "--dist-url are ignored.",
+        slurm["rank"],
+        slurm["world_size"],
+        slurm["local_rank"],
+        slurm["init_method"],
+    )
+    return _run_in_group(main_fn, args, timeout=timeout, backend=backend, **slurm)
+
+
+def _world_size_from_flags(num_gpus_per_machine: int, num_machines: int, machine_rank: int) -> int:
+    """The number of processes the ``--num-gpus``/``--num-machines`` flags ask for, checked.
+
+    Raises:
+        ValueError: a count below 1, or a machine rank outside [0, num_machines).
+    """
     if num_gpus_per_machine < 1 or num_machines < 1:
         raise ValueError(
             f"--num-gpus and --num-machines must be at least 1, got {num_gpus_per_machine} and "
@@ -285,10 +339,15 @@ def launch(
         )
     if not 0 <= machine_rank < num_machines:
         raise ValueError(f"--machine-rank must lie in [0, {num_machines}), got {machine_rank}.")
-    world_size = num_machines * num_gpus_per_machine
-    if world_size == 1:
-        return main_fn(*args)
+    return num_machines * num_gpus_per_machine
 
+
+def _resolve_dist_url(dist_url: str | None, num_machines: int) -> str:
+    """The rendezvous address: `dist_url`, or a free local port for None/"auto" (one machine).
+
+    Raises:
+        ValueError: "auto" (or None) with more than one machine.
+    """
     if dist_url in (None, "auto"):
         if num_machines > 1:
             raise ValueError(
@@ -298,7 +357,29 @@ def launch(
         dist_url = f"tcp://127.0.0.1:{find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared filesystem.")
+    return dist_url
 
+
+def _spawn_local(
+    main_fn: Callable[..., Any],
+    args: Sequence[Any],
+    *,
+    num_gpus_per_machine: int,
+    machine_rank: int,
+    world_size: int,
+    dist_url: str,
+    timeout: timedelta,
+    backend: str,
+) -> None:
+    """Spawn this machine's `num_gpus_per_machine` processes and wait for them all.
+
+    Stop signals that reach this parent are relayed to the processes (a second one kills them);
+    the first exception raised in any process is re-raised here.
+
+    Raises:
+        Exception, torch.multiprocessing.ProcessRaisedException, ProcessExitedException,
+        TrainingPreempted: as documented in `launch`.
+    """
     ctx = mp.get_context("spawn")
     # The parent's stop request (a signal number) and the stop its processes made: signal and
     # last iteration. Shared memory, read by the ranks at every iteration boundary.
@@ -325,24 +406,7 @@ def launch(
             start_method="spawn",
             join=False,
         )
-
-        def kill_all() -> None:
-            for process in processes.processes:
-                if process.is_alive():
-                    os.kill(process.pid, signal.SIGKILL)
-
-        try:
-            with StopSignals(request=request, on_second=kill_all):
-                # After a failure the other ranks get a moment to fail by themselves (they
-                # usually do at once: their peer is gone) before torch terminates them.
-                while not processes.join(grace_period=_GRACE_PERIOD_S):
-                    pass
-        except mp.ProcessRaisedException:
-            first = _first_worker_error(error_dir)
-            if first is None:
-                raise
-            error, remote = first
-            raise error from remote
+        _join_spawned(processes, request=request, error_dir=error_dir)
     if stopped[0]:
         raise TrainingPreempted(
             signal_name=preemption.signal_name(int(stopped[0])),
@@ -350,6 +414,34 @@ def launch(
             checkpoint=None,
         )
     return None
+
+
+def _join_spawned(processes: mp.ProcessContext, *, request: Any, error_dir: str) -> None:
+    """Wait for the spawned `processes`, relaying stop signals, re-raising the first error.
+
+    Args:
+        processes: the context `mp.start_processes` returned (``join=False``).
+        request: the shared stop request (a signal number) that `StopSignals` sets.
+        error_dir: where the processes left their exceptions (`_save_worker_error`).
+    """
+
+    def kill_all() -> None:
+        for process in processes.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+
+    try:
+        with StopSignals(request=request, on_second=kill_all):
+            # After a failure the other ranks get a moment to fail by themselves (they
+            # usually do at once: their peer is gone) before torch terminates them.
+            while not processes.join(grace_period=_GRACE_PERIOD_S):
+                pass
+    except mp.ProcessRaisedException:
+        first = _first_worker_error(error_dir)
+        if first is None:
+            raise
+        error, remote = first
+        raise error from remote
 
 
 # Seconds the surviving ranks get to exit on their own once one rank failed.

@@ -153,38 +153,65 @@ def write_report(
     plot_iou_bars(files / "iou_per_class.png", names, iou, colors, miou=metrics.get("mIoU"))
     plot_confusion_matrix(files / "confusion_matrix.png", conf, names)
 
-    rows = []
-    for i, sample in enumerate(samples):
-        pred, gt = sample["pred"], sample["gt"]
-        photo = _read_photo(sample.get("file_name"), pred.shape)
-        cells = []
-        if photo is not None:
-            _thumbnail(photo).save(files / f"sample_{i}_image.png")
-            _thumbnail(overlay(photo, pred, colors, opacity=0.6)).save(
-                files / f"sample_{i}_overlay.png"
-            )
-            cells += [f"sample_{i}_image.png", f"sample_{i}_overlay.png"]
-        else:
-            cells += [None, None]
-        _thumbnail(colorize(pred, colors)).save(files / f"sample_{i}_pred.png")
-        _thumbnail(colorize(gt, colors)).save(files / f"sample_{i}_gt.png")
-        cells += [f"sample_{i}_pred.png", f"sample_{i}_gt.png"]
-        caption = html.escape(os.path.basename(str(sample.get("file_name") or f"sample {i}")))
-        tds = "".join(
-            f'<td><img src="report_files/{c}" alt="{c}"></td>' if c else "<td>(no photo)</td>"
-            for c in cells
+    rows = [_sample_row(files, i, sample, colors) for i, sample in enumerate(samples)]
+    page = _render_page(
+        heading=html.escape(title or f"Evaluation on {metadata.name}"),
+        summary=_summary_rows(metrics),
+        rows="".join(rows),
+        per_class=_per_class_rows(metrics, names, colors),
+    )
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def _sample_row(files: Path, i: int, sample: dict[str, Any], colors: Sequence[Any]) -> str:
+    """Save sample `i`'s thumbnails into `files` and return its ``<tr>`` of the samples table.
+
+    Args:
+        files: the ``report_files`` folder.
+        sample: ``pred`` and ``gt`` uint8 label maps ``(H, W)``, optionally ``file_name``.
+        colors: one RGB colour per class.
+    """
+    pred, gt = sample["pred"], sample["gt"]
+    photo = _read_photo(sample.get("file_name"), pred.shape)
+    cells = []
+    if photo is not None:
+        _thumbnail(photo).save(files / f"sample_{i}_image.png")
+        _thumbnail(overlay(photo, pred, colors, opacity=0.6)).save(
+            files / f"sample_{i}_overlay.png"
         )
-        rows.append(f"<tr><th>{caption}</th>{tds}</tr>")
+        cells += [f"sample_{i}_image.png", f"sample_{i}_overlay.png"]
+    else:
+        cells += [None, None]
+    _thumbnail(colorize(pred, colors)).save(files / f"sample_{i}_pred.png")
+    _thumbnail(colorize(gt, colors)).save(files / f"sample_{i}_gt.png")
+    cells += [f"sample_{i}_pred.png", f"sample_{i}_gt.png"]
+    caption = html.escape(os.path.basename(str(sample.get("file_name") or f"sample {i}")))
+    tds = "".join(
+        f'<td><img src="report_files/{c}" alt="{c}"></td>' if c else "<td>(no photo)</td>"
+        for c in cells
+    )
+    return f"<tr><th>{caption}</th>{tds}</tr>"
 
-    def _fmt(v: float | None) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
-    summary = "".join(
+def _fmt(v: float | None) -> str:
+    """A metric with two decimals, or "n/a" when missing or NaN."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _summary_rows(metrics: dict[str, float]) -> str:
+    """The ``<tr>`` rows of the summary table: the overall metrics that `metrics` has."""
+    return "".join(
         f"<tr><th>{k}</th><td>{_fmt(metrics.get(k))}</td></tr>"
         for k in ("mIoU", "fwIoU", "mACC", "pACC")
         if k in metrics
     )
-    per_class = "".join(
+
+
+def _per_class_rows(metrics: dict[str, float], names: Sequence[str], colors: Sequence[Any]) -> str:
+    """The ``<tr>`` rows of the per-class table: swatch and name, IoU, ACC, boundary IoU."""
+    return "".join(
         "<tr><td><span class='sw' style='background:rgb{}'></span>{}</td>"
         "<td>{}</td><td>{}</td><td>{}</td></tr>".format(
             tuple(colors[i]),
@@ -195,8 +222,11 @@ def write_report(
         )
         for i, n in enumerate(names)
     )
-    heading = html.escape(title or f"Evaluation on {metadata.name}")
-    page = f"""<!DOCTYPE html>
+
+
+def _render_page(*, heading: str, summary: str, rows: str, per_class: str) -> str:
+    """The HTML page around the (already escaped) heading and the tables' rows."""
+    return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -223,7 +253,7 @@ img {{ max-width: {_THUMB_WIDTH}px; }}
 <h2>Samples</h2>
 <table id="samples">
 <tr><th>image</th><th>photo</th><th>overlay</th><th>prediction</th><th>ground truth</th></tr>
-{"".join(rows)}
+{rows}
 </table>
 <h2>Per class</h2>
 <table id="per-class"><tr><th>class</th><th>IoU</th><th>ACC</th><th>Boundary IoU</th></tr>
@@ -232,6 +262,3 @@ img {{ max-width: {_THUMB_WIDTH}px; }}
 </body>
 </html>
 """
-    path = out / "report.html"
-    atomic_write_text(path, page)
-    return path
