@@ -113,6 +113,48 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in value.shape)
 
 
+def _names_to_original(original_keys: list[str], *, c2_conversion: bool) -> dict[str, str]:
+    """Map the names used for matching back to the checkpoint's own keys.
+
+    Args:
+        original_keys: the checkpoint's keys, sorted.
+        c2_conversion: rename them with :func:`convert_basic_c2_names` first.
+
+    Returns:
+        matching name -> original checkpoint key (the identity without `c2_conversion`).
+
+    Raises:
+        ValueError: the Caffe2 renaming maps two blobs to one name.
+    """
+    if not c2_conversion:
+        return {k: k for k in original_keys}
+    renamed = convert_basic_c2_names(original_keys)
+    if len(set(renamed)) != len(renamed):
+        dup = sorted(name for name, n in Counter(renamed).items() if n > 1)
+        raise ValueError(
+            f"Caffe2 name conversion maps several blobs to {dup[:5]}"
+            + (f" and {len(dup) - 5} more names" if len(dup) > 5 else "")
+        )
+    return dict(zip(renamed, original_keys))
+
+
+def _longest_suffix_match(key_model: str, ckpt: Mapping[str, Any]) -> str | None:
+    """The longest checkpoint key ``b`` with ``key_model == b or key_model.endswith("." + b)``.
+
+    Args:
+        key_model: a model state-dict key.
+        ckpt: the checkpoint keyed by matching names; only membership is tested.
+
+    Returns:
+        The matching checkpoint key, or None when none matches.
+    """
+    # `a.endswith("." + b)` means b is `a` with some leading dotted components removed, so
+    # trying those suffixes from the longest down finds detectron2's longest match directly
+    # instead of comparing every pair of keys.
+    parts = key_model.split(".")
+    return next((s for s in (".".join(parts[i:]) for i in range(len(parts))) if s in ckpt), None)
+
+
 def align_and_update_state_dicts(
     model_state_dict: Mapping[str, Any],
     ckpt_state_dict: Mapping[str, Any],
@@ -135,18 +177,7 @@ def align_and_update_state_dicts(
         ValueError: one checkpoint key matches two model keys, or the Caffe2 renaming maps two
             blobs to one name.
     """
-    original_keys = sorted(ckpt_state_dict)
-    if c2_conversion:
-        renamed = convert_basic_c2_names(original_keys)
-        if len(set(renamed)) != len(renamed):
-            dup = sorted(name for name, n in Counter(renamed).items() if n > 1)
-            raise ValueError(
-                f"Caffe2 name conversion maps several blobs to {dup[:5]}"
-                + (f" and {len(dup) - 5} more names" if len(dup) > 5 else "")
-            )
-        to_original = dict(zip(renamed, original_keys))
-    else:
-        to_original = {k: k for k in original_keys}
+    to_original = _names_to_original(sorted(ckpt_state_dict), c2_conversion=c2_conversion)
     ckpt = {new: ckpt_state_dict[old] for new, old in to_original.items()}
 
     result: dict[str, Any] = {}
@@ -154,13 +185,7 @@ def align_and_update_state_dicts(
     used_by: dict[str, str] = {}  # checkpoint key -> model key it filled
     wrong_shape: set[str] = set()  # checkpoint keys skipped for their shape
     for key_model in sorted(model_state_dict):
-        # `a.endswith("." + b)` means b is `a` with some leading dotted components removed, so
-        # trying those suffixes from the longest down finds detectron2's longest match directly
-        # instead of comparing every pair of keys.
-        parts = key_model.split(".")
-        key_ckpt = next(
-            (s for s in (".".join(parts[i:]) for i in range(len(parts))) if s in ckpt), None
-        )
+        key_ckpt = _longest_suffix_match(key_model, ckpt)
         if key_ckpt is None:
             continue
         value = ckpt[key_ckpt]

@@ -109,6 +109,48 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _time_both_pipelines(
+    records: list[dict],
+    augmentations: list[Augmentation],
+    *,
+    iterations: int,
+    warmup: int,
+    seed: int,
+    image_format: str,
+) -> tuple[list[float], list[float]]:
+    """Map each sample with both pipelines, alternately, and check they agree.
+
+    Args:
+        records: dataset records, used round-robin.
+        augmentations: applied by both pipelines with the same per-sample draws.
+        iterations: samples timed.
+        warmup: untimed samples first.
+        seed: seed of the per-sample random draws.
+        image_format: "RGB" or "BGR".
+
+    Returns:
+        ``(fast_times, baseline_times)``: seconds per timed sample, `iterations` each.
+
+    Raises:
+        AssertionError: the two pipelines disagree on some sample.
+    """
+    fast = DatasetMapper(augmentations=augmentations, image_format=image_format, num_classes=19)
+    fast_times, base_times = [], []
+    for i in range(warmup + iterations):
+        record = records[i % len(records)]
+        t0 = time.perf_counter()
+        a = fast(record, sample_rng(seed, i))
+        t1 = time.perf_counter()
+        b = baseline_map(record, augmentations, sample_rng(seed, i), image_format=image_format)
+        t2 = time.perf_counter()
+        if not (torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])):
+            raise AssertionError(f"pipelines disagree on sample {i} ({record['file_name']})")
+        if i >= warmup:
+            fast_times.append(t1 - t0)
+            base_times.append(t2 - t1)
+    return fast_times, base_times
+
+
 def benchmark_train_pipeline(
     *,
     root: str | os.PathLike | None = None,
@@ -157,22 +199,14 @@ def benchmark_train_pipeline(
             )
         except DatasetError as e:
             raise DatasetError(f"benchmark dataset: {e}") from e
-        fast = DatasetMapper(augmentations=augs, image_format=image_format, num_classes=19)
-        fast_times, base_times = [], []
-        for i in range(warmup + iterations):
-            record = records[i % len(records)]
-            t0 = time.perf_counter()
-            a = fast(record, sample_rng(seed, i))
-            t1 = time.perf_counter()
-            b = baseline_map(record, augs, sample_rng(seed, i), image_format=image_format)
-            t2 = time.perf_counter()
-            if not (
-                torch.equal(a["image"], b["image"]) and torch.equal(a["sem_seg"], b["sem_seg"])
-            ):
-                raise AssertionError(f"pipelines disagree on sample {i} ({record['file_name']})")
-            if i >= warmup:
-                fast_times.append(t1 - t0)
-                base_times.append(t2 - t1)
+        fast_times, base_times = _time_both_pipelines(
+            records,
+            augs,
+            iterations=iterations,
+            warmup=warmup,
+            seed=seed,
+            image_format=image_format,
+        )
         h, w = records[0]["height"], records[0]["width"]
     finally:
         if tmp is not None:

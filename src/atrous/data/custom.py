@@ -206,6 +206,61 @@ def build_lut(label_map: dict[int, int] | None, ignore_value: int, path: Path) -
     return lut.astype(np.uint16)
 
 
+def _check_splits(splits: dict, path: Path) -> None:
+    """Check that every split names its folders ('images', 'masks') or a 'list' file.
+
+    Raises:
+        DatasetError: a split with unknown fields, or with neither form, naming the split.
+    """
+    for name, split in splits.items():
+        if isinstance(split, dict):
+            _check_fields(split, _SPLIT_FIELDS, path, f" in split '{name}'")
+        if not isinstance(split, dict) or not (
+            "list" in split or ("images" in split and "masks" in split)
+        ):
+            raise DatasetError(
+                f"{path}: split '{name}' needs fields 'images' and 'masks' (folders) or 'list' "
+                "(a file of 'image_path mask_path' lines)"
+            )
+
+
+def _parse_colors(colors: Any, num_classes: int, path: Path) -> tuple[tuple[int, int, int], ...]:
+    """The 'colors' field checked with `check_colors`, or the default palette when absent.
+
+    Raises:
+        DatasetError: invalid colors, or not one per class.
+    """
+    if colors is None:
+        return default_colors(num_classes)
+    try:
+        colors = check_colors(colors)
+    except (DatasetError, TypeError) as e:
+        raise DatasetError(f"{path}: field 'colors': {e}") from e
+    if len(colors) != num_classes:
+        raise DatasetError(
+            f"{path}: field 'colors' has {len(colors)} entries for {num_classes} classes"
+        )
+    return colors
+
+
+def _check_label_map(label_map: Any, num_classes: int, ignore_value: int, path: Path) -> None:
+    """Check that 'label_map' (if given) maps int mask values to a class index or the ignore value.
+
+    Raises:
+        DatasetError: not a mapping, a non-int entry, or a target out of range.
+    """
+    if label_map is not None and not isinstance(label_map, dict):
+        raise DatasetError(f"{path}: field 'label_map' must map mask values to class indices")
+    for raw, target in (label_map or {}).items():
+        if not isinstance(raw, int) or not isinstance(target, int):
+            raise DatasetError(f"{path}: field 'label_map' entry {raw}: {target} is not int: int")
+        if not (0 <= target < num_classes or target == ignore_value):
+            raise DatasetError(
+                f"{path}: field 'label_map' maps {raw} to {target}, which is neither a class "
+                f"index (0..{num_classes - 1}) nor the ignore value {ignore_value}"
+            )
+
+
 def load_dataset_yaml(path: str | os.PathLike) -> dict:
     """Parse and validate a dataset YAML file.
 
@@ -237,39 +292,10 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
     splits = _require(cfg, "splits", path, "e.g. {train: {images: ..., masks: ...}}")
     if not isinstance(splits, dict) or not splits:
         raise DatasetError(f"{path}: field 'splits' must map split names to folders or lists")
-    for name, split in splits.items():
-        if isinstance(split, dict):
-            _check_fields(split, _SPLIT_FIELDS, path, f" in split '{name}'")
-        if not isinstance(split, dict) or not (
-            "list" in split or ("images" in split and "masks" in split)
-        ):
-            raise DatasetError(
-                f"{path}: split '{name}' needs fields 'images' and 'masks' (folders) or 'list' "
-                "(a file of 'image_path mask_path' lines)"
-            )
-    colors = cfg.get("colors")
-    if colors is None:
-        colors = default_colors(len(classes))
-    else:
-        try:
-            colors = check_colors(colors)
-        except (DatasetError, TypeError) as e:
-            raise DatasetError(f"{path}: field 'colors': {e}") from e
-        if len(colors) != len(classes):
-            raise DatasetError(
-                f"{path}: field 'colors' has {len(colors)} entries for {len(classes)} classes"
-            )
+    _check_splits(splits, path)
+    colors = _parse_colors(cfg.get("colors"), len(classes), path)
     label_map = cfg.get("label_map")
-    if label_map is not None and not isinstance(label_map, dict):
-        raise DatasetError(f"{path}: field 'label_map' must map mask values to class indices")
-    for raw, target in (label_map or {}).items():
-        if not isinstance(raw, int) or not isinstance(target, int):
-            raise DatasetError(f"{path}: field 'label_map' entry {raw}: {target} is not int: int")
-        if not (0 <= target < len(classes) or target == ignore_value):
-            raise DatasetError(
-                f"{path}: field 'label_map' maps {raw} to {target}, which is neither a class "
-                f"index (0..{len(classes) - 1}) nor the ignore value {ignore_value}"
-            )
+    _check_label_map(label_map, len(classes), ignore_value, path)
     needs_lut = ignore_value != 255 or bool(label_map)
     image_exts = cfg.get("image_ext", IMAGE_EXTS)
     if isinstance(image_exts, str):

@@ -531,6 +531,33 @@ def _write_one(task: tuple) -> None:
     os.replace(tmp, gt_dir / f"{stem}_gtFine_polygons.json")
 
 
+def _write_all(tasks: list[tuple], *, num_workers: int, progress: bool) -> None:
+    """Run `_write_one` on every task, in worker processes when `num_workers` > 0.
+
+    Args:
+        tasks: the arguments of `_write_one`, one tuple per image.
+        num_workers: worker processes (0, or a single task: in this process).
+        progress: show a progress bar.
+    """
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="synthetic", unit="img")
+    if num_workers > 0 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            for _ in pool.map(_write_one, tasks, chunksize=4):
+                if bar is not None:
+                    bar.update()
+    else:
+        for task in tasks:
+            _write_one(task)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+
+
 def generate_dataset(
     output_dir: str | os.PathLike,
     *,
@@ -590,23 +617,7 @@ def generate_dataset(
         for split, count in (("train", num_train), ("val", num_val))
         for i in range(count)
     ]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="synthetic", unit="img")
-    if num_workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            for _ in pool.map(_write_one, tasks, chunksize=4):
-                if bar is not None:
-                    bar.update()
-    else:
-        for task in tasks:
-            _write_one(task)
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+    _write_all(tasks, num_workers=num_workers, progress=progress)
     root.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps(spec))

@@ -117,6 +117,64 @@ def _numpy_in1d_for_cityscapesscripts():
         del np.in1d
 
 
+def _instance_level_files(
+    gt_files: list[str], instance_level: bool | None
+) -> tuple[list[str], bool]:
+    """The ``*_gtFine_instanceIds.png`` next to each ground truth, and whether to compute iIoU.
+
+    Args:
+        gt_files: ``*_gtFine_labelIds.png`` paths (non-empty).
+        instance_level: as in :func:`evaluate_cityscapes_files`; None: when every instance file
+            exists (a warning is logged when not).
+
+    Returns:
+        ``(instance_files, instance_level)`` with `instance_level` resolved to a bool.
+
+    Raises:
+        FileNotFoundError: `instance_level` is True and an instance file is missing.
+    """
+    instance_files = [f.replace("labelIds", "instanceIds") for f in gt_files]
+    have_instances = all(os.path.isfile(f) for f in instance_files)
+    if instance_level is None:
+        instance_level = have_instances
+        if not have_instances:
+            logger.warning(
+                "no *_gtFine_instanceIds.png next to the ground truth (e.g. %s); iIoU is not "
+                "computed",
+                instance_files[0],
+            )
+    elif instance_level and not have_instances:
+        missing = next(f for f in instance_files if not os.path.isfile(f))
+        raise FileNotFoundError(f"instance-level evaluation needs {missing}")
+    return instance_files, bool(instance_level)
+
+
+def _evaluation_args(
+    library_args: Any, prediction_dir: str | os.PathLike[str], *, instance_level: bool
+) -> Any:
+    """A private copy of cityscapesscripts' settings for one quiet, non-interactive run.
+
+    Args:
+        library_args: the library's module-global ``args`` (left untouched).
+        prediction_dir: where `getPrediction` looks for the prediction PNGs.
+        instance_level: compute iIoU.
+
+    Returns:
+        The copied settings object.
+    """
+    args = copy.copy(library_args)
+    args.predictionPath = os.path.abspath(prediction_dir)
+    args.predictionWalk = None
+    args.evalInstLevelScore = bool(instance_level)
+    args.evalPixelAccuracy = False
+    args.JSONOutput = False
+    args.colorized = False
+    args.bold = args.nocol = ""
+    args.quiet = True
+    args.evalLabels = []
+    return args
+
+
 def evaluate_cityscapes_files(
     prediction_dir: str | os.PathLike[str],
     gt_files: list[str],
@@ -151,36 +209,14 @@ def evaluate_cityscapes_files(
 
     if not gt_files:
         raise ValueError("no ground-truth files to evaluate")
-    instance_files = [f.replace("labelIds", "instanceIds") for f in gt_files]
-    have_instances = all(os.path.isfile(f) for f in instance_files)
-    if instance_level is None:
-        instance_level = have_instances
-        if not have_instances:
-            logger.warning(
-                "no *_gtFine_instanceIds.png next to the ground truth (e.g. %s); iIoU is not "
-                "computed",
-                instance_files[0],
-            )
-    elif instance_level and not have_instances:
-        missing = next(f for f in instance_files if not os.path.isfile(f))
-        raise FileNotFoundError(f"instance-level evaluation needs {missing}")
+    instance_files, instance_level = _instance_level_files(gt_files, instance_level)
     if max_image_pixels is None:
         max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
     # The library decodes these files itself, with Pillow: check their headers first.
     for f in [*gt_files, *(instance_files if instance_level else [])]:
         check_image_size(f, max_image_pixels)
 
-    # A private copy of the library's settings: its module-global `args` stays untouched.
-    args = copy.copy(cs_eval.args)
-    args.predictionPath = os.path.abspath(prediction_dir)
-    args.predictionWalk = None
-    args.evalInstLevelScore = bool(instance_level)
-    args.evalPixelAccuracy = False
-    args.JSONOutput = False
-    args.colorized = False
-    args.bold = args.nocol = ""
-    args.quiet = True
-    args.evalLabels = []
+    args = _evaluation_args(cs_eval.args, prediction_dir, instance_level=instance_level)
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), _numpy_in1d_for_cityscapesscripts():
