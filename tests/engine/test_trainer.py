@@ -22,6 +22,7 @@ from atrous.engine import (
 )
 from atrous.engine.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from atrous.solver import GradientClipper, WarmupPolyLR
+from tests.cli.test_train import QUICKSTART, TINY
 
 
 class _Toy(nn.Module):
@@ -162,26 +163,8 @@ def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
 # ---------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
-_TINY = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
-    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
-    "INPUT.MAX_SIZE_TRAIN", "256",
-    "INPUT.CROP.SIZE", "(64, 64)",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", "4",
-    "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "2",
-    "DATASETS.TEST", "()",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SEED", "0",
-    "LOG_PERIOD", "1",
-]  # fmt: skip
+# The CLI tests' quickstart shrunk to seconds, without test datasets (no evaluation).
+_TINY = [*TINY, "DATASETS.TEST", "()"]
 
 
 @pytest.fixture
