@@ -135,23 +135,6 @@ def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
     return result
 
 
-def _metadata(cfg: Any, dataset: str | None):
-    from atrous.evaluation.metadata import resolve_metadata
-
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    names = [dataset] if dataset else [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
-    for name in names:
-        try:
-            meta = resolve_metadata(name)
-        except Exception as error:  # an unregistered name only loses class names and colours
-            logger.debug("no metadata for %s: %s", name, error)
-            continue
-        if meta.num_classes == num_classes:
-            return meta
-    logger.warning("no dataset metadata with %d classes: using generic names", num_classes)
-    return resolve_metadata(None, num_classes=num_classes)
-
-
 def _cityscapes_lut(class_names: tuple[str, ...]) -> np.ndarray:
     from atrous.evaluation.cityscapes import train_id_to_label_id_lut
 
@@ -252,7 +235,12 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
     from atrous.inference import Predictor
 
     out_dir = Path(args.output)
-    meta = bundle.metadata if bundle is not None else _metadata(cfg, args.dataset)
+    if bundle is not None:
+        meta = bundle.metadata
+    else:
+        from atrous.evaluation.metadata import model_metadata
+
+        meta, _ = model_metadata(cfg, [args.dataset] if args.dataset else None)
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
     if bundle is not None:
         predictor = Predictor(cfg, model=bundle.model, metadata=bundle.metadata)

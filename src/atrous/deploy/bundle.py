@@ -30,41 +30,13 @@ from ..checkpoint.bundle import (
     is_bundle,
 )
 from ..checkpoint.weights_io import save_weights
+from ..evaluation.metadata import model_metadata
 from ..utils.file_io import fsync_dir, sha256_file
 from ..utils.version import version_metadata
 
-__all__ = ["class_metadata", "find_final_metrics", "flops_input_size", "write_bundle"]
+__all__ = ["find_final_metrics", "flops_input_size", "write_bundle"]
 
 logger = logging.getLogger(__name__)
-
-
-def class_metadata(cfg: Any) -> tuple[Any, str | None]:
-    """Class names, colours and ignore label for the config's model.
-
-    Taken from the first dataset of DATASETS.TEST, then DATASETS.TRAIN, whose class count is
-    MODEL.SEM_SEG_HEAD.NUM_CLASSES; generic names ``class_0 ...`` when none is known here.
-
-    Returns:
-        ``(metadata, dataset name or None)``; the metadata has ``stuff_classes``,
-        ``stuff_colors`` and ``ignore_label`` (`atrous.evaluation.metadata.EvalMetadata`).
-    """
-    from atrous.evaluation.metadata import resolve_metadata
-
-    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    for name in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
-        try:
-            meta = resolve_metadata(name)
-        except Exception as error:  # not registered on this machine: try the next name
-            logger.debug("no metadata for %s: %s", name, error)
-            continue
-        if meta.num_classes == num_classes:
-            return meta, name
-    logger.warning(
-        "No dataset of DATASETS.TEST/TRAIN with %d classes is known here: the bundle gets "
-        "generic class names.",
-        num_classes,
-    )
-    return resolve_metadata(None, num_classes=num_classes), None
 
 
 def _is_final_weights(path: Path) -> bool:
@@ -352,7 +324,7 @@ def write_bundle(
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    metadata, dataset = class_metadata(cfg)
+    metadata, dataset = model_metadata(cfg)
     size = flops_input_size(cfg)
     stamp = version_metadata()
     meta: dict[str, Any] = {
