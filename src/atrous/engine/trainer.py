@@ -206,8 +206,8 @@ class Trainer:
 
     The parts come from classmethods a subclass may override, as in detectron2's
     ``DefaultTrainer``: `build_model`, `build_optimizer`, `build_lr_scheduler`,
-    `build_train_loader` (e.g. for a custom mapper) and `build_hooks` (and `build_evaluators`,
-    see its note).
+    `build_train_loader` (e.g. for a custom mapper), `build_evaluators` (used by `test` and the
+    evaluations during training) and `build_hooks`.
 
     Args:
         cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
@@ -501,7 +501,8 @@ class Trainer:
         from atrous.evaluation import evaluate_datasets
         from atrous.inference import build_inference_model
 
-        check_config_datasets(cfg, train=False)
+        # Names were resolved at start (`check_config_datasets`); evaluate_datasets builds every
+        # loader and evaluator before the first inference, so a bad file still fails at once.
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
         results = evaluate_datasets(
             cfg,
