@@ -99,7 +99,7 @@ def synthetic_cityscapes_root(tmp_path_factory) -> Path:
 
 _HOLD_LOCK = (
     "import sys; from atrous.utils.output_dir import OutputDirLock; "
-    "lock = OutputDirLock(sys.argv[1], command='another run'); lock.acquire(); "
+    "lock = OutputDirLock(sys.argv[1], command=sys.argv[2]); lock.acquire(); "
     "print('locked', flush=True); sys.stdin.read(); lock.release()"
 )
 
@@ -108,15 +108,16 @@ _HOLD_LOCK = (
 def lock_holder():
     """Factory: start another process that holds a folder's output lock for the test's duration.
 
-    Returns the process (its ``pid`` is what refusals must name); it releases at teardown.
+    ``start(folder, command="another run")`` returns the process (its ``pid`` is what refusals
+    must name; `command` is what its lock record says); it releases at teardown (or was killed).
     """
     started: list[subprocess.Popen] = []
 
-    def start(folder: Path) -> subprocess.Popen:
+    def start(folder: Path, command: str = "another run") -> subprocess.Popen:
         folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
         proc = subprocess.Popen(
-            [sys.executable, "-c", _HOLD_LOCK, str(folder)],
+            [sys.executable, "-c", _HOLD_LOCK, str(folder), command],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,37 +28,15 @@ from atrous.utils.output_dir import (
 
 REPO = Path(__file__).resolve().parents[2]
 
-_HOLDER = textwrap.dedent(
-    """
-    import sys
-    from atrous.utils.output_dir import OutputDirLock
-    lock = OutputDirLock(sys.argv[1], command="holder --of the lock")
-    lock.acquire()
-    print("locked", flush=True)
-    sys.stdin.read()  # hold until the test closes our stdin (or kills us)
-    lock.release()
-    """
-)
-
 
 @pytest.fixture
-def holder(tmp_path: Path):
-    """Start a process that locks a folder; yields (folder, process)."""
+def holder(tmp_path: Path, lock_holder):
+    """A process that locks a folder; yields (folder, process)."""
     folder = tmp_path / "run"
-    folder.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout.readline().strip() == "locked"
+    proc = lock_holder(folder, "holder --of the lock")
     yield folder, proc
     if proc.poll() is None:
         proc.kill()
-    proc.wait(timeout=30)
 
 
 def _record(folder: Path, **fields) -> None:
