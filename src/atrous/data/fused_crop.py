@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 # (major, minor) Pillow releases whose resize `bilinear_window` and `nearest_table` reproduce
 # bit for bit: tests/data/test_fused_crop.py, test_transforms.py and test_mapper.py pass with
 # each installed (10.4.0, 11.3.0, 12.0.0, 13.0.0). Add a release only after they pass with it.
-VERIFIED_PILLOW_VERSIONS = frozenset({(10, 4), (11, 3), (12, 0), (13, 0)})
+VERIFIED_PILLOW_VERSIONS = frozenset({(10, 4), (11, 3), (12, 0), (12, 3), (13, 0)})
 
 _fallback_logged = False
 
