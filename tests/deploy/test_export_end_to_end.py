@@ -68,27 +68,36 @@ def _predictor(input_format: str) -> Predictor:
     return Predictor(cfg)
 
 
-@pytest.fixture(scope="module", params=["RGB", "BGR"])
-def exported(request, tmp_path_factory) -> tuple[Predictor, Path]:
-    """(the predictor, its end-to-end ONNX file) for each INPUT.FORMAT."""
-    predictor = _predictor(request.param)
-    path = tmp_path_factory.mktemp("e2e") / f"model_{request.param}.onnx"
-    export_onnx(
-        predictor.model,
-        path,
-        end_to_end=True,
-        input_format=request.param,
-        metadata=label_metadata(["a"] * 18 + ["b"], [(1, 2, 3)] * 19),
-    )
-    return predictor, path
-
-
 @pytest.fixture(scope="module")
-def rgb_exported(tmp_path_factory) -> tuple[Predictor, Path]:
-    predictor = _predictor("RGB")
-    path = tmp_path_factory.mktemp("e2e_rgb") / "model.onnx"
-    export_onnx(predictor.model, path, end_to_end=True, input_format="RGB")
-    return predictor, path
+def export(tmp_path_factory):
+    """``export("RGB" | "BGR") -> (predictor, end-to-end ONNX file)``, each made once."""
+    made: dict[str, tuple[Predictor, Path]] = {}
+
+    def get(input_format: str) -> tuple[Predictor, Path]:
+        if input_format not in made:
+            predictor = _predictor(input_format)
+            path = tmp_path_factory.mktemp("e2e") / f"model_{input_format}.onnx"
+            export_onnx(
+                predictor.model,
+                path,
+                end_to_end=True,
+                input_format=input_format,
+                metadata=label_metadata(["a"] * 18 + ["b"], [(1, 2, 3)] * 19),
+            )
+            made[input_format] = (predictor, path)
+        return made[input_format]
+
+    return get
+
+
+@pytest.fixture(params=["RGB", "BGR"])
+def exported(request, export) -> tuple[Predictor, Path]:
+    return export(request.param)
+
+
+@pytest.fixture
+def rgb_exported(export) -> tuple[Predictor, Path]:
+    return export("RGB")
 
 
 def _check_against_predictor(predictor: Predictor, image: np.ndarray, labels, confidence):
