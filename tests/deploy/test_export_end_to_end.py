@@ -130,6 +130,9 @@ def test_onnx_graph_matches_predictor_at_two_sizes_and_in_a_batch(exported, imag
         3
     ].dim_value == 3
     assert [o.name for o in graph.graph.output] == ["labels", "confidence"]
+    for output in graph.graph.output:  # at the input size, and the graph says so
+        dims = output.type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "height", "width"]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for image in images:

@@ -286,6 +286,13 @@ def export_onnx(
             external_data=False,
         )
         program.model.metadata_props.update(props)
+        if end_to_end:
+            # The exporter names the output sizes after the stride-rounded crop
+            # ("Min(height, 4*(...))"); they are the input's, and saying so lets shape
+            # inference and viewers see outputs at the input size.
+            image_dims = list(program.model.graph.inputs[0].shape)[:3]
+            for value in program.model.graph.outputs:
+                value.shape = type(value.shape)(image_dims)
         program.save(tmp, external_data=False)
     return Path(output)
 
