@@ -7,11 +7,15 @@ Example::
     atrous export --format bundle --output my_model --config-file CONFIG.yaml \
         MODEL.WEIGHTS output/model_final.pth
     atrous export --format onnx --output model.onnx --model my_model
+    atrous export --format onnx --end-to-end --output model.onnx --model my_model
 
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
 to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
 with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
 `atrous.deploy.bundle`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
+``--end-to-end`` exports the one-file deployment graph instead: ``image`` uint8 (N, H, W, 3) RGB
+-> ``labels`` int64 (N, H, W) and ``confidence`` float32 (N, H, W), with the class names and
+colours in its metadata.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HxW of the example input used for tracing (default: just above the minimum)",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="graph from uint8 (N, H, W, 3) RGB images to labels and confidence (N, H, W), "
+        "normalisation inside (onnx, torchscript)",
+    )
     add_allow_partial_flag(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
@@ -55,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
     setup_logging()
+    if args.end_to_end and args.format == "bundle":
+        raise SystemExit(
+            "--end-to-end is an option of the graph formats (onnx, torchscript), not of "
+            "--format bundle: a bundle holds weights and config, which predict runs end to end."
+        )
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     try:
         cfg, bundle = config_or_bundle(args, device="cpu")
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(str(error)) from None
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
         return 0
+    graph_kwargs = _end_to_end_kwargs(cfg, bundle) if args.end_to_end else {}
     if args.format == "onnx":
         try:
             import onnx  # noqa: F401
@@ -93,14 +109,54 @@ def run(args: argparse.Namespace) -> int:
                 f"ONNX export needs {error.name}: pip install 'atrous[export]'."
             ) from error
         path = export_onnx(
-            model, args.output, sample_size=args.sample_size, opset_version=args.opset
+            model,
+            args.output,
+            sample_size=args.sample_size,
+            opset_version=args.opset,
+            **graph_kwargs,
         )
     else:
-        path = export_torchscript(model, args.output, sample_size=args.sample_size)
+        path = export_torchscript(model, args.output, sample_size=args.sample_size, **graph_kwargs)
     min_h, min_w = min_input_size(model)
+    if args.end_to_end:
+        _print_end_to_end(cfg, path, args.format, (min_h, min_w))
+        return 0
     print(
         f"wrote {path} ({args.format}): images float32 (N, 3, H, W) in {cfg.INPUT.FORMAT} order, "
         f"0-255 -> logits float32 (N, {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, H, W); "
         f"H >= {min_h}, W >= {min_w}"
     )
     return 0
+
+
+def _end_to_end_kwargs(cfg, bundle) -> dict:
+    """The exporters' end-to-end keywords: channel order and the class names for the metadata."""
+    from atrous.deploy.export import label_metadata
+
+    if bundle is not None:
+        classes, colors = bundle.metadata.stuff_classes, bundle.metadata.stuff_colors
+    else:
+        from atrous.evaluation.metadata import model_metadata
+
+        meta, _ = model_metadata(cfg)
+        classes, colors = meta.stuff_classes, meta.stuff_colors
+    return {
+        "end_to_end": True,
+        "input_format": cfg.INPUT.FORMAT,
+        "metadata": label_metadata(classes, colors),
+    }
+
+
+def _print_end_to_end(cfg, path, fmt: str, min_size: tuple[int, int]) -> None:
+    print(
+        f"wrote {path} ({fmt}, end to end): image uint8 (N, H, W, 3) RGB -> labels int64 "
+        f"(N, H, W), confidence float32 (N, H, W); H >= {min_size[0]}, W >= {min_size[1]}; "
+        "class names in the metadata entry atrous_classes"
+    )
+    if int(cfg.INPUT.MIN_SIZE_TEST) > 0:
+        # The graph has no resize: say what `atrous predict` does first, so results can match.
+        print(
+            f"note: the graph predicts at the size it is given; atrous predict first resizes the "
+            f"short side to INPUT.MIN_SIZE_TEST={cfg.INPUT.MIN_SIZE_TEST} (long side at most "
+            f"{cfg.INPUT.MAX_SIZE_TEST}): resize images the same way for the same predictions"
+        )

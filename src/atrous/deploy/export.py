@@ -9,6 +9,17 @@ Normalisation and the final crop of the head's stride-rounded output are part of
 ``logits.argmax(1)`` is the segmentation. This equals ``model([{"image": img}])[0]["sem_seg"]`` of
 the PyTorch model for each single image (a single image is never padded).
 
+With ``end_to_end=True`` the graph is instead a whole deployment in one file, taking images as
+they are stored and returning the segmentation and its confidence:
+
+    image: uint8 (N, H, W, 3) RGB  ->  labels: int64 (N, H, W), confidence: float32 (N, H, W)
+
+The channel swap to INPUT.FORMAT, the normalisation, the argmax and the max softmax probability
+are inside. Like the logits graph it predicts at the size it is given: the test-time
+ResizeShortestEdge (INPUT.MIN_SIZE_TEST) of `atrous.inference.Predictor` is not part of it.
+Its files carry the metadata entry ``atrous_graph: end_to_end`` (`END_TO_END_GRAPH`); files of
+the logits graph have no ``atrous_graph`` entry.
+
 The crop-dependent ASPP image pooling of the original (``AvgPool2d`` with a (32, 64) kernel and
 stride 1 for the 512x1024 training crop) exports as a fixed-kernel average pool over a dynamic
 feature map, so inputs must be at least the training crop size for those models (the exported
@@ -26,7 +37,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -35,16 +46,22 @@ from torch import nn
 from ..utils.version import version_metadata
 
 __all__ = [
+    "END_TO_END_GRAPH",
     "TORCHSCRIPT_METADATA",
+    "EndToEndSegmentor",
     "ExportableSegmentor",
     "export_metadata",
     "export_onnx",
     "export_torchscript",
+    "label_metadata",
     "min_input_size",
 ]
 
 # Name of the TorchScript extra file holding the JSON metadata.
 TORCHSCRIPT_METADATA = "atrous_metadata.json"
+
+# The ``atrous_graph`` metadata entry of end-to-end files (logits files have none).
+END_TO_END_GRAPH = "end_to_end"
 
 
 class ExportableSegmentor(nn.Module):
@@ -67,6 +84,61 @@ class ExportableSegmentor(nn.Module):
         # post-processing crops it back to the image, and resizing to the same size is the
         # identity, so the crop is all that remains.
         return logits[:, :, :height, :width].float()
+
+
+class EndToEndSegmentor(nn.Module):
+    """Stored images in, segmentation out: the graph of ``export_onnx(..., end_to_end=True)``.
+
+    Args:
+        model: a segmentor (`atrous.modeling.build_model`), put in eval mode.
+        input_format: the model's INPUT.FORMAT, "RGB" or "BGR" (the segmentor does not know
+            it: its config does).
+    """
+
+    def __init__(self, model: nn.Module, *, input_format: str) -> None:
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"input_format (INPUT.FORMAT) must be 'RGB' or 'BGR', got {input_format!r}"
+            )
+        self.segmentor = ExportableSegmentor(model)
+        self.input_format = input_format
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H, W, 3) uint8 RGB -> labels (N, H, W) int64, confidence (N, H, W) float32.
+
+        ``labels`` is the argmax of the logits (the lowest class id on an exact tie, as
+        ``torch.argmax``), ``confidence`` its softmax probability.
+        """
+        # A contiguous NCHW copy: a permuted (channels-last strided) input would make the
+        # convolutions' memory-format choice depend on the batch and image sizes, which
+        # torch.export then refuses to keep dynamic.
+        x = image.permute(0, 3, 1, 2).contiguous().float()
+        if self.input_format == "BGR":
+            x = x.flip(1)
+        logits = self.segmentor(x)
+        top, labels = logits.max(dim=1)
+        # The largest softmax probability is exp(0) / sum(exp(logits - max)): no exponential of a
+        # large logit can overflow and the full probability tensor is never formed.
+        confidence = 1.0 / torch.exp(logits - top.unsqueeze(1)).sum(dim=1)
+        return labels, confidence
+
+
+def label_metadata(
+    classes: Sequence[str], colors: Sequence[Sequence[int]] | None = None
+) -> dict[str, str]:
+    """Metadata entries naming what the labels mean, so a deployment can label its outputs.
+
+    Returns:
+        ``{"atrous_classes": JSON list of names, "atrous_colors": JSON list of [r, g, b]}``
+        (colours only when given), for the `metadata` argument of the exporters.
+    """
+    entries = {"atrous_classes": json.dumps([str(c) for c in classes])}
+    if colors is not None:
+        if len(colors) != len(classes):
+            raise ValueError(f"{len(classes)} class names but {len(colors)} colours")
+        entries["atrous_colors"] = json.dumps([[int(v) for v in c] for c in colors])
+    return entries
 
 
 def min_input_size(model: nn.Module) -> tuple[int, int]:
@@ -127,7 +199,9 @@ def export_metadata(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return metadata
 
 
-def _sample_input(model: nn.Module, sample_size: tuple[int, int] | None) -> torch.Tensor:
+def _sample_input(
+    model: nn.Module, sample_size: tuple[int, int] | None, *, end_to_end: bool = False
+) -> torch.Tensor:
     if sample_size is None:
         low = min_input_size(model)
         # A size above the minimum and not a multiple of the stride keeps the exporter from
@@ -136,7 +210,24 @@ def _sample_input(model: nn.Module, sample_size: tuple[int, int] | None) -> torc
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (1, 3, *sample_size), generator=generator)
+    if end_to_end:
+        return images.to(torch.uint8).permute(0, 2, 3, 1).contiguous().to(device)
     return images.float().to(device)
+
+
+def _graph(
+    model: nn.Module, *, end_to_end: bool, input_format: str | None
+) -> tuple[nn.Module, dict[str, str]]:
+    """The module to export and the metadata entries saying what it is."""
+    if not end_to_end:
+        # Files of the logits graph carry no ``atrous_graph`` entry, as before it existed.
+        return ExportableSegmentor(model).eval(), {}
+    if input_format is None:
+        raise ValueError(
+            "an end-to-end export needs input_format: the model's INPUT.FORMAT ('RGB' or 'BGR')"
+        )
+    wrapper = EndToEndSegmentor(model, input_format=input_format).eval()
+    return wrapper, {"atrous_graph": END_TO_END_GRAPH, "atrous_model_input_format": input_format}
 
 
 def export_onnx(
@@ -146,6 +237,8 @@ def export_onnx(
     sample_size: tuple[int, int] | None = None,
     opset_version: int = 18,
     metadata: Mapping[str, str] | None = None,
+    end_to_end: bool = False,
+    input_format: str | None = None,
 ) -> Path:
     """Write `model` as an ONNX file with dynamic batch, height and width.
 
@@ -157,33 +250,49 @@ def export_onnx(
         output: path of the .onnx file.
         sample_size: (H, W) of the example input used for tracing; any valid size works.
         opset_version: ONNX opset.
-        metadata: string entries for the model's ``metadata_props``, next to the version stamp.
+        metadata: string entries for the model's ``metadata_props``, next to the version stamp
+            and ``atrous_graph`` (e.g. `label_metadata`).
+        end_to_end: export the `EndToEndSegmentor` graph instead of the logits graph.
+        input_format: the model's INPUT.FORMAT; required with `end_to_end`.
 
     Returns:
-        The path written. Graph input ``images`` (N, 3, H, W) float32, output ``logits``.
+        The path written. Graph input ``images`` (N, 3, H, W) float32, output ``logits``; with
+        `end_to_end`, input ``image`` (N, H, W, 3) uint8 RGB, outputs ``labels`` (N, H, W)
+        int64 and ``confidence`` (N, H, W) float32.
     """
-    props = export_metadata(metadata)
-    wrapper = ExportableSegmentor(model).eval()
-    sample = _sample_input(model, sample_size)
+    wrapper, kind = _graph(model, end_to_end=end_to_end, input_format=input_format)
+    props = export_metadata({**dict(metadata or {}), **kind})
+    sample = _sample_input(model, sample_size, end_to_end=end_to_end)
     min_h, min_w = min_input_size(model)
-    dims = {
-        0: torch.export.Dim("batch", min=1, max=1024),
-        2: torch.export.Dim("height", min=max(min_h, 2), max=16384),
-        3: torch.export.Dim("width", min=max(min_w, 2), max=16384),
-    }
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=max(min_h, 2), max=16384)
+    width = torch.export.Dim("width", min=max(min_w, 2), max=16384)
+    if end_to_end:
+        input_name, output_names = "image", ["labels", "confidence"]
+        dims = {0: batch, 1: height, 2: width}
+    else:
+        input_name, output_names = "images", ["logits"]
+        dims = {0: batch, 2: height, 3: width}
     with _atomic_path(output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper,
             (sample,),
             dynamo=True,
-            dynamic_shapes={"images": dims},
-            input_names=["images"],
-            output_names=["logits"],
+            dynamic_shapes={input_name: dims},
+            input_names=[input_name],
+            output_names=output_names,
             opset_version=opset_version,
             external_data=False,
         )
         program.model.metadata_props.update(props)
+        if end_to_end:
+            # The exporter names the output sizes after the stride-rounded crop
+            # ("Min(height, 4*(...))"); they are the input's, and saying so lets shape
+            # inference and viewers see outputs at the input size.
+            image_dims = list(program.model.graph.inputs[0].shape)[:3]
+            for value in program.model.graph.outputs:
+                value.shape = type(value.shape)(image_dims)
         program.save(tmp, external_data=False)
     return Path(output)
 
@@ -194,6 +303,8 @@ def export_torchscript(
     *,
     sample_size: tuple[int, int] | None = None,
     metadata: Mapping[str, str] | None = None,
+    end_to_end: bool = False,
+    input_format: str | None = None,
 ) -> Path:
     """Write `model` as a TorchScript file (``torch.jit.load`` -> module(images) -> logits).
 
@@ -205,14 +316,17 @@ def export_torchscript(
         output: path of the .pt/.ts file, written atomically.
         sample_size: (H, W) of the example input used for tracing.
         metadata: string entries for the ``atrous_metadata.json`` extra file, next to the
-            version stamp.
+            version stamp and ``atrous_graph``.
+        end_to_end: trace the `EndToEndSegmentor` (module(image) -> (labels, confidence)).
+        input_format: the model's INPUT.FORMAT; required with `end_to_end`.
 
     Returns:
         The path written.
     """
-    extra_files = {TORCHSCRIPT_METADATA: json.dumps(export_metadata(metadata), sort_keys=True)}
-    wrapper = ExportableSegmentor(model).eval()
-    sample = _sample_input(model, sample_size)
+    wrapper, kind = _graph(model, end_to_end=end_to_end, input_format=input_format)
+    props = export_metadata({**dict(metadata or {}), **kind})
+    extra_files = {TORCHSCRIPT_METADATA: json.dumps(props, sort_keys=True)}
+    sample = _sample_input(model, sample_size, end_to_end=end_to_end)
     with _atomic_path(output) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
