@@ -145,3 +145,18 @@ def test_missing_gradio_is_one_line_naming_the_extra(monkeypatch, capsys, refere
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == ["error: the demo needs gradio: pip install 'atrous[demo]'"]
+
+
+def test_examples_come_from_the_test_datasets_on_disk(synthetic_cityscapes_root, monkeypatch):
+    from atrous.cli.demo import example_images
+    from atrous.config import get_cfg
+
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent / "none"))
+    cfg = get_cfg()
+    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
+    assert example_images(cfg, 3) == []  # not on disk: no examples, no error
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    found = example_images(cfg, 3)
+    val = sorted(str(p) for p in (synthetic_cityscapes_root / "leftImg8bit" / "val").rglob("*.png"))
+    assert len(found) == 3 and set(found) <= set(val)
+    assert example_images(cfg, 0) == []
