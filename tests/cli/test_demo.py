@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from tests.conftest import REPO_ROOT, SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+# chrome:// pages (the blank tab before the first navigation) and data: URLs use no network.
+_NETWORK_SCHEMES = {"http", "https", "ws", "wss", "ftp"}
 
 
 def _model_opts(reference_dir: Path) -> list[str]:
@@ -54,6 +60,47 @@ def _wait_until_served(proc: subprocess.Popen, url: str, log: Path, timeout: flo
     pytest.fail(f"the demo did not answer on {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+class _RecordingProxy(socketserver.ThreadingTCPServer):
+    """An HTTP(S) proxy that forwards nothing: it records each request line and answers 502."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer.requests.append(self.rfile.readline(4096).decode("latin-1").strip())
+                self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def env(self) -> dict[str, str]:
+        address = f"http://127.0.0.1:{self.server_address[1]}"
+        names = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"]
+        env = {n: address for n in names} | {n.lower(): address for n in names}
+        return env | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+@pytest.fixture
+def proxy():
+    server = _RecordingProxy()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_recording_proxy_sees_outside_requests(proxy):
+    # What makes the "nothing leaves the machine" check below able to fail.
+    code = "import httpx; httpx.get('https://api.gradio.app/', timeout=10)"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **proxy.env()},
+                   capture_output=True, timeout=60)  # fmt: skip
+    assert proxy.requests == ["CONNECT api.gradio.app:443 HTTP/1.1"]
+
+
 def _browser(profile: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -66,12 +113,19 @@ def _browser(profile: Path):
              f"--user-data-dir={profile}"]  # fmt: skip
     for flag in flags:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     # The driver's path is given, so selenium-manager has nothing to look for or download.
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
 @pytest.mark.slow
-def test_uploaded_image_gives_the_predictors_label_map(tmp_path, reference_dir):
+def test_uploaded_image_gives_the_predictors_label_map(tmp_path, reference_dir, proxy):
+    """Upload through the page, download the label PNG: the Predictor's labels, pixel for pixel.
+
+    Neither the server nor the page reaches outside 127.0.0.1: every proxy-able request of the
+    demo process goes to a recording proxy (which saw none), and the browser's network log lists
+    only the demo's own address.
+    """
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.skip(
             f"needs Debian's chromium and chromedriver at {CHROMIUM} and {CHROMEDRIVER} "
@@ -94,7 +148,7 @@ def test_uploaded_image_gives_the_predictors_label_map(tmp_path, reference_dir):
     url = f"http://127.0.0.1:{port}/"
     log = tmp_path / "demo.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}  # fmt: skip
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), **proxy.env()}  # fmt: skip
     cmd = [sys.executable, "-m", "atrous.cli.main", "demo", "--port", str(port),
            "--config-file", str(V3PLUS_CONFIG), *_model_opts(reference_dir)]  # fmt: skip
     with open(log, "w") as log_file:
@@ -118,12 +172,22 @@ def test_uploaded_image_gives_the_predictors_label_map(tmp_path, reference_dir):
         assert href.startswith(url), href  # served by the demo itself, nothing else
         with urllib.request.urlopen(href, timeout=30) as response:
             labels = np.asarray(Image.open(io.BytesIO(response.read())))
+        page_requests = [
+            event["params"]["request"]["url"]
+            for entry in driver.get_log("performance")
+            if (event := json.loads(entry["message"])["message"])["method"]
+            == "Network.requestWillBeSent"
+        ]
     finally:
         if driver is not None:
             driver.quit()
         proc.terminate()
         proc.wait(timeout=30)
     assert "Latency:" in latency and " ms " in latency
+    network = [u for u in page_requests if urllib.parse.urlsplit(u).scheme in _NETWORK_SCHEMES]
+    assert len(network) > 5  # the page, its scripts, the upload, the download
+    assert {urllib.parse.urlsplit(u).netloc for u in network} == {f"127.0.0.1:{port}"}, network
+    assert proxy.requests == []
 
     # The demo's CPU default is the fast path: the same config, in this process.
     cfg = get_cfg()

@@ -89,6 +89,8 @@ def example_images(cfg: Any, limit: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    # Gradio logs every request it makes to itself at start-up through httpx.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
     from atrous.inference.demo import import_gradio
@@ -140,9 +142,6 @@ def run(args: argparse.Namespace) -> int:
         inbrowser=False,
         show_error=True,
         ssr_mode=False,
-        run_history=False,
-        mcp_server=False,
-        footer_links=[],
         **launch_kwargs,
     )
     logger.info("serving on %s (Ctrl-C to stop)", local_url)

@@ -14,6 +14,7 @@ fonts served by the app itself (no font CDN).
 from __future__ import annotations
 
 import html
+import inspect
 import itertools
 import os
 import shutil
@@ -164,7 +165,8 @@ def build_demo(
 
     Returns:
         ``(blocks, launch_kwargs)``: the app, and the `launch` arguments that belong with it
-        (theme and CSS, which Gradio takes at launch).
+        (theme and CSS, which Gradio 6 takes at launch, and the privacy settings), limited to
+        those the installed Gradio knows.
     """
     gr = import_gradio()
     from PIL import Image
@@ -291,5 +293,14 @@ def build_demo(
                 draw, [state, opacity, min_confidence], overlay_out, show_progress="hidden"
             )
 
-    launch_kwargs = {"css": _CSS, "theme": gr.themes.Default()}
-    return blocks, launch_kwargs
+    launch_kwargs = {
+        "css": _CSS,
+        "theme": gr.themes.Default(),  # its fonts are served by the app, not by a font CDN
+        # Newer Gradio releases only: no run history kept in the browser (or offered for upload
+        # to Hugging Face), no MCP server, no footer links to gradio.app.
+        "run_history": False,
+        "mcp_server": False,
+        "footer_links": [],
+    }
+    accepted = inspect.signature(blocks.launch).parameters
+    return blocks, {k: v for k, v in launch_kwargs.items() if k in accepted}
