@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -224,3 +225,21 @@ def test_examples_come_from_the_test_datasets_on_disk(synthetic_cityscapes_root,
     val = sorted(str(p) for p in (synthetic_cityscapes_root / "leftImg8bit" / "val").rglob("*.png"))
     assert len(found) == 3 and set(found) <= set(val)
     assert example_images(cfg, 0) == []
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line_naming_the_flag(capsys, reference_dir, tmp_path, monkeypatch):
+    # set here so that what the demo and gradio write into os.environ is undone afterwards
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["demo", "--port", str(port), "--examples", "0",
+                     "--config-file", str(V3PLUS_CONFIG), *_model_opts(reference_dir)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    line = f"error: [Errno {errno.EADDRINUSE}] cannot serve on 127.0.0.1:{port}, it is in use"
+    assert f"{line}: choose another --port" in err

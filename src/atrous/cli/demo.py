@@ -15,6 +15,7 @@ not installed), 1 for a model that cannot be loaded.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 from typing import Any
@@ -78,8 +79,8 @@ def example_images(cfg: Any, limit: int) -> list[str]:
     for name in cfg.DATASETS.TEST:
         try:
             records = get_dataset_records(name)
-        except Exception as error:  # not on disk, not registered: the demo works without
-            logger.info("no examples from %s: %s", name, str(error).splitlines()[0])
+        except Exception:  # not on disk, not registered: the demo works without
+            logger.info("no examples from %s: it is not on disk", name)
             continue
         found += [r["file_name"] for r in records if os.path.isfile(r["file_name"])]
         if len(found) >= limit:
@@ -133,17 +134,26 @@ def run(args: argparse.Namespace) -> int:
         model_description=f"Model: {source} · {cfg.MODEL.DEVICE} · {fast}",
     )
     # quiet: Gradio's own start-up lines suggest share=True; the line below says where to go.
-    _, local_url, share_url = blocks.launch(
-        quiet=True,
-        prevent_thread_lock=True,
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        inbrowser=False,
-        show_error=True,
-        ssr_mode=False,
-        **launch_kwargs,
-    )
+    try:
+        _, local_url, share_url = blocks.launch(
+            quiet=True,
+            prevent_thread_lock=True,
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            inbrowser=False,
+            show_error=True,
+            ssr_mode=False,
+            **launch_kwargs,
+        )
+    except OSError as error:
+        if "port" not in str(error):
+            raise
+        # Gradio's message speaks of launch() arguments; say which flag to change.
+        raise OSError(
+            errno.EADDRINUSE,
+            f"cannot serve on {args.host}:{args.port}, it is in use: choose another --port",
+        ) from error
     logger.info("serving on %s (Ctrl-C to stop)", local_url)
     if share_url:
         logger.info("public link: %s", share_url)
