@@ -90,6 +90,47 @@ def test_predict_matches_the_predictor(tmp_path, model_args):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "x_labels.png")), expected)
 
 
+def test_predict_confidence_writes_16_bit_maps_and_a_heat_map(tmp_path, model_args):
+    from atrous.config import get_cfg
+    from atrous.inference import Predictor
+    from atrous.inference.confidence import read_png16
+
+    (path,) = _images(tmp_path, ["x.png"])
+    head, opts = model_args
+    out = tmp_path / "o"
+    assert main(["predict", *head, "--input", str(path), "--output", str(out), "--confidence",
+                 "--min-confidence", "0.5", *opts]) == 0  # fmt: skip
+    cfg = get_cfg()
+    cfg.merge_from_file(str(V3PLUS_CONFIG))
+    cfg.merge_from_list(opts)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    expected = Predictor(cfg)(image, return_confidence=True).confidence
+    for kind, values in [("confidence", expected.max_prob), ("entropy", expected.entropy)]:
+        with Image.open(out / f"x_{kind}.png") as img:
+            assert img.size == (56, 40) and np.asarray(img).dtype == np.uint16
+        np.testing.assert_allclose(read_png16(out / f"x_{kind}.png"), values, atol=1 / 65535)
+    with Image.open(out / "x_confidence_heatmap.png") as heat:
+        assert heat.mode == "RGB" and heat.size == (56, 40)
+    # the overlay is dimmed exactly where the probability is below 0.5
+    low = expected.max_prob < 0.5
+    assert low.any() and (~low).any()
+    assert main(["predict", *head, "--input", str(path), "--output", str(tmp_path / "plain"),
+                 *opts]) == 0  # fmt: skip
+    assert not (tmp_path / "plain" / "x_confidence.png").exists()
+    plain = np.asarray(Image.open(tmp_path / "plain" / "x_overlay.png"))
+    dimmed = np.asarray(Image.open(out / "x_overlay.png"))
+    np.testing.assert_array_equal(dimmed[~low], plain[~low])
+    assert (dimmed[low] < plain[low]).any()
+
+
+def test_predict_refuses_a_min_confidence_outside_0_1(tmp_path, model_args, capsys):
+    (path,) = _images(tmp_path, ["x.png"])
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(path), "--output", str(tmp_path / "o"),
+                 "--min-confidence", "2", *opts])  # fmt: skip
+    assert code == 2 and "--min-confidence" in capsys.readouterr().err
+
+
 def test_collect_inputs_expands_folders_globs_and_keeps_names_apart(tmp_path):
     _images(tmp_path, ["d1/x.png", "d2/x.png", "top.jpg", "note.txt.png"])
     (tmp_path / "readme.txt").write_text("not an image")

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from atrous.utils.visualize import (
+    DIM_FACTOR,
     colorize,
     draw_legend,
+    heatmap,
     overlay,
     palette_array,
     save_palette_png,
@@ -62,3 +64,39 @@ def test_legend_lists_the_given_classes():
     pixels = set(map(tuple, np.asarray(two).reshape(-1, 3).tolist()))
     assert COLORS[0] in pixels and COLORS[2] in pixels and COLORS[1] not in pixels
     assert draw_legend([], ["road"], COLORS[:1]).height > 0
+
+
+def test_min_confidence_dims_only_the_low_confidence_pixels():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, (6, 7))
+    labels[0, 0] = 255  # ignore: shows the photo, dimmed too when unsure
+    confidence = rng.uniform(0.3, 1.0, (6, 7)).astype(np.float32)
+    confidence[0, 0] = 0.1
+    plain = overlay(image, labels, COLORS, opacity=0.6)
+    dimmed = overlay(image, labels, COLORS, opacity=0.6, confidence=confidence, min_confidence=0.6)
+    low = confidence < 0.6
+    assert 0 < low.sum() < low.size
+    np.testing.assert_array_equal(dimmed[~low], plain[~low])
+    expected = np.clip(np.rint(
+        np.where(labels[..., None] < 3, image * 0.4 + np.asarray(COLORS)[labels % 3] * 0.6, image)
+        * DIM_FACTOR), 0, 255)  # fmt: skip
+    np.testing.assert_allclose(dimmed[low], expected[low], atol=1)
+    assert (dimmed[low].astype(int) <= plain[low]).all()
+    # a threshold of 0 is the overlay without confidence, bit for bit
+    np.testing.assert_array_equal(
+        overlay(image, labels, COLORS, opacity=0.6, confidence=confidence), plain
+    )
+    with pytest.raises(ValueError, match="confidence map"):
+        overlay(image, labels, COLORS, min_confidence=0.5)
+    with pytest.raises(ValueError, match="min_confidence"):
+        overlay(image, labels, COLORS, confidence=confidence, min_confidence=1.5)
+
+
+def test_heatmap_runs_dark_to_bright():
+    values = np.array([[0.0, 0.5, 1.0, np.nan]], dtype=np.float32)
+    rgb = heatmap(values)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    brightness = rgb.astype(int).sum(axis=-1)[0]
+    assert brightness[0] < brightness[1] < brightness[2]
+    np.testing.assert_array_equal(rgb[0, 3], rgb[0, 0])  # NaN drawn as 0

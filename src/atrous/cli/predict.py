@@ -11,7 +11,12 @@ atrous predict --model my_bundle --input photos/ --output out
 
 For every image ``<name>`` it writes ``<name>_labels.png`` (an indexed PNG: pixel values are class
 ids, the palette shows the dataset's colours), ``<name>_overlay.png`` (colours blended with the
-photo) and ``<name>_legend.png`` (the classes present). With ``--cityscapes-labelids`` it writes
+photo) and ``<name>_legend.png`` (the classes present). ``--confidence`` adds
+``<name>_confidence.png`` (16-bit grayscale: ``round(p * 65535)`` for the top class's softmax
+probability ``p``), ``<name>_entropy.png`` (16-bit: ``round(H / log(C) * 65535)``, the entropy over
+the C classes, 0 = certain, 65535 = uniform) and ``<name>_confidence_heatmap.png`` (the
+probability in colour, dark = unsure); ``--min-confidence P`` dims overlay pixels whose probability
+is below P. With ``--cityscapes-labelids`` it writes
 only ``<city>_<seq>_<frame>_leftImg8bit_labelIds.png`` files holding Cityscapes labelIds, the
 format the Cityscapes benchmark server accepts (zip the output folder and upload it).
 
@@ -66,6 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--opacity", type=float, default=0.5, help="colour weight in the overlay, 0 to 1"
+    )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write the per-pixel max probability and entropy (16-bit PNGs) and a heat map",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="dim overlay pixels whose max probability is below P (0 to 1; default 0: none)",
     )
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default=None, help="overrides MODEL.DEVICE"
@@ -155,19 +172,33 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _write_outputs(
-    out_dir: Path, name: str, image: np.ndarray, labels: np.ndarray, meta: Any, opacity: float
+    out_dir: Path, name: str, image: np.ndarray, result: Any, meta: Any, args: argparse.Namespace
 ) -> None:
     from PIL import Image
 
-    from atrous.inference.visualize import draw_legend, overlay, save_palette_png
+    from atrous.inference.confidence import save_png16
+    from atrous.inference.visualize import draw_legend, heatmap, overlay, save_palette_png
 
     base = out_dir / name
     base.parent.mkdir(parents=True, exist_ok=True)
     colors = meta.stuff_colors
+    labels, conf = result.labels, result.confidence
     save_palette_png(f"{base}_labels.png", labels, colors)
-    Image.fromarray(overlay(image, labels, colors, opacity=opacity)).save(f"{base}_overlay.png")
+    picture = overlay(
+        image,
+        labels,
+        colors,
+        opacity=args.opacity,
+        confidence=None if conf is None else conf.max_prob,
+        min_confidence=args.min_confidence,
+    )
+    Image.fromarray(picture).save(f"{base}_overlay.png")
     present = [int(c) for c in np.unique(labels) if 0 <= c < meta.num_classes]
     draw_legend(present, meta.stuff_classes, colors).save(f"{base}_legend.png")
+    if args.confidence:
+        save_png16(f"{base}_confidence.png", conf.max_prob)
+        save_png16(f"{base}_entropy.png", conf.entropy)
+        Image.fromarray(heatmap(conf.max_prob)).save(f"{base}_confidence_heatmap.png")
 
 
 def _write_labelids(out_dir: Path, path: str, name: str, labels: np.ndarray, lut) -> None:
@@ -192,6 +223,12 @@ def run(args: argparse.Namespace) -> int:
     inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
     if not 0.0 <= args.opacity <= 1.0:
         raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ConfigError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    if args.cityscapes_labelids and (args.confidence or args.min_confidence > 0):
+        raise ConfigError(
+            "--cityscapes-labelids writes only labelIds files: drop --confidence/--min-confidence"
+        )
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg, bundle = config_or_bundle(args, opts=opts, device=args.device)
@@ -268,14 +305,16 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
             if not loaded:
                 continue
             results = predictor.predict_batch(
-                [image for _, _, image in loaded], batch_size=args.batch_size
+                [image for _, _, image in loaded],
+                batch_size=args.batch_size,
+                return_confidence=args.confidence or args.min_confidence > 0,
             )
             for (path, name, image), result in zip(loaded, results):
                 try:
                     if lut is not None:
                         _write_labelids(out_dir, path, name, result.labels, lut)
                     else:
-                        _write_outputs(out_dir, name, image, result.labels, meta, args.opacity)
+                        _write_outputs(out_dir, name, image, result, meta, args)
                     written += 1
                 except OSError as error:
                     failures.append((path, f"cannot write output: {error}"))

@@ -8,14 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "Confidence",
     "Predictor",
     "SegmentationResult",
     "SemanticSegmentorWithTTA",
     "SlidingWindowInference",
     "build_inference_model",
+    "confidence_from_logits",
 ]
 
 _LAZY = {
+    "Confidence": "confidence",
+    "confidence_from_logits": "confidence",
     "Predictor": "predictor",
     "SegmentationResult": "predictor",
     "build_inference_model": "predictor",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .confidence import Confidence, confidence_from_logits
 from .sliding_window import SlidingWindowInference
 from .tta import SemanticSegmentorWithTTA
 
@@ -69,10 +70,13 @@ class SegmentationResult:
     Attributes:
         labels: int64 class ids ``(H, W)``.
         probabilities: float32 softmax probabilities ``(C, H, W)``, or None when not requested.
+        confidence: per-pixel max probability and entropy ``(H, W)`` (see
+            `atrous.inference.confidence`), or None when not requested.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
+    confidence: Confidence | None = None
 
 
 class Predictor:
@@ -172,10 +176,18 @@ class Predictor:
         return self._mapper.map_image(image)
 
     def __call__(
-        self, image: np.ndarray, *, return_probabilities: bool = False
+        self,
+        image: np.ndarray,
+        *,
+        return_probabilities: bool = False,
+        return_confidence: bool = False,
     ) -> SegmentationResult:
         """Segment one RGB ``(H, W, 3)`` uint8 image."""
-        return self.predict_batch([image], return_probabilities=return_probabilities)[0]
+        return self.predict_batch(
+            [image],
+            return_probabilities=return_probabilities,
+            return_confidence=return_confidence,
+        )[0]
 
     @torch.no_grad()
     def predict_batch(
@@ -184,8 +196,12 @@ class Predictor:
         *,
         batch_size: int = 1,
         return_probabilities: bool = False,
+        return_confidence: bool = False,
     ) -> list[SegmentationResult]:
         """Segment several RGB images, `batch_size` at a time.
+
+        ``return_probabilities`` adds the ``(C, H, W)`` softmax, ``return_confidence`` only the
+        ``(H, W)`` max probability and entropy (C times less memory).
 
         Only images of the same (resized) size share a batch: padding would change the image
         pooling of ASPP and so the result, and batching must not.
@@ -209,6 +225,7 @@ class Predictor:
                         # argmax gives int64 already: no second (H, W) copy
                         labels=scores.argmax(dim=0).cpu().numpy().astype(np.int64, copy=False),
                         probabilities=probs,
+                        confidence=confidence_from_logits(scores) if return_confidence else None,
                     )
                 # this chunk's full-size logits must not live on while the next is computed
                 outputs = scores = None

@@ -10,8 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "DIM_FACTOR",
     "colorize",
     "draw_legend",
+    "heatmap",
     "overlay",
     "palette_array",
     "save_palette_png",
@@ -69,22 +71,39 @@ def save_palette_png(
     img.save(path, format="PNG")
 
 
+# Brightness kept by the overlay pixels below `min_confidence`: dark enough to stand out, light
+# enough that the photo and the class colour stay recognisable.
+DIM_FACTOR = 0.35
+
+
 def overlay(
-    image: np.ndarray, labels: np.ndarray, colors: Sequence[Color], *, opacity: float = 0.5
+    image: np.ndarray,
+    labels: np.ndarray,
+    colors: Sequence[Color],
+    *,
+    opacity: float = 0.5,
+    confidence: np.ndarray | None = None,
+    min_confidence: float = 0.0,
 ) -> np.ndarray:
-    """Blend class colours over an RGB photo.
+    """Blend class colours over an RGB photo, optionally dimming the uncertain pixels.
 
     Args:
         image: uint8 RGB ``(H, W, 3)``.
         labels: class ids ``(H, W)``; pixels outside the classes keep the photo.
         colors: RGB per class.
         opacity: weight of the colour, 0 (photo only) to 1 (colours only).
+        confidence: per-pixel max probability ``(H, W)`` in [0, 1]; needed when
+            `min_confidence` is above 0.
+        min_confidence: pixels whose confidence is below it are drawn at `DIM_FACTOR` of their
+            brightness; all others are exactly what they are without it.
 
     Returns:
         uint8 RGB ``(H, W, 3)``.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     image = np.asarray(image)
     if image.shape[:2] != np.shape(labels):
         raise ValueError(f"image {image.shape[:2]} and label map {np.shape(labels)} differ in size")
@@ -92,7 +111,35 @@ def overlay(
     valid = ((labels >= 0) & (labels < len(colors)))[..., None]
     blended = image.astype(np.float32) * (1 - opacity) + color * opacity
     out = np.where(valid, blended, image.astype(np.float32))
+    if min_confidence > 0.0:
+        if confidence is None:
+            raise ValueError("min_confidence needs the per-pixel confidence map")
+        if np.shape(confidence) != np.shape(labels):
+            raise ValueError(
+                f"confidence {np.shape(confidence)} and label map {np.shape(labels)} differ in size"
+            )
+        low = (np.asarray(confidence) < min_confidence)[..., None]
+        out = np.where(low, out * DIM_FACTOR, out)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def heatmap(values: np.ndarray, *, cmap: str = "inferno") -> np.ndarray:
+    """Colour a map of values in [0, 1] ``(H, W)`` with a matplotlib colour map (0: dark).
+
+    Only the colour map's 256-entry table is used (no figure, no backend), so this is cheap and
+    safe in a server process.
+
+    Returns:
+        uint8 RGB image ``(H, W, 3)``.
+    """
+    from matplotlib import colormaps
+
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"expected an (H, W) map, got shape {values.shape}")
+    table = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    index = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * 255).astype(np.uint8)
+    return table[index]
 
 
 def draw_legend(
