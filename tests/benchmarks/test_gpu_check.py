@@ -30,7 +30,7 @@ EXPECTED_ROWS = [
     "4 infer bf16 b1 64x128",
     "4 infer bf16 b4 64x128",
     "4 train fp32 b2 64x128",
-    "4 train AMP bf16 b2 64x128",
+    "4 train AMP bf16 + channels_last b2 64x128",
     "4 infer bf16 + compile b1 64x128",
     "4 infer bf16 + compile b4 64x128",
 ]
