@@ -186,8 +186,14 @@ def get_metadata(name: str) -> Metadata:
     return _lookup(name).metadata()
 
 
-def get_dataset_records(name: str) -> list[dict]:
+def get_dataset_records(name: str, *, read_sizes: bool = True) -> list[dict]:
     """Records of a dataset, checked up front: the image and label files exist and pair up.
+
+    Args:
+        name: dataset name.
+        read_sizes: fill in missing "height"/"width" from the image headers (an unreadable
+            header raises); False lists the records as the dataset gives them, for tools
+            that read every file themselves and report what fails (check-dataset).
 
     Returns:
         list of dicts with "file_name", "sem_seg_file_name", "height", "width" (and whatever
@@ -199,7 +205,7 @@ def get_dataset_records(name: str) -> list[dict]:
     records = _lookup(name).records()
     if not records:
         raise DatasetError(f"dataset {name!r} has no images")
-    return _complete(name, records)
+    return _complete(name, records) if read_sizes else list(records)
 
 
 def _complete(name: str, records: list[dict]) -> list[dict]:
