@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.validate import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
 from ..utils.file_io import atomic_write, atomic_write_json
 from .image_io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, UnknownColorError, read_image
 from .mapper import load_sem_seg
@@ -56,7 +57,6 @@ __all__ = [
     "write_report",
 ]
 
-WEIGHT_METHODS = ("median_frequency", "inverse_sqrt_frequency")
 WEIGHT_DEFINITIONS = {
     "median_frequency": "median-frequency balancing (SegNet): freq_c = pixels of c / labelled "
     "pixels of the images containing c; weight_c = median over present classes of freq / freq_c",
