@@ -6,6 +6,7 @@ colour-coded masks must give exactly what the same labels stored as class ids gi
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -94,6 +95,8 @@ def test_an_unlisted_colour_names_the_file_the_colour_and_its_pixels(tmp_path):
     assert "[10, 20, 30] on 10 pixels, [1, 2, 3] on 1 pixels" in message
     assert "'unknown_colors: ignore'" in message
     assert info.value.colors == {(10, 20, 30): 10, (1, 2, 3): 1}
+    copy = pickle.loads(pickle.dumps(info.value))  # as a worker process hands it on
+    assert str(copy) == message and copy.colors == info.value.colors
 
     lenient = ColorCoding(colors=COLORS, ignore_colors=(IGNORE,), unknown_colors="ignore")
     label = read_label(tmp_path / "m.png", color_coding=lenient)

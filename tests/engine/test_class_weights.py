@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +101,56 @@ def test_the_trainer_builds_its_loss_with_the_computed_weights(tmp_path):
         expected = torch.tensor(MEDIAN_FREQUENCY, dtype=torch.float32)
         assert torch.equal(model.loss.weight, expected)
         assert not any("loss" in k for k in model.state_dict())
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from atrous.config import get_cfg
+    from atrous.engine import launch, resolve_class_weights
+    from atrous.utils import comm
+
+    def work(cfg_file, out_dir):
+        cfg = get_cfg()
+        cfg.merge_from_file(cfg_file)
+        try:
+            result = {"weights": resolve_class_weights(cfg)}
+        except Exception as e:
+            result = {"error": type(e).__name__ + ": " + str(e)}
+        with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
+            json.dump(result, f)
+
+    if __name__ == "__main__":
+        launch(work, 2, args=(sys.argv[1], sys.argv[2]), backend="gloo")
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_get_rank_0s_weights_or_its_error(tmp_path):
+    name = _dataset(tmp_path / "data")
+    cfg = _cfg(name, tmp_path / "out", "median_frequency")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(cfg.dump())
+    script = tmp_path / "job.py"
+    script.write_text(_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1", ATROUS_DIST_TIMEOUT="60")
+
+    def run(out: Path) -> list[dict]:
+        out.mkdir()
+        proc = subprocess.run([sys.executable, str(script), str(cfg_file), str(out)], env=env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    ranks = run(tmp_path / "ok")
+    for result in ranks:
+        assert result["weights"] == pytest.approx(MEDIAN_FREQUENCY, rel=1e-12)
+    assert (tmp_path / "out" / CACHE_NAME).is_file()
+
+    (tmp_path / "out" / CACHE_NAME).unlink()
+    (tmp_path / "data" / "lab" / "a.png").write_bytes(b"broken")
+    for result in run(tmp_path / "broken"):
+        assert result["error"].startswith("DatasetError: cannot count classes")
+        assert "lab/a.png" in result["error"]

@@ -82,6 +82,9 @@ class UnknownColorError(DatasetError):
         super().__init__(message)
         self.colors = colors
 
+    def __reduce__(self):  # both arguments survive pickling (worker processes)
+        return type(self), (str(self), self.colors)
+
 
 def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 -> (...) uint32 keys ``r << 16 | g << 8 | b``."""
