@@ -106,3 +106,16 @@ def test_build_loss_reads_a_list_and_defers_a_method():
     assert isinstance(resolved, DeepLabCE) and resolved.weight.tolist() == WEIGHTS
     with pytest.raises(ValueError, match=r"2 class weights for MODEL\.SEM_SEG_HEAD\.NUM_CLASSES 3"):
         build_loss(_cfg("median_frequency"), class_weights=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("loss_type", ["cross_entropy", "hard_pixel_mining"])
+def test_weighted_losses_under_bfloat16_autocast_stay_close_to_float32(loss_type):
+    logits, labels = _batch(torch.float32)
+    loss = build_sem_seg_loss(loss_type, ignore_label=255, class_weights=WEIGHTS)
+    reference = loss(logits, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(logits.to(torch.bfloat16), labels)
+    assert mixed.dtype == torch.float32  # cross_entropy runs in float32 under autocast
+    assert torch.allclose(mixed, reference, rtol=2e-2)
+    half = loss(logits.detach().to(torch.bfloat16), labels)  # no autocast: weights follow
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), reference, rtol=5e-2)
