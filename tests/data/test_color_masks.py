@@ -239,3 +239,19 @@ def test_rgb_dataset_trains_and_evaluates_exactly_like_its_id_masks(tmp_path, mo
     assert not np.isnan(m_ids["mIoU"])
     assert w_ids.keys() == w_rgb.keys()
     assert all(torch.equal(w_ids[k], w_rgb[k]) for k in w_ids)
+
+
+def test_yaml_unknown_colors_ignore_makes_unlisted_colours_unlabelled(tmp_path):
+    _write_pair_sets(tmp_path, n=1)
+    mask = tmp_path / "rgb" / "val" / "0.png"
+    rgb = np.array(Image.open(mask))
+    rgb[3, :7] = (12, 34, 56)
+    Image.fromarray(rgb).save(mask)
+    expected = _ids(100)
+    expected[3, :7] = 255
+
+    (strict,) = get_dataset_records(_rgb_yaml(tmp_path) + ":val")
+    with pytest.raises(UnknownColorError, match=r"\[12, 34, 56\] on 7 pixels"):
+        load_sem_seg(strict)
+    (lenient,) = get_dataset_records(_rgb_yaml(tmp_path, unknown_colors="ignore") + ":val")
+    assert np.array_equal(load_sem_seg(lenient), expected)
