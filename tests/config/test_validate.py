@@ -103,3 +103,34 @@ def test_cuda_device_index_must_exist() -> None:
     cfg.merge_from_list(["MODEL.DEVICE", f"cuda:{torch.cuda.device_count()}"])
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
         validate_config(cfg)
+
+
+def class_weights_cfg(weights, num_classes=3, loss_type="hard_pixel_mining"):
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
+                         "MODEL.SEM_SEG_HEAD.LOSS_TYPE", loss_type,
+                         "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", weights])  # fmt: skip
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("[1.0, 2.0]", "has 2 weights but MODEL.SEM_SEG_HEAD.NUM_CLASSES is 3"),
+        ("median", "CLASS_WEIGHTS is 'median'; use one of 'median_frequency', "
+         "'inverse_sqrt_frequency'"),
+        ("[1.0, -2.0, 1.0]", "must hold finite numbers >= 0"),
+        ("[0.0, 0.0, 0.0]", "needs at least one weight > 0"),
+        ("[1.0, a, 1.0]", r"is '\[1.0, a, 1.0\]'; use one of"),
+    ],
+)  # fmt: skip
+def test_bad_class_weights_are_config_errors(weights, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(class_weights_cfg(weights), check_device=False)
+
+
+@pytest.mark.parametrize(
+    "weights", ["None", "[]", "[1, 2.5, 3]", "median_frequency", "inverse_sqrt_frequency"]
+)
+def test_valid_class_weights_pass(weights):
+    validate_config(class_weights_cfg(weights), check_device=False)

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("atrous.cli.prepare", "prepare datasets (Cityscapes trainIds, synthetic data)"),
     "quickstart": ("atrous.cli.quickstart", "prepare synthetic data, train, evaluate, predict"),
     "convert": ("atrous.cli.convert", "convert weights (.pkl, .pth) to .safetensors or .pth"),
+    "check-dataset": ("atrous.cli.check_dataset", "find defective files, class stats, weights"),
     "demo": ("atrous.cli.demo", "try a model on pictures in the browser (Gradio)"),
 }
 

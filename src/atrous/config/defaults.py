@@ -79,6 +79,12 @@ _C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.1
 _C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
 # atrous: fraction of pixels kept by "hard_pixel_mining" (0.2 in the original, fixed there).
 _C.MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS = 0.2
+# atrous: loss weight per class. None (or []): unweighted, the original. A list of NUM_CLASSES
+# floats, or "median_frequency" / "inverse_sqrt_frequency": computed from DATASETS.TRAIN by the
+# trainer (atrous.data.statistics, as `atrous check-dataset` reports them), cached in
+# OUTPUT_DIR/class_weights.json. Applies to both LOSS_TYPEs (hard_pixel_mining: weighted
+# per-pixel losses, then the top-k).
+_C.MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS = None
 
 # -----------------------------------------------------------------------------
 # Input

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["validate_config"]
+__all__ = ["CLASS_WEIGHT_METHODS", "validate_config"]
 
 # Names the builders accept (atrous.layers.norm, solver.lr_scheduler, data.transforms, ...).
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -140,6 +140,37 @@ def _check_crop(cfg: Any) -> None:
         raise ConfigError(f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA must be in (0, 1], got {area!r}.")
 
 
+# The CLASS_WEIGHTS methods atrous.data.statistics computes (the config floor cannot import it).
+CLASS_WEIGHT_METHODS = ("median_frequency", "inverse_sqrt_frequency")
+
+
+def _check_class_weights(head: Any) -> None:
+    key = "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS"
+    value = head.CLASS_WEIGHTS
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return
+    if isinstance(value, str):
+        if value not in CLASS_WEIGHT_METHODS:
+            shown = ", ".join(repr(m) for m in CLASS_WEIGHT_METHODS)
+            raise ConfigError(
+                f"{key} is {value!r}; use one of {shown}, a list of one weight per class, or "
+                "None (unweighted)."
+            )
+        return
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list of floats, a method name or None, got {value!r}.")
+    bad = [v for v in value if not _is_number(v) or not math.isfinite(v) or v < 0]
+    if bad:
+        raise ConfigError(f"{key} must hold finite numbers >= 0, got {list(value)}.")
+    if not any(v > 0 for v in value):
+        raise ConfigError(f"{key} needs at least one weight > 0, got {list(value)}.")
+    if len(value) != head.NUM_CLASSES:
+        raise ConfigError(
+            f"{key} has {len(value)} weights but MODEL.SEM_SEG_HEAD.NUM_CLASSES is "
+            f"{head.NUM_CLASSES}: give one weight per class (index = class id)."
+        )
+
+
 def _check_pairs(cfg: Any, keys: Iterable[str]) -> None:
     for key in keys:
         value = _get(cfg, key)
@@ -192,6 +223,7 @@ def validate_config(
         raise ConfigError(
             f"MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS must be in (0, 1], got {top_k!r}."
         )
+    _check_class_weights(cfg.MODEL.SEM_SEG_HEAD)
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
         value = _get(cfg, key)
         if not isinstance(value, (list, tuple)) or len(value) != 3:

@@ -11,8 +11,10 @@ from .catalog import (
 )
 from .image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    ColorCoding,
     ImageReadError,
     ImageTooLargeError,
+    UnknownColorError,
     check_image_size,
     read_image,
     read_label,
@@ -25,6 +27,7 @@ from .loader import (
     train_data_seed,
 )
 from .mapper import (
+    LABEL_RECORD_KEYS,
     DatasetMapper,
     build_mapper,
     build_test_augmentations,
@@ -35,6 +38,8 @@ from .metadata import Metadata, as_metadata
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "LABEL_RECORD_KEYS",
+    "ColorCoding",
     "DatasetError",
     "DatasetMapper",
     "ImageReadError",
@@ -42,6 +47,7 @@ __all__ = [
     "InferenceSampler",
     "Metadata",
     "TrainingSampler",
+    "UnknownColorError",
     "as_metadata",
     "build_mapper",
     "build_test_augmentations",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .image_io import DatasetError
+from .image_io import ColorCoding, DatasetError
 from .metadata import DatasetEntry, Metadata, check_colors, dataset_root, default_colors
 
 __all__ = [
@@ -50,6 +50,9 @@ def register_dataset(
     image_root: str | None = None,
     gt_root: str | None = None,
     overwrite: bool = False,
+    mask_format: str = "ids",
+    ignore_colors: Sequence[Sequence[int]] = (),
+    unknown_colors: str = "error",
     **extra: Any,
 ) -> None:
     """Make a dataset available by name (in `DATASETS.TRAIN` / `DATASETS.TEST`).
@@ -68,6 +71,12 @@ def register_dataset(
         image_root: folder of the images, for tools that want it.
         gt_root: folder of the label files, for tools that want it.
         overwrite: replace an existing registration instead of failing.
+        mask_format: "ids" (the label files hold class indices, palette PNGs their indices)
+            or "rgb" (colour-coded masks: each pixel's colour is looked up in `stuff_colors`,
+            which is then required; see `atrous.data.custom` for the details).
+        ignore_colors: with "rgb", the colours of unlabelled pixels.
+        unknown_colors: with "rgb", "error" (a colour not listed stops with the file, the
+            colour and its pixel count) or "ignore" (such pixels are unlabelled).
         **extra: further metadata attributes.
 
     Raises:
@@ -80,12 +89,41 @@ def register_dataset(
     classes = tuple(str(c) for c in stuff_classes)
     if not classes:
         raise DatasetError(f"dataset {name!r}: stuff_classes is empty")
+    if mask_format not in ("ids", "rgb"):
+        raise DatasetError(
+            f"dataset {name!r}: mask_format {mask_format!r}; use 'ids' or 'rgb' (colour-coded)"
+        )
+    if mask_format == "rgb" and stuff_colors is None:
+        raise DatasetError(
+            f"dataset {name!r}: mask_format='rgb' needs stuff_colors, the colour of each class "
+            "in the masks"
+        )
+    if mask_format == "ids" and (ignore_colors or unknown_colors != "error"):
+        raise DatasetError(
+            f"dataset {name!r}: ignore_colors / unknown_colors apply to colour-coded masks; "
+            "pass mask_format='rgb'"
+        )
     colors = default_colors(len(classes)) if stuff_colors is None else check_colors(stuff_colors)
     if len(colors) != len(classes):
         raise DatasetError(
             f"dataset {name!r}: {len(colors)} colours for {len(classes)} classes; give one "
             "colour per class"
         )
+    coding = None
+    if mask_format == "rgb":
+        if int(ignore_label) != 255:
+            raise DatasetError(
+                f"dataset {name!r}: with mask_format='rgb' unlabelled pixels are given by "
+                "ignore_colors and become 255; leave ignore_label at 255"
+            )
+        try:
+            coding = ColorCoding(
+                colors=colors,
+                ignore_colors=check_colors(ignore_colors),
+                unknown_colors=unknown_colors,
+            )
+        except DatasetError as e:
+            raise DatasetError(f"dataset {name!r}: {e}") from e
     meta = Metadata(
         name=name,
         stuff_classes=classes,
@@ -97,12 +135,17 @@ def register_dataset(
         extra=dict(extra),
     )
     if callable(records):
-        fn = records
+        make = records
     else:
         fixed = list(records)
 
-        def fn() -> list[dict]:
+        def make() -> list[dict]:
             return fixed
+
+    def fn() -> list[dict]:
+        if coding is None:
+            return make()
+        return [{**r, "sem_seg_color_coding": coding} for r in make()]
 
     _REGISTERED[name] = DatasetEntry(records=fn, metadata=lambda: meta)
 
@@ -143,8 +186,14 @@ def get_metadata(name: str) -> Metadata:
     return _lookup(name).metadata()
 
 
-def get_dataset_records(name: str) -> list[dict]:
+def get_dataset_records(name: str, *, read_sizes: bool = True) -> list[dict]:
     """Records of a dataset, checked up front: the image and label files exist and pair up.
+
+    Args:
+        name: dataset name.
+        read_sizes: fill in missing "height"/"width" from the image headers (an unreadable
+            header raises); False lists the records as the dataset gives them, for tools
+            that read every file themselves and report what fails (check-dataset).
 
     Returns:
         list of dicts with "file_name", "sem_seg_file_name", "height", "width" (and whatever
@@ -156,7 +205,7 @@ def get_dataset_records(name: str) -> list[dict]:
     records = _lookup(name).records()
     if not records:
         raise DatasetError(f"dataset {name!r} has no images")
-    return _complete(name, records)
+    return _complete(name, records) if read_sizes else list(records)
 
 
 def _complete(name: str, records: list[dict]) -> list[dict]:

@@ -15,6 +15,22 @@ Example ``data/cracks.yaml``::
       train: {images: images/train, masks: masks/train}   # mask = same relative path+mask_ext
       val: {list: val.txt}                  # lines "image_path mask_path"
 
+Colour-coded masks (one RGB colour per class, as many annotation tools export them) are read
+with ``mask_format: rgb``; ``colors`` is then required and is also the decoding table::
+
+    classes: [background, crack, rust]
+    mask_format: rgb                        # default "ids": the stored values are the classes
+    colors: [[0, 0, 0], [255, 0, 0], [0, 200, 0]]   # pixel colour -> class index
+    ignore_colors: [[255, 255, 255]]        # optional: colours of unlabelled pixels
+    unknown_colors: error                   # default; "ignore": unlisted colours = unlabelled
+    splits: ...
+
+RGB, RGBA (alpha dropped) and palette PNGs (the palette's colours count, not its indices) are
+decoded; any other colour is an error naming the file, the colour and its pixel count, unless
+``unknown_colors: ignore``. ``ignore_value`` and ``label_map`` describe stored values and are
+refused with ``mask_format: rgb``. Palette PNGs whose index is the class (Pascal VOC) need no
+``mask_format``: the default reads their indices.
+
 A list file holds one "image_path mask_path" pair per line, relative to ``root``; blank lines and
 lines starting with "#" are skipped. A path with spaces is written in quotes
 (``"my photos/a 1.jpg" "my masks/a 1.png"``) or the two paths are separated by a tab.
@@ -39,7 +55,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .image_io import DatasetError
+from .image_io import ColorCoding, DatasetError
 from .metadata import DatasetEntry, Metadata, check_colors, default_colors
 
 __all__ = ["load_dataset_yaml", "pair_folders", "pair_list", "yaml_dataset_entry"]
@@ -48,7 +64,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Every field a dataset YAML may have; anything else is a typo.
 _FIELDS = (
     "classes", "ignore_value", "colors", "label_map", "image_ext", "mask_ext", "root", "splits",
+    "mask_format", "ignore_colors", "unknown_colors",
 )  # fmt: skip
+MASK_FORMATS = ("ids", "rgb")
 _SPLIT_FIELDS = ("images", "masks", "list")
 
 
@@ -243,6 +261,45 @@ def _parse_colors(colors: Any, num_classes: int, path: Path) -> tuple[tuple[int,
     return colors
 
 
+def _parse_color_coding(cfg: dict, num_classes: int, path: Path) -> ColorCoding:
+    """The `ColorCoding` of a ``mask_format: rgb`` dataset file.
+
+    Raises:
+        DatasetError: 'colors' missing or not one distinct colour per class, a field that only
+            applies to stored values, or a bad 'ignore_colors' / 'unknown_colors'.
+    """
+    for key, instead in (
+        ("ignore_value", "list the colours of unlabelled pixels in 'ignore_colors'"),
+        ("label_map", "give each class its colour in 'colors'"),
+    ):
+        if key in cfg:
+            raise DatasetError(
+                f"{path}: field '{key}' describes stored mask values, but 'mask_format: rgb' "
+                f"masks hold colours: remove it and {instead}"
+            )
+    if cfg.get("colors") is None:
+        raise DatasetError(
+            f"{path}: 'mask_format: rgb' needs field 'colors': the RGB colour of each class in "
+            "the masks, e.g. [[0, 0, 0], [255, 0, 0]]"
+        )
+    colors = _parse_colors(cfg["colors"], num_classes, path)
+    ignore = cfg.get("ignore_colors") or []
+    try:
+        ignore = check_colors(ignore) if ignore else ()
+    except (DatasetError, TypeError) as e:
+        raise DatasetError(f"{path}: field 'ignore_colors': {e}") from e
+    unknown = cfg.get("unknown_colors", "error")
+    if unknown not in ("error", "ignore"):
+        raise DatasetError(
+            f"{path}: field 'unknown_colors' is {unknown!r}; use 'error' (the default: an "
+            "unlisted colour stops with its file name) or 'ignore' (unlisted = unlabelled)"
+        )
+    try:
+        return ColorCoding(colors=colors, ignore_colors=ignore, unknown_colors=unknown)
+    except DatasetError as e:
+        raise DatasetError(f"{path}: {e}") from e
+
+
 def _check_label_map(label_map: Any, num_classes: int, ignore_value: int, path: Path) -> None:
     """Check that 'label_map' (if given) maps int mask values to a class index or the ignore value.
 
@@ -265,8 +322,9 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
     """Parse and validate a dataset YAML file.
 
     Returns:
-        dict with "classes", "colors", "ignore_value", "lut" (or None), "splits" (name ->
-        split dict), "root", "image_exts", "mask_ext".
+        dict with "classes", "colors", "ignore_value", "lut" (or None), "color_coding" (a
+        `ColorCoding` with ``mask_format: rgb``, else None), "splits" (name -> split dict),
+        "root", "image_exts", "mask_ext".
 
     Raises:
         DatasetError: unreadable file or a missing/invalid field, naming the field.
@@ -286,17 +344,34 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
         raise DatasetError(f"{path}: field 'classes' must be a non-empty list of names")
     if len(classes) > 255:
         raise DatasetError(f"{path}: at most 255 classes are supported, got {len(classes)}")
-    ignore_value = _require(cfg, "ignore_value", path, "the mask value of unlabelled pixels")
-    if not isinstance(ignore_value, int) or not 0 <= ignore_value < 65536:
-        raise DatasetError(f"{path}: field 'ignore_value' must be an integer in 0..65535")
+    mask_format = cfg.get("mask_format", "ids")
+    if mask_format not in MASK_FORMATS:
+        raise DatasetError(
+            f"{path}: field 'mask_format' is {mask_format!r}; use 'ids' (the stored values are "
+            "class indices) or 'rgb' (one colour per class, listed in 'colors')"
+        )
     splits = _require(cfg, "splits", path, "e.g. {train: {images: ..., masks: ...}}")
     if not isinstance(splits, dict) or not splits:
         raise DatasetError(f"{path}: field 'splits' must map split names to folders or lists")
     _check_splits(splits, path)
-    colors = _parse_colors(cfg.get("colors"), len(classes), path)
-    label_map = cfg.get("label_map")
-    _check_label_map(label_map, len(classes), ignore_value, path)
-    needs_lut = ignore_value != 255 or bool(label_map)
+    if mask_format == "rgb":
+        color_coding = _parse_color_coding(cfg, len(classes), path)
+        colors, ignore_value, lut = color_coding.colors, 255, None
+    else:
+        for key in ("ignore_colors", "unknown_colors"):
+            if key in cfg:
+                raise DatasetError(
+                    f"{path}: field '{key}' describes colour-coded masks; add 'mask_format: rgb'"
+                )
+        color_coding = None
+        ignore_value = _require(cfg, "ignore_value", path, "the mask value of unlabelled pixels")
+        if not isinstance(ignore_value, int) or not 0 <= ignore_value < 65536:
+            raise DatasetError(f"{path}: field 'ignore_value' must be an integer in 0..65535")
+        colors = _parse_colors(cfg.get("colors"), len(classes), path)
+        label_map = cfg.get("label_map")
+        _check_label_map(label_map, len(classes), ignore_value, path)
+        needs_lut = ignore_value != 255 or bool(label_map)
+        lut = build_lut(label_map, ignore_value, path) if needs_lut else None
     image_exts = cfg.get("image_ext", IMAGE_EXTS)
     if isinstance(image_exts, str):
         image_exts = (image_exts,)
@@ -307,7 +382,8 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
         "classes": tuple(str(c) for c in classes),
         "colors": colors,
         "ignore_value": ignore_value,
-        "lut": build_lut(label_map, ignore_value, path) if needs_lut else None,
+        "lut": lut,
+        "color_coding": color_coding,
         "splits": splits,
         "root": root,
         "image_exts": tuple(image_exts),
@@ -360,6 +436,9 @@ def yaml_dataset_entry(name: str) -> DatasetEntry:
         if spec["lut"] is not None:
             for r in recs:
                 r["sem_seg_lut"] = spec["lut"]
+        if spec["color_coding"] is not None:
+            for r in recs:
+                r["sem_seg_color_coding"] = spec["color_coding"]
         return recs
 
     def metadata() -> Metadata:

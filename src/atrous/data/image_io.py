@@ -8,7 +8,8 @@ case goes through Pillow, so the result never depends on which decoder ran. JPEG
 decoded by Pillow because JPEG decoders may differ in the last bit.
 
 Label maps come back as (H, W) integer arrays of the raw values stored in the file (palette
-PNGs give their indices, not their colours).
+PNGs give their indices, not their colours), or, for colour-coded masks (a `ColorCoding`), as
+class ids decoded from the pixels' RGB colours.
 
 Every reader takes a pixel budget (`max_pixels`, the config's INPUT.MAX_IMAGE_PIXELS; default
 Pillow's own limit) and checks it against the size in the file's header before any decoder
@@ -21,6 +22,7 @@ budget replaces it, exactly and with the file's name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import struct
@@ -38,9 +40,11 @@ except ImportError:  # pragma: no cover - exercised only without opencv installe
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "ColorCoding",
     "DatasetError",
     "ImageReadError",
     "ImageTooLargeError",
+    "UnknownColorError",
     "check_image_size",
     "check_pixel_budget",
     "image_size",
@@ -65,6 +69,121 @@ class ImageReadError(DatasetError):
 
 class ImageTooLargeError(ImageReadError):
     """An image or label file has more pixels than the budget (INPUT.MAX_IMAGE_PIXELS)."""
+
+
+class UnknownColorError(DatasetError):
+    """A colour-coded mask holds a colour that is neither a class's nor an ignored one.
+
+    Attributes:
+        colors: ``{(r, g, b): pixel count}`` of the unlisted colours.
+    """
+
+    def __init__(self, message: str, colors: dict[tuple[int, int, int], int]) -> None:
+        super().__init__(message)
+        self.colors = colors
+
+    def __reduce__(self):  # both arguments survive pickling (worker processes)
+        return type(self), (str(self), self.colors)
+
+
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 -> (...) uint32 keys ``r << 16 | g << 8 | b``."""
+    rgb = rgb.astype(np.uint32, copy=False)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorCoding:
+    """How a colour-coded mask (one RGB colour per class) maps to class ids.
+
+    Args:
+        colors: one (r, g, b) per class; index = class id. Colours must be distinct.
+        ignore_colors: colours of unlabelled pixels (they become the ignore label).
+        unknown_colors: "error" (a colour in neither list is a `UnknownColorError` naming the
+            file, the colour and its pixel count) or "ignore" (such pixels become the ignore
+            label).
+    """
+
+    colors: tuple[tuple[int, int, int], ...]
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    unknown_colors: str = "error"
+
+    def __post_init__(self) -> None:
+        colors = tuple(tuple(int(v) for v in c) for c in self.colors)
+        ignore = tuple(tuple(int(v) for v in c) for c in self.ignore_colors)
+        object.__setattr__(self, "colors", colors)
+        object.__setattr__(self, "ignore_colors", ignore)
+        if self.unknown_colors not in ("error", "ignore"):
+            raise DatasetError(
+                f"unknown_colors must be 'error' or 'ignore', got {self.unknown_colors!r}"
+            )
+        if not colors or len(colors) > 255:
+            raise DatasetError(f"a colour coding needs 1..255 class colours, got {len(colors)}")
+        for c in colors + ignore:
+            if len(c) != 3 or not all(0 <= v <= 255 for v in c):
+                raise DatasetError(f"colour {list(c)} is not an RGB triple of 0..255")
+        seen: dict[tuple[int, int, int], str] = {}
+        for what, c in [*((f"class {i}", c) for i, c in enumerate(colors)),
+                        *(("an ignore colour", c) for c in ignore)]:  # fmt: skip
+            if c in seen:
+                raise DatasetError(
+                    f"colour {list(c)} is given for {seen[c]} and for {what}: with colour-coded "
+                    "masks every class needs its own colour"
+                )
+            seen[c] = what
+
+    def decode(
+        self, rgb: np.ndarray, *, ignore_label: int = 255, file_name: str = ""
+    ) -> np.ndarray:
+        """Class ids of an ``(H, W, 3)`` uint8 RGB mask.
+
+        Every pixel is looked up at once: colours are packed into 24-bit keys and found in the
+        sorted keys of the listed colours with `np.searchsorted`.
+
+        Returns:
+            ``(H, W)`` uint8: class ids, `ignore_label` for ignored (and, with
+            ``unknown_colors: ignore``, unlisted) colours.
+
+        Raises:
+            UnknownColorError: with ``unknown_colors: error``, naming the file, the unlisted
+                colours and how many pixels have each.
+        """
+        listed = list(self.colors) + list(self.ignore_colors)
+        keys = _pack_rgb(np.asarray(listed, dtype=np.uint8))
+        values = np.array(
+            list(range(len(self.colors))) + [ignore_label] * len(self.ignore_colors),
+            dtype=np.uint8,
+        )
+        order = np.argsort(keys)
+        keys, values = keys[order], values[order]
+        pixels = _pack_rgb(rgb)
+        index = np.searchsorted(keys, pixels)
+        np.minimum(index, len(keys) - 1, out=index)
+        found = keys[index] == pixels
+        label = values[index]
+        if not found.all():
+            if self.unknown_colors == "error":
+                raise _unknown_colors_error(pixels[~found], file_name, len(self.colors))
+            label[~found] = ignore_label
+        return label
+
+
+def _unknown_colors_error(unknown: np.ndarray, file_name: str, num_classes: int):
+    packed, counts = np.unique(unknown, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    colors = {
+        (int(k >> 16), int((k >> 8) & 255), int(k & 255)): int(n)
+        for k, n in zip(packed[order], counts[order], strict=True)
+    }
+    shown = ", ".join(f"{list(c)} on {n:,} pixels" for c, n in list(colors.items())[:5])
+    more = f" and {len(colors) - 5} more" if len(colors) > 5 else ""
+    return UnknownColorError(
+        f"{file_name}: {len(colors)} colour(s) are not in the dataset's 'colors' "
+        f"({num_classes} classes): {shown}{more}. Add each to 'colors' (one per class) or "
+        "'ignore_colors', or set 'unknown_colors: ignore' to treat unlisted colours as "
+        "unlabelled. A JPEG mask blurs colours: store masks as PNG.",
+        colors,
+    )
 
 
 def check_pixel_budget(
@@ -270,23 +389,36 @@ def read_image(
 
 
 def read_label(
-    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    color_coding: ColorCoding | None = None,
+    ignore_label: int = 255,
 ) -> np.ndarray:
     """Read a label map (class index per pixel).
 
     Args:
-        path: single-channel PNG (8- or 16-bit grayscale, or palette: the indices are used).
+        path: single-channel PNG (8- or 16-bit grayscale, or palette: the indices are used);
+            with `color_coding`, a colour-coded mask (RGB, RGBA: alpha dropped, or palette:
+            the palette's colours are used, not the indices).
         max_pixels: refuse label maps with more pixels than this, from the header before
             decoding (INPUT.MAX_IMAGE_PIXELS); None, 0 or negative: no limit.
+        color_coding: decode colours to class ids (see `ColorCoding`); None: stored values.
+        ignore_label: the class id of ignored colours (with `color_coding` only).
 
     Returns:
-        (H, W) uint8 or uint16 array of the stored values.
+        (H, W) uint8 or uint16 array of the stored values (uint8 class ids with
+        `color_coding`).
 
     Raises:
         ImageTooLargeError: more pixels than `max_pixels`.
         ImageReadError: missing, truncated, or a colour image (labels must hold class indices).
+        UnknownColorError: with `color_coding`, a colour it does not list.
     """
     data, header = _read_png_checked(path, max_pixels)
+    if color_coding is not None:
+        rgb = _read_label_rgb(path, data, header, max_pixels)
+        return color_coding.decode(rgb, ignore_label=ignore_label, file_name=str(path))
     if cv2 is not None and header is not None and header[3] == 0 and header[2] in (8, 16):
         arr = _cv2_decode(data)
         if arr is not None and arr.ndim == 2 and arr.shape == (header[1], header[0]):
@@ -305,8 +437,25 @@ def read_label(
         return np.asarray(img.getchannel(0))
     raise ImageReadError(
         f"{path}: a label map must be a single-channel image of class indices, but this is a "
-        f"{img.mode} image. Convert colour-coded masks to index PNGs (one value per class)."
+        f"{img.mode} image. For colour-coded masks set 'mask_format: rgb' and one RGB triple "
+        "per class in 'colors' in the dataset YAML (register_dataset: mask_format='rgb'), or "
+        "convert them to index PNGs (one value per class)."
     )
+
+
+def _read_label_rgb(path, data: bytes, header, max_pixels: int | None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a colour-coded mask; no EXIF rotation, like `read_label`."""
+    if cv2 is not None and header is not None and header[2] == 8 and header[3] in (2, 6):
+        arr = _cv2_decode(data)
+        if arr is not None and arr.ndim == 3 and arr.shape[:2] == (header[1], header[0]):
+            return arr[:, :, 2::-1]
+    img = _open_pil(path, data, max_pixels)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        raise ImageReadError(
+            f"{path}: a colour-coded mask must be an 8-bit RGB, RGBA or palette image, but this "
+            f"is a {img.mode} image of values; leave 'mask_format' at 'ids' for such masks."
+        )
+    return np.asarray(img.convert("RGB"))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

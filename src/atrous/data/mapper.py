@@ -30,6 +30,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "LABEL_RECORD_KEYS",
     "DatasetMapper",
     "build_test_augmentations",
     "build_train_augmentations",
@@ -37,11 +38,20 @@ __all__ = [
 ]
 
 
+# The record keys that say how to read its training labels: whoever reads ground truth from a
+# record (the mapper, the evaluators) passes these on to `load_sem_seg`.
+LABEL_RECORD_KEYS = ("sem_seg_file_name", "sem_seg_lut", "sem_seg_color_coding")
+
+
 def load_sem_seg(record: dict, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """The training labels of a record: its label file with `sem_seg_lut` applied.
 
+    The one place labels are read from a record, for training and evaluation alike.
+
     Args:
-        record: dataset record with "sem_seg_file_name" (and optionally "sem_seg_lut").
+        record: dataset record with "sem_seg_file_name", and optionally "sem_seg_lut" (stored
+            value -> training label) or "sem_seg_color_coding" (a `ColorCoding`: the file is a
+            colour-coded mask, decoded to class ids with 255 for unlabelled pixels).
         max_pixels: pixel budget of the label file (INPUT.MAX_IMAGE_PIXELS), checked from its
             header before decoding; None, 0 or negative: no limit.
 
@@ -50,8 +60,10 @@ def load_sem_seg(record: dict, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
 
     Raises:
         ImageTooLargeError: the label file has more pixels than `max_pixels`.
+        UnknownColorError: a colour-coded mask holds a colour its coding does not list.
     """
-    label = read_label(record["sem_seg_file_name"], max_pixels=max_pixels)
+    coding = record.get("sem_seg_color_coding")
+    label = read_label(record["sem_seg_file_name"], max_pixels=max_pixels, color_coding=coding)
     lut = record.get("sem_seg_lut")
     if lut is not None:
         label = np.take(lut, label)

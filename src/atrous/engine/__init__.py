@@ -1,5 +1,6 @@
 """Training: the loop and its hooks, process launching, stop signals, flags and run set-up."""
 
+from .class_weights import resolve_class_weights
 from .defaults import (
     add_train_arguments,
     default_argument_parser,
@@ -42,6 +43,7 @@ __all__ = [
     "default_argument_parser",
     "default_setup",
     "launch",
+    "resolve_class_weights",
     "seed_all_rng",
     "setup_logger",
 ]

@@ -250,10 +250,13 @@ class Trainer:
 
     @classmethod
     def build_model(cls, cfg: Any) -> nn.Module:
-        """The segmentor of MODEL.META_ARCHITECTURE (`atrous.modeling.build_model`)."""
+        """The segmentor of MODEL.META_ARCHITECTURE (`atrous.modeling.build_model`), its loss
+        weighted by MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS (`resolve_class_weights`)."""
         from atrous.modeling import build_model
 
-        return build_model(cfg)
+        from .class_weights import resolve_class_weights
+
+        return build_model(cfg, class_weights=resolve_class_weights(cfg))
 
     @classmethod
     def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:

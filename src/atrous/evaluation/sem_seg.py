@@ -261,9 +261,11 @@ class SemSegEvaluator(DatasetEvaluator):
         self._samples: list[dict[str, Any]] = []
 
     def _gt_record_for(self, inp: dict[str, Any]) -> dict[str, Any] | None:
-        """The label file of an input and the value mapping (`sem_seg_lut`) its dataset applies."""
+        """The label file of an input and how its dataset decodes it (`LABEL_RECORD_KEYS`)."""
+        from atrous.data import LABEL_RECORD_KEYS
+
         if inp.get("sem_seg_file_name"):
-            return {k: inp[k] for k in ("sem_seg_file_name", "sem_seg_lut") if k in inp}
+            return {k: inp[k] for k in LABEL_RECORD_KEYS if k in inp}
         file_name = inp.get("file_name")
         if file_name is None:
             return None

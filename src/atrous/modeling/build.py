@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -11,12 +12,13 @@ from ..config import CfgNode
 from ..layers import ASPP, ShapeSpec
 from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
 from .heads import DeepLabV3Head, DeepLabV3PlusHead
-from .losses import build_sem_seg_loss
+from .losses import UnresolvedClassWeights, build_sem_seg_loss
 from .segmentor import SemanticSegmentor
 
 __all__ = [
     "aspp_pool_kernel_size",
     "build_backbone",
+    "build_loss",
     "build_model",
     "build_sem_seg_head",
     "max_output_bytes",
@@ -164,10 +166,48 @@ def max_output_bytes(cfg: CfgNode) -> int:
     return max(0, int(cfg.TEST.MAX_OUTPUT_MB) * 2**20)
 
 
-def build_model(cfg: CfgNode) -> SemanticSegmentor:
+def build_loss(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -> nn.Module:
+    """The loss of MODEL.SEM_SEG_HEAD: LOSS_TYPE, IGNORE_VALUE, TOP_K_PERCENT_PIXELS and
+    CLASS_WEIGHTS.
+
+    Args:
+        cfg: the config.
+        class_weights: the weights when CLASS_WEIGHTS names a method computed from the data
+            (the trainer resolves it, see `atrous.engine.resolve_class_weights`); overrides
+            the config's list when given.
+    """
+    h = cfg.MODEL.SEM_SEG_HEAD
+    configured = h.CLASS_WEIGHTS
+    if class_weights is not None:
+        weights = [float(w) for w in class_weights]
+        if len(weights) != h.NUM_CLASSES:
+            raise ValueError(
+                f"{len(weights)} class weights for MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"{h.NUM_CLASSES}; give one per class"
+            )
+    elif isinstance(configured, str):
+        # A model built for inference never calls its loss; training it without the
+        # computed weights fails with what to do.
+        return UnresolvedClassWeights(method=configured)
+    else:
+        weights = [float(w) for w in configured] if configured else None
+    return build_sem_seg_loss(
+        h.LOSS_TYPE,
+        ignore_label=h.IGNORE_VALUE,
+        top_k_percent_pixels=h.TOP_K_PERCENT_PIXELS,
+        class_weights=weights,
+    )
+
+
+def build_model(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -> SemanticSegmentor:
     """Build the segmentor described by `cfg`, initialised as the original, on MODEL.DEVICE.
 
     Weights are not loaded here; use `atrous.checkpoint.Checkpointer(model).load(...)`.
+
+    Args:
+        cfg: the config.
+        class_weights: the loss's class weights when MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS names a
+            method computed from the training data (see `build_loss`).
     """
     if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
         raise ValueError(
@@ -187,9 +227,7 @@ def build_model(cfg: CfgNode) -> SemanticSegmentor:
     model = SemanticSegmentor(
         backbone=backbone,
         sem_seg_head=head,
-        loss=build_sem_seg_loss(
-            h.LOSS_TYPE, ignore_label=h.IGNORE_VALUE, top_k_percent_pixels=h.TOP_K_PERCENT_PIXELS
-        ),
+        loss=build_loss(cfg, class_weights=class_weights),
         pixel_mean=cfg.MODEL.PIXEL_MEAN,
         pixel_std=cfg.MODEL.PIXEL_STD,
         common_stride=h.COMMON_STRIDE,
