@@ -216,7 +216,7 @@ def _exported_source(args: argparse.Namespace, graph: Path, opts: list[str]) -> 
     from atrous.checkpoint.bundle import CONFIG_FILE
     from atrous.config import ConfigError
 
-    if "MODEL.WEIGHTS" in opts[::2]:
+    if any(key == "MODEL.WEIGHTS" and value for key, value in zip(opts[::2], opts[1::2])):
         raise ConfigError(f"{graph} carries its own weights; do not also set MODEL.WEIGHTS.")
     config_file = args.config_file
     if not config_file:
