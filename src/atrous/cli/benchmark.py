@@ -494,7 +494,8 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         mode=args.mode,
         config_file=args.config_file or args.model,
         size=args.size,
-        dtype=args.dtype,
+        # ONNX Runtime runs the graph as stored, whatever --dtype asked
+        dtype="fp32" if args.backend == "onnxruntime" else args.dtype,
         channels_last=args.channels_last and args.backend == "torch",
         compile=args.compile and args.backend == "torch",
         fold_bn=args.fold_bn and not train and args.backend == "torch",
