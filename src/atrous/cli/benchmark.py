@@ -34,6 +34,7 @@ import gc
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,10 @@ def _set_backend(args: argparse.Namespace, exported) -> None:
     from atrous.deploy.runtime import exported_backend
 
     if args.onnx:
-        logger.warning("--onnx is deprecated: use --backend onnxruntime.")
+        # A DeprecationWarning, not a log line: stderr stays one error line when a run fails.
+        warnings.warn(
+            "--onnx is deprecated: use --backend onnxruntime.", DeprecationWarning, stacklevel=2
+        )
         if args.backend not in (None, "onnxruntime"):
             raise SystemExit(f"--onnx contradicts --backend {args.backend}; drop --onnx.")
         args.backend = "onnxruntime"
