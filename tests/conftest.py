@@ -156,6 +156,37 @@ def reference_bundle(tmp_path_factory, reference_dir) -> Path:
     return write_bundle(tmp_path_factory.mktemp("bundles") / "small_v3plus", cfg=cfg, model=model)
 
 
+@pytest.fixture(scope="session")
+def reference_exports(tmp_path_factory, reference_dir) -> dict[str, Path]:
+    """The model of `reference_bundle` exported once per session (read-only):
+
+    * ``"onnx"``: ``model.onnx`` (`export_onnx`);
+    * ``"openvino"``: ``model.xml`` + ``model.bin``, converted from it by ``openvino`` with
+      float32 weights;
+    * ``"folder"``: a folder holding ``config.yaml`` and ``model.xml`` + ``model.bin``, as
+      ``atrous quantize`` writes its output.
+    """
+    import openvino as ov
+
+    from atrous.checkpoint import Checkpointer
+    from atrous.deploy.export import export_onnx
+    from atrous.modeling import build_model
+
+    cfg = load_config(V3PLUS_CONFIG, reference_bundle_overrides(reference_dir))
+    model = build_model(cfg)
+    assert Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True).ok
+    root = tmp_path_factory.mktemp("exports")
+    onnx_file = export_onnx(model.eval(), root / "model.onnx")
+    folder = root / "folder"
+    folder.mkdir()
+    # save_model would store float16 weights by default; the parity tests need float32 ones.
+    ir = ov.convert_model(str(onnx_file))
+    ov.save_model(ir, str(root / "model.xml"), compress_to_fp16=False)
+    ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
+    (folder / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+    return {"onnx": onnx_file, "openvino": root / "model.xml", "folder": folder}
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """``tmpfs(size="1m", readonly=False) -> Path``: a real small tmpfs, unmounted afterwards.

@@ -119,3 +119,75 @@ def test_accuracy_mode_needs_a_dataset(tmp_path):
               *SMALL_REFERENCE_OVERRIDES, "DATASETS.TEST", "()"])  # fmt: skip
     with pytest.raises(SystemExit, match="add --mode accuracy"):
         main([*HEAD, "--dataset", "synthetic_sem_seg_val", *SMALL_REFERENCE_OVERRIDES])
+
+
+@pytest.mark.slow
+def test_openvino_backend_exports_and_sets_its_precision(tmp_path):
+    result = _run(tmp_path, "--backend", "openvino", "--dtype", "bf16", "--iters", "1")
+    assert result["backend"] == "openvino" and not result["int8"]
+    assert result["runtime"].startswith("openvino ") and result["runtime"].endswith("(bf16)")
+    assert result["dtype"] == "bf16" and not result["channels_last"]
+    assert result["peak_memory_kind"] == "peak_rss" and result["peak_memory_bytes"] > 0
+    assert result["flops_per_iter"] == _eager_forward_flops(batch=1)
+
+
+@pytest.mark.slow
+def test_an_exported_file_is_timed_with_its_own_runtime(tmp_path, reference_exports, capsys):
+    out = tmp_path / "result.json"
+    for name, runtime in (("openvino", "openvino "), ("onnx", "onnxruntime ")):
+        code = main(["benchmark", "--model", str(reference_exports[name]), "--config-file",
+                     str(V3PLUS_CONFIG), "--size", "64x128", "--warmup", "0", "--iters", "2",
+                     "--batch", "2", "--json", str(out), *SMALL_REFERENCE_OVERRIDES])  # fmt: skip
+        assert code == 0
+        result = json.loads(out.read_text())
+        assert result["backend"] == runtime.strip()
+        assert result["runtime"].startswith(runtime) and result["runtime"].endswith("(fp32)")
+        assert result["exported_file"] == str(reference_exports[name])
+        assert len(result["latencies_s"]) == 2 and result["images_per_s"] > 0
+        assert result["flops_per_iter"] == _eager_forward_flops(batch=2)
+        assert f"backend={result['backend']}" in capsys.readouterr().out
+    # The folder `atrous quantize` writes: its config.yaml describes the model.
+    code = main(["benchmark", "--model", str(reference_exports["folder"]), "--size", "64x128",
+                 "--warmup", "0", "--iters", "1", "--json", str(out)])  # fmt: skip
+    assert code == 0 and json.loads(out.read_text())["backend"] == "openvino"
+
+
+def test_int8_quantizes_the_exported_model_first(tmp_path, capsys):
+    try:
+        import atrous.deploy.quantize  # noqa: F401
+    except ImportError:
+        # Until the quantizer is part of the package the flag says so, and what to do instead.
+        with pytest.raises(SystemExit):
+            _run(tmp_path, "--backend", "openvino", "--int8", "--iters", "1")
+        assert "time an already quantized file with --model" in capsys.readouterr().err
+        return
+    result = _run(tmp_path, "--backend", "openvino", "--int8", "--iters", "1")
+    assert result["backend"] == "openvino" and result["int8"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--onnx", "--backend", "openvino"], "--onnx contradicts --backend openvino"),
+        (["--backend", "openvino", "--mode", "train"], "times inference; use it with --mode infer"),
+        (["--int8"], "add --backend openvino or onnxruntime"),
+        (["--backend", "openvino", "--dtype", "fp16"], "use --dtype fp32|bf16"),
+    ],
+)
+def test_backend_flags_that_cannot_work_are_refused(args, message, capsys):
+    with pytest.raises(SystemExit):
+        main([*HEAD, *args, *SMALL_REFERENCE_OVERRIDES])
+    assert message in capsys.readouterr().err
+
+
+def test_exported_file_flags_must_agree(reference_exports, capsys):
+    onnx_file = str(reference_exports["onnx"])
+    for args, message in [
+        (["--model", onnx_file, "--backend", "openvino"], "runs with onnxruntime, not --backend"),
+        (["--model", onnx_file, "--int8"], "drop --int8"),
+        (["--model", onnx_file, "--mode", "accuracy"], "is an exported graph; this needs"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["benchmark", "--config-file", str(V3PLUS_CONFIG), *args,
+                  *SMALL_REFERENCE_OVERRIDES])  # fmt: skip
+        assert message in capsys.readouterr().err

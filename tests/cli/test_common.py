@@ -75,3 +75,32 @@ def test_build_model_and_load_refuses_weights_that_leave_the_head_random(tmp_pat
     partial = build_model_and_load(cfg, allow_partial=True)
     key = next(k for k in source.state_dict() if k.startswith("backbone."))
     assert torch.equal(partial.state_dict()[key], source.state_dict()[key])
+
+
+def test_model_flag_names_an_exported_graph_by_suffix_or_folder(tmp_path, reference_bundle):
+    from atrous.cli.common import config_or_bundle, exported_model_file, load_model_source
+    from atrous.config import ConfigError
+
+    folder = tmp_path / "quantized"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(f"_BASE_: {V3PLUS_CONFIG}\n")
+    graph = folder / "model_int8.xml"
+    graph.write_text("")
+    assert exported_model_file(str(folder)) == graph
+    assert exported_model_file(str(graph)) == graph
+    assert exported_model_file(str(reference_bundle)) is None  # a bundle stays a bundle
+    assert exported_model_file(None) is None
+    args = argparse.Namespace(config_file=None, model=str(graph), opts=["MODEL.WEIGHTS", ""])
+    source = load_model_source(args)
+    assert source.exported == graph and source.bundle is None
+    assert source.cfg.MODEL.WEIGHTS == "" and source.cfg.MODEL.RESNETS.DEPTH == 101
+    # Commands that need the PyTorch model say so instead of failing on the file.
+    with pytest.raises(ConfigError, match="is an exported graph; this needs the PyTorch model"):
+        config_or_bundle(args)
+    (folder / "model_int8.onnx").write_text("")
+    with pytest.raises(ConfigError, match="holds several exported graphs"):
+        exported_model_file(str(folder))
+    (folder / "model_int8.onnx").unlink()
+    graph.unlink()
+    with pytest.raises(ConfigError, match="neither a model bundle"):
+        exported_model_file(str(folder))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from atrous.cli.main import main
@@ -110,3 +111,78 @@ def test_evaluate_refuses_a_bundle_with_weights_overrides(tmp_path, reference_bu
     code = main(["evaluate", "--model", str(reference_bundle), "--output", str(tmp_path),
                  "MODEL.WEIGHTS", "other.pth"])  # fmt: skip
     assert code == 2 and "brings its own weights" in capsys.readouterr().err
+
+
+def _metrics(folder):
+    return json.loads((folder / "inference" / "results.json").read_text())["synthetic_sem_seg_val"][
+        "sem_seg"
+    ]
+
+
+def test_evaluate_exported_graphs_scores_like_pytorch(
+    tmp_path, reference_dir, reference_exports, synthetic_cityscapes_root, monkeypatch
+):
+    # reference_exports hold the model of reference_bundle_overrides.
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    data = ["--dataset", "synthetic_sem_seg_val"]
+    config = ["--config-file", str(V3PLUS_CONFIG)]
+    opts = [*SMALL_REFERENCE_OVERRIDES, "INPUT.MIN_SIZE_TEST", "0", "DATALOADER.NUM_WORKERS", "0"]
+    assert (
+        main(
+            [
+                "evaluate",
+                *config,
+                "--output",
+                str(tmp_path / "torch"),
+                *data,
+                *reference_bundle_overrides(reference_dir),
+                "DATALOADER.NUM_WORKERS",
+                "0",
+            ]
+        )
+        == 0
+    )
+    expected = _metrics(tmp_path / "torch")
+    runs = {
+        "onnx": [*config, "--model", str(reference_exports["onnx"]), *data, *opts],
+        "openvino": [*config, "--model", str(reference_exports["openvino"]), *data, *opts],
+        # the folder `atrous quantize` writes: config.yaml beside the graph
+        "folder": ["--model", str(reference_exports["folder"]), *data,
+                   "DATALOADER.NUM_WORKERS", "0"],
+    }  # fmt: skip
+    for name, args in runs.items():
+        assert main(["evaluate", "--output", str(tmp_path / name), *args]) == 0, name
+        got = _metrics(tmp_path / name)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            # Float32 logits within 1e-4: at most a near-tie pixel changes its class. None is a
+            # NaN (a class absent from predictions and labels) and must stay one.
+            assert got[key] == (value if value is None else pytest.approx(value, abs=0.01)), key
+
+
+def test_evaluate_explains_what_an_exported_graph_cannot_do(
+    tmp_path, reference_exports, synthetic_cityscapes_root, monkeypatch, capsys
+):
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    onnx_file = str(reference_exports["onnx"])
+    config = ["--config-file", str(V3PLUS_CONFIG)]
+    head = ["evaluate", "--output", str(tmp_path / "o"), "--dataset", "synthetic_sem_seg_val"]
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "config.yaml").write_text("{}\n")
+    (two / "a.onnx").write_bytes(b"")
+    (two / "b.xml").write_bytes(b"")
+    for args, message in [
+        (["--model", onnx_file], "give the config of its model with --config-file"),
+        ([*config, "--model", onnx_file, *SMALL_REFERENCE_OVERRIDES, "MODEL.WEIGHTS", "w.pth"],
+         "carries its own weights"),
+        ([*config, "--model", onnx_file, *SMALL_REFERENCE_OVERRIDES, "TEST.FAST.ENABLED", "True"],
+         "cannot apply to the exported graph"),
+        ([*config, "--model", onnx_file, "--precision", "bf16", *SMALL_REFERENCE_OVERRIDES],
+         "applies to OpenVINO .xml models"),
+        ([*config, "--precision", "bf16", *SMALL_REFERENCE_OVERRIDES], "TEST.FAST.DTYPE"),
+        (["--model", str(two)], "holds several exported graphs"),
+    ]:  # fmt: skip
+        assert main([*head, *args]) == 2, message
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "inference").exists()

@@ -279,6 +279,35 @@ def test_predict_with_a_bundle_writes_the_same_labels(tmp_path, model_args, refe
             assert got.getpalette() == expected.getpalette()  # colours from bundle.json
 
 
+def test_predict_with_exported_graphs_writes_the_same_pictures(
+    tmp_path, model_args, reference_exports
+):
+    # reference_exports hold the model of `model_args`.
+    src = tmp_path / "photos"
+    _images(src, ["a.png", "sub/b.png"], size=(48, 72))
+    _images(src, ["c.png"], size=(37, 61))  # another size: a batch of two sizes is padded
+    head, opts = model_args
+    graph_opts = [*SMALL_REFERENCE_OVERRIDES, "INPUT.MIN_SIZE_TEST", "0"]  # no MODEL.WEIGHTS
+    common = ["--input", str(src), "--batch-size", "2"]
+    assert main(["predict", *head, *common, "--output", str(tmp_path / "torch"), *opts]) == 0
+    runs = {
+        "onnx": [*head, "--model", str(reference_exports["onnx"]), *common],
+        "openvino": [*head, "--model", str(reference_exports["openvino"]), *common],
+        "folder": ["--model", str(reference_exports["folder"]), *common],
+    }
+    for run, args in runs.items():
+        more = [] if run == "folder" else graph_opts
+        assert main(["predict", *args, "--output", str(tmp_path / run), *more]) == 0, run
+        for name in ["a", "sub/b", "c"]:
+            for kind in ("labels", "overlay", "legend"):
+                with (
+                    Image.open(tmp_path / "torch" / f"{name}_{kind}.png") as expected,
+                    Image.open(tmp_path / run / f"{name}_{kind}.png") as got,
+                ):
+                    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+                    assert got.getpalette() == expected.getpalette()
+
+
 def test_predict_refuses_a_damaged_bundle_and_ambiguous_models(
     tmp_path, model_args, reference_bundle, capsys
 ):

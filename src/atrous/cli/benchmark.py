@@ -4,7 +4,10 @@ Examples::
 
     atrous benchmark --config-file CONFIG.yaml --dtype bf16 --channels-last --fold-bn
     atrous benchmark --config-file CONFIG.yaml --mode train --batch 2 --dtype bf16 --channels-last
-    atrous benchmark --config-file ... --onnx --json out/onnx.json
+    atrous benchmark --config-file CONFIG.yaml --backend onnxruntime --json out/onnx.json
+    atrous benchmark --config-file CONFIG.yaml --backend openvino --dtype bf16
+    atrous benchmark --config-file CONFIG.yaml --backend openvino --int8
+    atrous benchmark --model quantized/model_int8.xml --size 1024x2048
     atrous benchmark --mode accuracy --config-file CONFIG.yaml --dataset NAME MODEL.WEIGHTS W.pkl
 
 The model gets random weights (MODEL.WEIGHTS is ignored), so nothing is downloaded; speed does
@@ -12,14 +15,26 @@ not depend on the weights' values. ``--mode accuracy`` is the exception: it load
 and compares the fast path (the TEST.FAST keys, whether or not TEST.FAST.ENABLED is set) with the
 float32 model on every image of the dataset (`atrous.deploy.accuracy.compare_fast_path`).
 ``--model DIR`` benchmarks a model bundle's config.
+
+``--backend onnxruntime|openvino`` exports the random-weights model to a temporary ONNX file /
+OpenVINO IR and times it through `atrous.deploy.runtime.ExportedSegmentor` (the same
+list-of-dicts call, with the post-processing, as the PyTorch model); ``--int8`` first quantizes
+it (`atrous.deploy.quantize.quantize_model`, calibrated on random images: speed does not depend
+on the calibration). ``--dtype bf16`` on OpenVINO is its inference precision hint. ``--model
+FILE.onnx|FILE.xml`` times an existing exported file instead (INT8 ones too), with the config
+from ``--config-file`` or the ``config.yaml`` beside it (for the FLOP count). ``--onnx`` is the
+old spelling of ``--backend onnxruntime``. Peak memory is the process's peak RSS while timing,
+after the PyTorch model of an exported backend was freed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +50,7 @@ from atrous.cli.common import (
 logger = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
     parser.add_argument(
-        "--onnx", action="store_true", help="inference: time an ONNX Runtime session instead"
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="inference: what runs the model (default torch; an exported --model file: its own)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnxruntime/openvino: quantize the exported model to INT8 first",
+    )
+    parser.add_argument(
+        "--onnx", action="store_true", help="deprecated: the same as --backend onnxruntime"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument(
@@ -89,14 +116,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _setup_cfg(args: argparse.Namespace):
     from atrous.checkpoint.errors import CheckpointError
-    from atrous.cli.common import config_or_bundle
+    from atrous.cli.common import load_model_source
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
     try:
-        cfg, _ = config_or_bundle(args, weights=False)
+        source = load_model_source(args, weights=False)
     except (ConfigError, FileNotFoundError, CheckpointError) as error:
         raise SystemExit(str(error)) from error
+    cfg = source.cfg
+    _set_backend(args, source.exported)
     # Random weights: speed does not depend on them and a benchmark must not download.
     cfg.MODEL.WEIGHTS = ""
     if args.device:
@@ -136,8 +165,8 @@ def _to_channels_last_hook(module, args):
 def _infer_step(args, cfg, model, inputs, device):
     from atrous.deploy import optimize_for_inference
 
-    if args.onnx:
-        return _onnx_step(args, model, inputs)
+    if args.backend != "torch":
+        return _exported_step(args, cfg, model, inputs)
     runner = optimize_for_inference(
         model,
         dtype=_DTYPE_NAMES[args.dtype],
@@ -149,26 +178,123 @@ def _infer_step(args, cfg, model, inputs, device):
     return lambda: runner(inputs), "pytorch"
 
 
-def _onnx_step(args, model, inputs):
-    import numpy as np
+def _set_backend(args: argparse.Namespace, exported) -> None:
+    """Resolve ``--backend`` from itself, ``--onnx`` and an exported ``--model`` file."""
+    from atrous.deploy.runtime import exported_backend
 
-    try:
-        import onnxruntime as ort
-    except ImportError as error:
-        raise SystemExit("--onnx needs onnxruntime: pip install 'atrous[export]'.") from error
+    if args.onnx:
+        # A DeprecationWarning, not a log line: stderr stays one error line when a run fails.
+        warnings.warn(
+            "--onnx is deprecated: use --backend onnxruntime.", DeprecationWarning, stacklevel=2
+        )
+        if args.backend not in (None, "onnxruntime"):
+            raise SystemExit(f"--onnx contradicts --backend {args.backend}; drop --onnx.")
+        args.backend = "onnxruntime"
+    args.exported = exported
+    if exported is not None:
+        own = exported_backend(exported)
+        if args.backend not in (None, own):
+            raise SystemExit(f"--model {exported} runs with {own}, not --backend {args.backend}.")
+        if args.int8:
+            raise SystemExit(
+                f"--int8 quantizes the config's model; --model {exported} is timed as it is "
+                "(an INT8 file runs as INT8): drop --int8."
+            )
+        args.backend = own
+    args.backend = args.backend or "torch"
+    if args.backend != "torch" and args.mode != "infer":
+        raise SystemExit(f"--backend {args.backend} times inference; use it with --mode infer.")
+    if args.int8 and args.backend == "torch":
+        raise SystemExit(
+            "--int8 runs a quantized exported graph: add --backend openvino or onnxruntime."
+        )
+
+
+def _runtime_precision(args: argparse.Namespace) -> str:
+    """OpenVINO's inference precision for ``--dtype``; fp32 (as stored) for ONNX Runtime."""
+    ignored = [
+        flag
+        for flag, on in (("--channels-last", args.channels_last), ("--compile", args.compile),
+                         ("--fold-bn", args.fold_bn))
+        if on
+    ]  # fmt: skip
+    if args.backend == "onnxruntime" and args.dtype != "fp32":
+        ignored.append("--dtype")
+    if ignored:
+        logger.warning(
+            "--backend %s times the exported graph; %s ignored", args.backend, "/".join(ignored)
+        )
+    if args.backend == "onnxruntime":
+        return "fp32"
+    if args.dtype == "fp16":
+        raise SystemExit("--backend openvino times fp32 or bf16 on the CPU; use --dtype fp32|bf16.")
+    return args.dtype
+
+
+def _export_graph(args: argparse.Namespace, model, inputs, folder: Path) -> Path:
+    """The random-weights model as a file for ``args.backend``, quantized when ``--int8``."""
     from atrous.deploy.export import export_onnx
 
-    if args.dtype != "fp32" or args.channels_last or args.compile:
-        logger.warning(
-            "--onnx times the fp32 ONNX graph; --dtype/--channels-last/--compile ignored"
+    model = model.cpu().eval()
+    if args.int8:
+        try:
+            from atrous.deploy.quantize import quantize_model
+        except ImportError as error:
+            raise SystemExit(
+                "--int8 needs atrous.deploy.quantize, which this installation lacks; time an "
+                "already quantized file with --model FILE.xml|FILE.onnx instead."
+            ) from error
+        suffix = ".xml" if args.backend == "openvino" else ".onnx"
+        # Random calibration images: the quantized graph's speed does not depend on them.
+        calibration = [x["image"][None].float() for x in inputs]
+        return Path(
+            quantize_model(
+                model, calibration, backend=args.backend, output=folder / f"model_int8{suffix}"
+            )
         )
+    if args.backend == "onnxruntime":
+        return export_onnx(model, folder / "model.onnx")
+    return _export_openvino(model, folder / "model.xml")
+
+
+def _export_openvino(model, output: Path) -> Path:
+    try:
+        from atrous.deploy.openvino import export_openvino
+    except ImportError:
+        export_openvino = None
+    if export_openvino is not None:
+        return Path(export_openvino(model, output))
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise SystemExit(
+            "--backend openvino needs openvino: pip install 'atrous[openvino]'."
+        ) from error
+    from atrous.deploy.export import export_onnx
+
+    onnx_file = export_onnx(model, output.with_suffix(".onnx"))
+    # Float32 weights: save_model would store them in float16 by default.
+    ov.save_model(ov.convert_model(str(onnx_file)), str(output), compress_to_fp16=False)
+    return output
+
+
+def _exported_step(args, cfg, model, inputs):
+    """Time an `ExportedSegmentor` over ``--model FILE`` or the exported random-weights model."""
+    from atrous.deploy.runtime import load_exported_model
+
+    precision = _runtime_precision(args)
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as tmp:
-        path = export_onnx(model.cpu(), Path(tmp) / "model.onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"images": np.stack([x["image"].float().numpy() for x in inputs])}
-    return lambda: session.run(None, feed), f"onnxruntime {ort.__version__}"
+        path = args.exported or _export_graph(args, model, inputs, Path(tmp))
+        try:
+            runner = load_exported_model(
+                path,
+                threads=torch.get_num_threads(),
+                precision=precision,
+                pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            )
+        except ImportError as error:
+            raise SystemExit(str(error)) from error
+    return lambda: runner(inputs), f"{runner.runtime} ({runner.precision})"
 
 
 def _check_onnx_size(size: tuple[int, int], model) -> None:
@@ -183,7 +309,7 @@ def _check_onnx_size(size: tuple[int, int], model) -> None:
         raise ConfigError(
             f"--size {h}x{w} is below the smallest input the ONNX graph of this config accepts, "
             f"{min_h}x{min_w} (the ASPP pooling window of INPUT.CROP.SIZE): pass --size "
-            f"{max(h, min_h)}x{max(w, min_w)} or larger, or drop --onnx."
+            f"{max(h, min_h)}x{max(w, min_w)} or larger, or use --backend torch."
         )
 
 
@@ -291,20 +417,22 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise SystemExit(f"--batch must be at least 1, got {args.batch}.")
     if args.onnx and args.mode != "infer":
         raise SystemExit("--onnx times inference; use it with --mode infer.")
+    if args.backend not in (None, "torch") and args.mode != "infer":
+        raise SystemExit(f"--backend {args.backend} times inference; use it with --mode infer.")
     if args.dataset and args.mode != "accuracy":
         raise SystemExit("--dataset names the dataset of --mode accuracy; add --mode accuracy.")
 
 
 def _speed_device(args: argparse.Namespace, cfg) -> torch.device:
-    """``cfg.MODEL.DEVICE``, checked against this torch and ``--onnx`` (SystemExit)."""
+    """``cfg.MODEL.DEVICE``, checked against this torch and ``--backend`` (SystemExit)."""
     device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; "
             "use --device cpu or install a CUDA build of torch."
         )
-    if args.onnx and device.type != "cpu":
-        raise SystemExit("--onnx runs ONNX Runtime's CPU provider; use --device cpu.")
+    if args.backend != "torch" and device.type != "cpu":
+        raise SystemExit(f"--backend {args.backend} runs on the CPU here; use --device cpu.")
     return device
 
 
@@ -335,7 +463,7 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
     device = _speed_device(args, cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
-    if args.onnx:
+    if args.backend != "torch":
         _check_onnx_size(args.size, model)
     train = args.mode == "train"
     inputs = _random_batch(
@@ -354,6 +482,10 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         ]
 
     step, runtime = (_train_step if train else _infer_step)(args, cfg, model, inputs, device)
+    if args.backend != "torch":
+        # The exported graph's peak RSS, not the PyTorch model's next to it.
+        model = None
+        gc.collect()
     reset_peak_memory(device)
     times, warmup_s = time_iterations(step, warmup=args.warmup, iters=args.iters, device=device)
     memory, memory_kind = peak_memory(device)
@@ -366,10 +498,11 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         mode=args.mode,
         config_file=args.config_file or args.model,
         size=args.size,
-        dtype=args.dtype,
-        channels_last=args.channels_last and not args.onnx,
-        compile=args.compile and not args.onnx,
-        fold_bn=args.fold_bn and not train and not args.onnx,
+        # ONNX Runtime runs the graph as stored, whatever --dtype asked
+        dtype="fp32" if args.backend == "onnxruntime" else args.dtype,
+        channels_last=args.channels_last and args.backend == "torch",
+        compile=args.compile and args.backend == "torch",
+        fold_bn=args.fold_bn and not train and args.backend == "torch",
         runtime=runtime,
         device=str(device),
         hardware=hardware_name(device),
@@ -382,6 +515,9 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         peak_memory_kind=memory_kind,
         parameters=parameters,
         extra={"opts": list(args.opts or [])},
+        backend=args.backend,
+        int8=args.int8,
+        exported_file=None if args.exported is None else str(args.exported),
     )
     print(result.summary())
     if args.json:

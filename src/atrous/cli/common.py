@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ModelSource",
     "add_allow_partial_flag",
     "add_model_source_flags",
+    "add_precision_flag",
     "build_model_and_load",
+    "build_run_model",
     "config_or_bundle",
+    "exported_model_file",
     "load_config",
+    "load_model_source",
     "load_weights",
     "parse_size",
     "setup_logging",
@@ -65,10 +73,26 @@ def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_source_flags(parser: argparse.ArgumentParser) -> None:
-    """``--config-file FILE`` and ``--model DIR``, of which `config_or_bundle` takes exactly one."""
+    """``--config-file FILE`` and ``--model DIR|FILE``, read by `load_model_source`."""
     parser.add_argument("--config-file", default=None, metavar="FILE", help="model config YAML")
     parser.add_argument(
-        "--model", default=None, metavar="DIR", help="a model bundle folder (instead of a config)"
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="a model bundle folder (instead of a config); for evaluate, predict and benchmark "
+        "also an exported .onnx or OpenVINO .xml file (its config from --config-file or the "
+        "config.yaml beside it) or a folder holding config.yaml and one such file",
+    )
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of an exported OpenVINO model (`atrous.deploy.runtime`)."""
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="inference precision of an exported OpenVINO .xml model (its "
+        "INFERENCE_PRECISION_HINT; default fp32); ONNX files run as stored",
     )
 
 
@@ -138,7 +162,170 @@ def build_model_and_load(cfg: Any, *, allow_partial: bool) -> Any:
     return model
 
 
+@dataclass
+class ModelSource:
+    """What ``--config-file`` / ``--model`` name.
+
+    Attributes:
+        cfg: the mutable config (with the overrides).
+        bundle: the `LoadedBundle` of a bundle folder read with its weights, else None.
+        exported: the exported graph file (``.onnx``, ``.xml``) to run, else None; ``cfg``
+            then describes its model and MODEL.WEIGHTS is empty.
+    """
+
+    cfg: Any
+    bundle: Any = None
+    exported: Path | None = None
+
+
+def exported_model_file(model: str | os.PathLike[str] | None) -> Path | None:
+    """The exported graph that ``--model`` names, or None for a bundle (or nothing).
+
+    A ``.onnx`` / ``.xml`` path is one; so is a folder without ``bundle.json`` that holds a
+    ``config.yaml`` and exactly one such file (what ``atrous quantize`` writes).
+
+    Raises:
+        ConfigError: such a folder holds several graph files (name one) or none.
+    """
+    from atrous.checkpoint.bundle import CONFIG_FILE, is_bundle
+    from atrous.config import ConfigError
+    from atrous.deploy.runtime import EXPORTED_SUFFIXES
+
+    if not model:
+        return None
+    path = Path(model)
+    if path.suffix.lower() in EXPORTED_SUFFIXES and not path.is_dir():
+        return path
+    if not path.is_dir() or is_bundle(path) or not (path / CONFIG_FILE).is_file():
+        return None
+    graphs = sorted(p for p in path.iterdir() if p.suffix.lower() in EXPORTED_SUFFIXES)
+    if len(graphs) == 1:
+        return graphs[0]
+    if graphs:
+        raise ConfigError(
+            f"--model {path} holds several exported graphs ({', '.join(p.name for p in graphs)}); "
+            f"name the one to run, e.g. --model {graphs[0]}."
+        )
+    raise ConfigError(
+        f"--model {path} is neither a model bundle (no bundle.json) nor a folder with an "
+        "exported graph (.onnx or .xml beside its config.yaml)."
+    )
+
+
+def _exported_source(args: argparse.Namespace, graph: Path, opts: list[str]) -> ModelSource:
+    from atrous.checkpoint.bundle import CONFIG_FILE
+    from atrous.config import ConfigError
+
+    if any(key == "MODEL.WEIGHTS" and value for key, value in zip(opts[::2], opts[1::2])):
+        raise ConfigError(f"{graph} carries its own weights; do not also set MODEL.WEIGHTS.")
+    config_file = args.config_file
+    if not config_file:
+        beside = graph.parent / CONFIG_FILE
+        if not beside.is_file():
+            raise ConfigError(
+                f"--model {graph} is an exported graph without a {CONFIG_FILE} beside it: give "
+                "the config of its model with --config-file."
+            )
+        config_file = str(beside)
+    cfg = load_config(config_file, opts)
+    # The graph holds the weights; nothing may read or download the config's.
+    cfg.MODEL.WEIGHTS = ""
+    return ModelSource(cfg=cfg, exported=graph)
+
+
+def load_model_source(
+    args: argparse.Namespace,
+    *,
+    opts: list[str] | None = None,
+    device: str | None = None,
+    weights: bool = True,
+) -> ModelSource:
+    """The run's config and model source from ``--config-file`` (+ overrides) and ``--model``.
+
+    ``--model`` may name an exported graph (`exported_model_file`); its config then comes from
+    ``--config-file`` or the ``config.yaml`` beside the file. Otherwise exactly one of the two
+    is given and `config_or_bundle` applies.
+
+    Raises:
+        ConfigError: no source, both a config and a bundle, MODEL.WEIGHTS set for an exported
+            graph, or a bad key; CheckpointError: a damaged bundle.
+    """
+    opts = list(args.opts or []) if opts is None else opts
+    graph = exported_model_file(args.model)
+    if graph is not None:
+        return _exported_source(args, graph, opts)
+    cfg, bundle = _config_or_bundle(args, opts=opts, device=device, weights=weights)
+    return ModelSource(cfg=cfg, bundle=bundle)
+
+
+def build_run_model(source: ModelSource, *, allow_partial: bool, precision: str | None) -> Any:
+    """The model evaluate and predict run: the exported graph, the bundle's or the config's.
+
+    ``precision`` is an exported OpenVINO model's inference precision (None: fp32); it is
+    refused for PyTorch models, whose precision is TEST.FAST.DTYPE.
+
+    Raises:
+        ConfigError: `precision` for a model it does not apply to, or see
+            `atrous.deploy.runtime.build_exported_model`; CheckpointError: see `load_weights`.
+    """
+    from atrous.config import ConfigError
+
+    if source.exported is None:
+        if precision is not None:
+            raise ConfigError(
+                "--precision sets an exported OpenVINO model's inference precision; a PyTorch "
+                "model's is TEST.FAST.DTYPE (with TEST.FAST.ENABLED True)."
+            )
+        if source.bundle is not None:
+            return source.bundle.model
+        return build_model_and_load(source.cfg, allow_partial=allow_partial)
+    import torch
+
+    from atrous.deploy.runtime import build_exported_model, exported_backend
+
+    if precision not in (None, "fp32") and exported_backend(source.exported) != "openvino":
+        raise ConfigError(
+            f"--precision {precision} applies to OpenVINO .xml models; ONNX Runtime runs "
+            f"{source.exported.name} as it is stored."
+        )
+    try:
+        return build_exported_model(
+            source.cfg,
+            source.exported,
+            threads=torch.get_num_threads(),
+            precision=precision or "fp32",
+        )
+    except ImportError as error:
+        # The message names the extra to install; a traceback would add nothing.
+        raise SystemExit(str(error)) from error
+
+
 def config_or_bundle(
+    args: argparse.Namespace,
+    *,
+    opts: list[str] | None = None,
+    device: str | None = None,
+    weights: bool = True,
+) -> tuple[Any, Any]:
+    """`load_model_source` for commands that need the PyTorch model (an exported graph is
+    refused): ``(cfg, bundle)``.
+
+    Raises:
+        ConfigError: ``--model`` names an exported graph, or see `load_model_source`.
+    """
+    from atrous.config import ConfigError
+
+    graph = exported_model_file(args.model)
+    if graph is not None:
+        raise ConfigError(
+            f"--model {graph} is an exported graph; this needs the PyTorch model (a bundle "
+            "folder, or --config-file with MODEL.WEIGHTS). Exported graphs run with atrous "
+            "evaluate, predict and benchmark."
+        )
+    return _config_or_bundle(args, opts=opts, device=device, weights=weights)
+
+
+def _config_or_bundle(
     args: argparse.Namespace,
     *,
     opts: list[str] | None = None,

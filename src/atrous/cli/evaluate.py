@@ -3,6 +3,8 @@
 atrous evaluate --config-file cfg.yaml MODEL.WEIGHTS model_final.pth
 atrous evaluate --config-file cfg.yaml --tta --output out/eval MODEL.WEIGHTS DeepLabV3+_R103
 atrous evaluate --model my_bundle --dataset cityscapes_fine_sem_seg_val
+atrous evaluate --config-file cfg.yaml --model model.onnx
+atrous evaluate --model quantized/model_int8.xml --precision bf16
 
 For every dataset in DATASETS.TEST (or ``--dataset``) it writes, under
 ``<output>/inference/<dataset>/``, the metrics as JSON and CSV, the confusion matrix, the official
@@ -12,6 +14,12 @@ results are also collected in ``<output>/inference/results.json``. A dataset nam
 
 The output folder is locked while this runs: a training run or another evaluation writing there
 is refused. One process; for several GPUs use ``atrous train --eval-only --num-gpus N``.
+
+``--model`` also takes an exported graph (``.onnx`` through ONNX Runtime, OpenVINO ``.xml``; INT8
+files too), with the config from ``--config-file`` or the ``config.yaml`` beside it: it runs
+through the same data loader, TEST.AUG / TEST.SLIDING_WINDOW wrappers and evaluators as the
+PyTorch model, on the CPU (TEST.FAST, which rewrites a PyTorch model, is refused). See
+`atrous.deploy.runtime`.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ import sys
 from pathlib import Path
 
 from atrous.cli.common import (
+    ModelSource,
     add_allow_partial_flag,
     add_model_source_flags,
-    build_model_and_load,
-    config_or_bundle,
+    add_precision_flag,
+    build_run_model,
+    load_model_source,
     setup_logging,
 )
 
@@ -53,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
     )
+    add_precision_flag(parser)
     add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
@@ -86,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
-    cfg, bundle = config_or_bundle(args, device=args.device)
+    source = load_model_source(args, device=args.device)
+    cfg = source.cfg
+    if source.exported is not None and not args.device:
+        cfg.MODEL.DEVICE = "cpu"  # where exported graphs run
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:
@@ -113,22 +127,20 @@ def run(args: argparse.Namespace) -> int:
     if note:
         logger.warning(note)
     try:
-        return _evaluate(cfg, datasets, Path(output) / "inference", bundle, args.allow_partial)
+        return _evaluate(cfg, datasets, Path(output) / "inference", source, args)
     finally:
         lock.release()
 
 
-def _evaluate(cfg, datasets: list[str], out_root: Path, bundle, allow_partial: bool) -> int:
-    """Build (or take the bundle's) model, evaluate every dataset, write results.json."""
+def _evaluate(
+    cfg, datasets: list[str], out_root: Path, source: ModelSource, args: argparse.Namespace
+) -> int:
+    """Build (or take the bundle's, or open the exported) model, evaluate, write results.json."""
     from atrous.evaluation import evaluate_datasets
     from atrous.inference import build_inference_model
     from atrous.utils.file_io import atomic_write_json
 
-    model = (
-        bundle.model
-        if bundle is not None
-        else build_model_and_load(cfg, allow_partial=allow_partial)
-    )
+    model = build_run_model(source, allow_partial=args.allow_partial, precision=args.precision)
     all_results = evaluate_datasets(
         cfg, build_inference_model(cfg, model.eval()), datasets, out_root
     )

@@ -7,7 +7,10 @@ atrous predict --config-file cfg.yaml --dataset cityscapes_fine_sem_seg_test --o
 atrous predict --model my_bundle --input photos/ --output out
 
 ``--model`` takes a model bundle folder (``atrous export --format bundle``) instead of
-``--config-file`` + MODEL.WEIGHTS; class names and colours then come from the bundle.
+``--config-file`` + MODEL.WEIGHTS; class names and colours then come from the bundle. It also
+takes an exported graph (``.onnx``, OpenVINO ``.xml``, INT8 files too; the config from
+``--config-file`` or the ``config.yaml`` beside it), which then computes the same pictures on the
+CPU (see `atrous.deploy.runtime`).
 
 For every image ``<name>`` it writes ``<name>_labels.png`` (an indexed PNG: pixel values are class
 ids, the palette shows the dataset's colours), ``<name>_overlay.png`` (colours blended with the
@@ -38,10 +41,12 @@ from typing import Any
 import numpy as np
 
 from atrous.cli.common import (
+    ModelSource,
     add_allow_partial_flag,
     add_model_source_flags,
-    build_model_and_load,
-    config_or_bundle,
+    add_precision_flag,
+    build_run_model,
+    load_model_source,
     setup_logging,
 )
 
@@ -96,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write only Cityscapes labelIds PNGs named for the benchmark server",
     )
+    add_precision_flag(parser)
     add_allow_partial_flag(parser)
     parser.add_argument(
         "opts",
@@ -231,7 +237,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    cfg, bundle = config_or_bundle(args, opts=opts, device=args.device)
+    source = load_model_source(args, opts=opts, device=args.device)
+    cfg = source.cfg
+    if source.exported is not None and not args.device:
+        cfg.MODEL.DEVICE = "cpu"  # where exported graphs run
     if args.device:
         cfg.MODEL.DEVICE = args.device
     if args.tta:
@@ -260,18 +269,21 @@ def run(args: argparse.Namespace) -> int:
     if note:
         logger.warning(note)
     try:
-        return _predict(cfg, args, items, bundle)
+        return _predict(cfg, args, items, source)
     finally:
         lock.release()
 
 
-def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], bundle) -> int:
+def _predict(
+    cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], source: ModelSource
+) -> int:
     from tqdm import tqdm
 
     from atrous.data.image_io import read_image
     from atrous.inference import Predictor
 
     out_dir = Path(args.output)
+    bundle = source.bundle
     if bundle is not None:
         meta = bundle.metadata
     else:
@@ -279,11 +291,8 @@ def _predict(cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], b
 
         meta, _ = model_metadata(cfg, [args.dataset] if args.dataset else None)
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
-    if bundle is not None:
-        predictor = Predictor(cfg, model=bundle.model, metadata=bundle.metadata)
-    else:
-        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        predictor = Predictor(cfg, model=model)
+    model = build_run_model(source, allow_partial=args.allow_partial, precision=args.precision)
+    predictor = Predictor(cfg, model=model, metadata=bundle.metadata if bundle else None)
     failures: list[tuple[str, str]] = []
     written = 0
     with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:

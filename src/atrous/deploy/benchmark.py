@@ -167,6 +167,9 @@ class BenchmarkResult:
     peak_tflops_per_s: float | None = None
     mfu: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torch"
+    int8: bool = False
+    exported_file: str | None = None
 
     @classmethod
     def from_times(
@@ -208,7 +211,7 @@ class BenchmarkResult:
         lines = [
             f"mode={self.mode} size={h}x{w} batch={self.batch} dtype={self.dtype} "
             f"channels_last={self.channels_last} compile={self.compile} fold_bn={self.fold_bn} "
-            f"runtime={self.runtime}",
+            f"backend={self.backend}{' int8' if self.int8 else ''} runtime={self.runtime}",
             f"hardware: {self.hardware} | torch {self.torch_version}",
             f"images/s: {self.images_per_s:.3f}",
             f"latency p50: {self.latency_p50_ms:.1f} ms  p90: {self.latency_p90_ms:.1f} ms  "
