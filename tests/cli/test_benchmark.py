@@ -56,6 +56,15 @@ def test_training_step_counts_forward_and_backward(tmp_path):
     assert result["images_per_s"] > 0
 
 
+def test_training_step_with_class_weights_named_by_a_method(tmp_path):
+    # The method's weights come from training labels, which a benchmark does not read.
+    out = tmp_path / "train.json"
+    overrides = [*SMALL_REFERENCE_OVERRIDES, "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", "median_frequency"]
+    args = ["--mode", "train", "--batch", "2", "--iters", "1", "--json", str(out)]
+    assert main([*HEAD, *args, *overrides]) == 0
+    assert json.loads(out.read_text())["images_per_s"] > 0
+
+
 def test_onnxruntime_session(tmp_path):
     result = _run(tmp_path, "--onnx", "--iters", "2")
     assert result["runtime"].startswith("onnxruntime")
