@@ -7,11 +7,14 @@ Example::
     atrous export --format bundle --output my_model --config-file CONFIG.yaml \
         MODEL.WEIGHTS output/model_final.pth
     atrous export --format onnx --output model.onnx --model my_model
+    atrous export --format openvino --output model.xml --config-file CONFIG.yaml \
+        MODEL.WEIGHTS output/model_final.pth
 
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
 to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
 with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
-`atrous.deploy.bundle`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
+`atrous.deploy.bundle`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra ``atrous[openvino]``);
+see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from atrous.cli.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("onnx", "torchscript", "bundle"), required=True)
+    parser.add_argument(
+        "--format", choices=("onnx", "openvino", "torchscript", "bundle"), required=True
+    )
     add_model_source_flags(parser)
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
@@ -47,6 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_openvino(output: str) -> None:
+    """Before the model is loaded: the extra is installed and the output is a .xml path."""
+    from atrous.deploy.openvino import require_openvino
+
+    try:
+        require_openvino("openvino", "onnx", "onnxscript")
+    except ImportError as error:
+        raise SystemExit(str(error)) from error
+    if not output.lower().endswith(".xml"):
+        raise SystemExit(f"--format openvino writes a .xml file (and its .bin), got {output!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import config_or_bundle
@@ -55,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
     setup_logging()
+    if args.format == "openvino":
+        _check_openvino(args.output)
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     try:
         cfg, bundle = config_or_bundle(args, device="cpu")
@@ -93,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
                 f"ONNX export needs {error.name}: pip install 'atrous[export]'."
             ) from error
         path = export_onnx(
+            model, args.output, sample_size=args.sample_size, opset_version=args.opset
+        )
+    elif args.format == "openvino":
+        from atrous.deploy.openvino import export_openvino
+
+        path = export_openvino(
             model, args.output, sample_size=args.sample_size, opset_version=args.opset
         )
     else:
