@@ -75,7 +75,7 @@ def test_calibration_image_count_must_be_positive(reference_dir, tmp_path, capsy
 
 @pytest.mark.slow
 def test_an_unreadable_calibration_image_is_named(
-    synthetic_cityscapes_root, reference_dir, tmp_path, monkeypatch, capsys
+    synthetic_cityscapes_root, reference_bundle, tmp_path, monkeypatch, capsys
 ):
     import shutil
 
@@ -85,7 +85,10 @@ def test_an_unreadable_calibration_image_is_named(
     broken = sorted((root / "leftImg8bit" / "train").rglob("*.png"))[0]
     data = broken.read_bytes()
     broken.write_bytes(data[: len(data) // 2])  # the header survives, the pixels do not
-    code = main(_args(reference_dir, tmp_path / "out", "--backend", "onnxruntime"))
+    # From a model bundle this time: its config's DATASETS.TRAIN is Cityscapes, hence the flag.
+    code = main(["quantize", "--model", str(reference_bundle), "--output", str(tmp_path / "out"),
+                 "--backend", "onnxruntime",
+                 "--calib-dataset", "synthetic_sem_seg_train"])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read calibration image" in err[0] and broken.name in err[0]
