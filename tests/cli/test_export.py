@@ -143,3 +143,33 @@ def test_weights_that_leave_the_head_random_are_refused(tmp_path, weights_overri
     assert not output.exists()
     assert main([*args[:3], "--allow-partial", *args[3:]]) == 0
     assert (output / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_openvino_export_runs_in_openvino(tmp_path, weights_overrides, reference_dir):
+    import openvino as ov
+
+    output = tmp_path / "ir" / "model.xml"
+    code = main(
+        ["export", "--format", "openvino", "--config-file", str(V3PLUS_CONFIG),
+         "--output", str(output), *weights_overrides, *CROP_OVERRIDES]
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model.bin", "model.xml"]
+    compiled = ov.Core().compile_model(str(output), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = _pytorch_model([*weights_overrides, *CROP_OVERRIDES])
+    for images in _natural_images(reference_dir, [(128, 256), (150, 300)]):
+        got = compiled(images.numpy())[0][0]
+        with torch.no_grad():
+            expected = model([{"image": images[0]}])[0]["sem_seg"].numpy()
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_openvino_export_needs_an_xml_output(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["export", "--format", "openvino", "--config-file", str(V3PLUS_CONFIG),
+              "--output", str(tmp_path / "model.onnx")])  # fmt: skip
+    assert stop.value.code == 2
+    assert "--format openvino writes a .xml file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -153,11 +153,24 @@ def test_the_channel_swap_matters_for_the_bgr_model(images):
 
 
 @pytest.mark.slow  # an export traces the model (~20 s)
-def test_openvino_reads_and_runs_the_onnx_graph(rgb_exported, images):
+def test_openvino_end_to_end_ir_matches_predictor(tmp_path, images):
     openvino = pytest.importorskip("openvino")
-    predictor, path = rgb_exported
+    from atrous.deploy.openvino import export_openvino, read_openvino_metadata
+
+    predictor = _predictor("RGB")
+    path = export_openvino(
+        predictor.model,
+        tmp_path / "model.xml",
+        end_to_end=True,
+        input_format="RGB",
+        metadata=label_metadata(["a"] * 18 + ["b"], [(1, 2, 3)] * 19),
+    )
+    # The ONNX converter drops metadata_props; the IR must still say what kind of graph it is.
+    props = read_openvino_metadata(path)
+    assert props["atrous_graph"] == END_TO_END_GRAPH
+    assert json.loads(props["atrous_classes"]) == ["a"] * 18 + ["b"]
     compiled = openvino.Core().compile_model(
-        openvino.convert_model(str(path)),
+        str(path),
         "CPU",
         # float32 as in the parity bound: the CPU plugin may default to bf16 on bf16 hardware
         {"INFERENCE_PRECISION_HINT": "f32"},

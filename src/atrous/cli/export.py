@@ -8,14 +8,17 @@ Example::
         MODEL.WEIGHTS output/model_final.pth
     atrous export --format onnx --output model.onnx --model my_model
     atrous export --format onnx --end-to-end --output model.onnx --model my_model
+    atrous export --format openvino --output model.xml --config-file CONFIG.yaml \
+        MODEL.WEIGHTS output/model_final.pth
 
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
 to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
 with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
-`atrous.deploy.bundle`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
-``--end-to-end`` exports the one-file deployment graph instead: ``image`` uint8 (N, H, W, 3) RGB
--> ``labels`` int64 (N, H, W) and ``confidence`` float32 (N, H, W), with the class names and
-colours in its metadata.
+`atrous.deploy.bundle`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra ``atrous[openvino]``);
+see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
+``--end-to-end`` exports the one-file deployment graph instead (ONNX, OpenVINO or TorchScript):
+``image`` uint8 (N, H, W, 3) RGB -> ``labels`` int64 (N, H, W) and ``confidence`` float32
+(N, H, W), with the class names and colours in its metadata.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from atrous.cli.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("onnx", "torchscript", "bundle"), required=True)
+    parser.add_argument(
+        "--format", choices=("onnx", "openvino", "torchscript", "bundle"), required=True
+    )
     add_model_source_flags(parser)
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
@@ -57,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_openvino(output: str) -> None:
+    """Before the model is loaded: the extra is installed and the output is a .xml path."""
+    from atrous.deploy.openvino import require_openvino
+
+    try:
+        require_openvino("openvino", "onnx", "onnxscript")
+    except ImportError as error:
+        raise SystemExit(str(error)) from error
+    if not output.lower().endswith(".xml"):
+        raise SystemExit(f"--format openvino writes a .xml file (and its .bin), got {output!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import config_or_bundle
@@ -67,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     if args.end_to_end and args.format == "bundle":
         raise SystemExit(
-            "--end-to-end is an option of the graph formats (onnx, torchscript), not of "
+            "--end-to-end is an option of the graph formats (onnx, openvino, torchscript), not of "
             "--format bundle: a bundle holds weights and config, which predict runs end to end."
         )
+    if args.format == "openvino":
+        _check_openvino(args.output)
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
     try:
         cfg, bundle = config_or_bundle(args, device="cpu")
@@ -109,6 +128,16 @@ def run(args: argparse.Namespace) -> int:
                 f"ONNX export needs {error.name}: pip install 'atrous[export]'."
             ) from error
         path = export_onnx(
+            model,
+            args.output,
+            sample_size=args.sample_size,
+            opset_version=args.opset,
+            **graph_kwargs,
+        )
+    elif args.format == "openvino":
+        from atrous.deploy.openvino import export_openvino
+
+        path = export_openvino(
             model,
             args.output,
             sample_size=args.sample_size,
