@@ -237,45 +237,18 @@ def _export_graph(args: argparse.Namespace, model, inputs, folder: Path) -> Path
 
     model = model.cpu().eval()
     if args.int8:
-        try:
-            from atrous.deploy.quantize import quantize_model
-        except ImportError as error:
-            raise SystemExit(
-                "--int8 needs atrous.deploy.quantize, which this installation lacks; time an "
-                "already quantized file with --model FILE.xml|FILE.onnx instead."
-            ) from error
+        from atrous.deploy.quantize import quantize_model
+
         suffix = ".xml" if args.backend == "openvino" else ".onnx"
         # Random calibration images: the quantized graph's speed does not depend on them.
-        calibration = [x["image"][None].float() for x in inputs]
-        return Path(
-            quantize_model(
-                model, calibration, backend=args.backend, output=folder / f"model_int8{suffix}"
-            )
-        )
+        calibration = [x["image"][None].float().numpy() for x in inputs]
+        output = folder / f"model_int8{suffix}"
+        return quantize_model(model, calibration, backend=args.backend, output=output).path
     if args.backend == "onnxruntime":
         return export_onnx(model, folder / "model.onnx")
-    return _export_openvino(model, folder / "model.xml")
+    from atrous.deploy.openvino import export_openvino
 
-
-def _export_openvino(model, output: Path) -> Path:
-    try:
-        from atrous.deploy.openvino import export_openvino
-    except ImportError:
-        export_openvino = None
-    if export_openvino is not None:
-        return Path(export_openvino(model, output))
-    try:
-        import openvino as ov
-    except ImportError as error:
-        raise SystemExit(
-            "--backend openvino needs openvino: pip install 'atrous[openvino]'."
-        ) from error
-    from atrous.deploy.export import export_onnx
-
-    onnx_file = export_onnx(model, output.with_suffix(".onnx"))
-    # Float32 weights: save_model would store them in float16 by default.
-    ov.save_model(ov.convert_model(str(onnx_file)), str(output), compress_to_fp16=False)
-    return output
+    return export_openvino(model, folder / "model.xml")
 
 
 def _exported_step(args, cfg, model, inputs):
