@@ -104,6 +104,12 @@ def test_unknown_override_key_names_the_closest_valid_key():
         get_cfg().merge_from_list(["MODEL.RESNET.DEPTH", "50"])
 
 
+def test_an_option_after_the_overrides_says_to_move_it():
+    # `atrous evaluate ... MODEL.WEIGHTS w.pth --output out`: argparse leaves "--output" in opts.
+    with pytest.raises(ConfigError, match=r"--output comes after the KEY VALUE overrides"):
+        get_cfg().merge_from_list(["MODEL.WEIGHTS", "w.pth", "--output", "out"])
+
+
 def test_unknown_key_in_file_names_file_and_closest_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("SOLVER:\n  BASE_LRR: 0.1\n")

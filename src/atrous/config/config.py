@@ -65,6 +65,12 @@ class CfgNode(_FvcoreCfgNode):
         if match is None:
             return ConfigError(f"Bad value in {source}: {message}")
         bad_key = match.group(1)
+        if bad_key.startswith("-"):
+            # argparse hands everything after the first KEY VALUE pair to the overrides.
+            return ConfigError(
+                f"{bad_key} comes after the KEY VALUE overrides, where it reads as a config key: "
+                "put the command's options before the overrides."
+            )
         close = difflib.get_close_matches(bad_key, self.all_keys(), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return ConfigError(
