@@ -48,6 +48,7 @@ from atrous.deploy.benchmark import (
     BenchmarkResult,
     hardware_name,
     peak_memory,
+    random_batch,
     reset_peak_memory,
     time_iterations,
     write_json,
@@ -442,25 +443,6 @@ def figures_config(run: Run) -> tuple[Any, str]:
     cfg.merge_from_file(get_config_file(R103_CONFIG))
     cfg.MODEL.WEIGHTS = ""
     return cfg, R103_CONFIG
-
-
-def random_batch(
-    batch: int, size: tuple[int, int], *, num_classes: int | None
-) -> list[dict[str, Any]]:
-    """`batch` random uint8 images of `size` (with random labels when `num_classes` is set)."""
-    generator = torch.Generator().manual_seed(0)
-    h, w = size
-    items = []
-    for _ in range(batch):
-        item: dict[str, Any] = {
-            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
-            "height": h,
-            "width": w,
-        }
-        if num_classes is not None:
-            item["sem_seg"] = torch.randint(0, num_classes, (h, w), generator=generator)
-        items.append(item)
-    return items
 
 
 def measure(

@@ -136,26 +136,6 @@ def _setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def _random_batch(
-    batch: int, size: tuple[int, int], *, num_classes: int, ignore_value: int, labels: bool
-) -> list[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(0)
-    h, w = size
-    items = []
-    for _ in range(batch):
-        item: dict[str, Any] = {
-            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
-            "height": h,
-            "width": w,
-        }
-        if labels:
-            sem_seg = torch.randint(0, num_classes, (h, w), generator=generator)
-            sem_seg[torch.rand(h, w, generator=generator) < 0.05] = ignore_value
-            item["sem_seg"] = sem_seg
-        items.append(item)
-    return items
-
-
 def _to_channels_last_hook(module, args):
     if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
         return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
@@ -426,6 +406,7 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         BenchmarkResult,
         hardware_name,
         peak_memory,
+        random_batch,
         reset_peak_memory,
         time_iterations,
         write_json,
@@ -443,12 +424,11 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
     if args.backend != "torch":
         _check_onnx_size(args.size, model)
     train = args.mode == "train"
-    inputs = _random_batch(
+    inputs = random_batch(
         args.batch,
         args.size,
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if train else None,
         ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        labels=train,
     )
     parameters = sum(p.numel() for p in model.parameters())
     flops = _flops_or_none(model, inputs, train=train)

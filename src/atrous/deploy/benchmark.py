@@ -26,10 +26,36 @@ __all__ = [
     "hardware_name",
     "peak_memory",
     "percentile",
+    "random_batch",
     "reset_peak_memory",
     "time_iterations",
     "write_json",
 ]
+
+
+def random_batch(
+    batch: int, size: tuple[int, int], *, num_classes: int | None = None, ignore_value: int = 255
+) -> list[dict[str, Any]]:
+    """`batch` seeded random inputs in the segmentor's format: ``image`` uint8 (3, H, W).
+
+    With `num_classes`, each also gets a training label ``sem_seg`` int64 (H, W), about 5% of it
+    `ignore_value`, so that a timed training step sees ignored pixels as real data has them.
+    """
+    generator = torch.Generator().manual_seed(0)
+    h, w = size
+    items = []
+    for _ in range(batch):
+        item: dict[str, Any] = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
+            "height": h,
+            "width": w,
+        }
+        if num_classes is not None:
+            sem_seg = torch.randint(0, num_classes, (h, w), generator=generator)
+            sem_seg[torch.rand(h, w, generator=generator) < 0.05] = ignore_value
+            item["sem_seg"] = sem_seg
+        items.append(item)
+    return items
 
 
 def hardware_name(device: torch.device) -> str:

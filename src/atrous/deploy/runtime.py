@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.errors import CheckpointError
-from ..modeling.segmentor import check_output_size, sem_seg_postprocess
+from ..modeling.segmentor import check_batch_output_sizes, sem_seg_postprocess
 
 __all__ = [
     "EXPORTED_SUFFIXES",
@@ -230,7 +230,7 @@ class ExportedSegmentor(nn.Module):
         pixel_mean: per-channel mean (0-255, INPUT.FORMAT order) used to pad a batch of images
             of different sizes as the segmentor does; None runs such images one at a time.
         max_output_bytes: refuse an image whose logits at its output size would take more
-            memory than this (`check_output_size`, TEST.MAX_OUTPUT_MB); 0: no limit.
+            memory than this (`check_batch_output_sizes`, TEST.MAX_OUTPUT_MB); 0: no limit.
 
     Attributes:
         num_classes: channels of the graph's logits (None if the graph leaves them dynamic).
@@ -297,15 +297,10 @@ class ExportedSegmentor(nn.Module):
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
         """Args/returns as `SemanticSegmentor` at inference: ``sem_seg`` (C, height, width)."""
-        if self.max_output_bytes > 0 and self.num_classes is not None:
-            for x in batched_inputs:
-                check_output_size(
-                    num_classes=self.num_classes,
-                    height=int(x.get("height", x["image"].shape[-2])),
-                    width=int(x.get("width", x["image"].shape[-1])),
-                    max_bytes=self.max_output_bytes,
-                    name=str(x.get("file_name", "image")),
-                )
+        if self.num_classes is not None:
+            check_batch_output_sizes(
+                batched_inputs, num_classes=self.num_classes, max_bytes=self.max_output_bytes
+            )
         images = [x["image"] for x in batched_inputs]
         sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
         if len(set(sizes)) == 1 or self.pixel_mean is not None:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 __all__ = [
     "OutputTooLargeError",
     "SemanticSegmentor",
+    "check_batch_output_sizes",
     "check_output_size",
     "pad_to_batch",
     "sem_seg_postprocess",
@@ -49,6 +50,22 @@ def check_output_size(
         "TEST.MAX_OUTPUT_MB (0: no limit) if the memory is there, or downscale the image "
         "(INPUT.MAX_IMAGE_PIXELS limits the images read from files)."
     )
+
+
+def check_batch_output_sizes(
+    batched_inputs: Sequence[dict[str, Any]], *, num_classes: int, max_bytes: int
+) -> None:
+    """`check_output_size` for each ``{"image", "height"?, "width"?, "file_name"?}`` input."""
+    if max_bytes <= 0:
+        return
+    for x in batched_inputs:
+        check_output_size(
+            num_classes=num_classes,
+            height=int(x.get("height", x["image"].shape[-2])),
+            width=int(x.get("width", x["image"].shape[-1])),
+            max_bytes=max_bytes,
+            name=str(x.get("file_name", "image")),
+        )
 
 
 def pad_to_batch(tensors: Sequence[torch.Tensor], pad_value: float) -> torch.Tensor:
@@ -175,15 +192,10 @@ class SemanticSegmentor(nn.Module):
         )
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
-        if not self.training and self.max_output_bytes > 0:
-            for x in batched_inputs:
-                check_output_size(
-                    num_classes=self.num_classes,
-                    height=int(x.get("height", x["image"].shape[-2])),
-                    width=int(x.get("width", x["image"].shape[-1])),
-                    max_bytes=self.max_output_bytes,
-                    name=str(x.get("file_name", "image")),
-                )
+        if not self.training:
+            check_batch_output_sizes(
+                batched_inputs, num_classes=self.num_classes, max_bytes=self.max_output_bytes
+            )
         images, sizes = self.preprocess([x["image"] for x in batched_inputs])
         logits = self.logits(images)
         if self.training:
