@@ -17,16 +17,14 @@ ImportError whose message names the extra.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..utils.file_io import staging_dir
 from .export import export_metadata, export_onnx
 
 __all__ = [
@@ -62,17 +60,6 @@ def require_openvino(*modules: str) -> None:
             ) from error
 
 
-@contextlib.contextmanager
-def _staging_dir(parent: Path) -> Iterator[Path]:
-    """A temporary folder next to the output (same file system, so the final renames are atomic)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".atrous-export.", dir=parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _check_xml_path(output: str | os.PathLike) -> Path:
     output = Path(output)
     if output.suffix.lower() != ".xml":
@@ -99,7 +86,7 @@ def save_openvino_model(
     output = _check_xml_path(output)
     for key, value in export_metadata(metadata).items():
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
-    with _staging_dir(output.parent) as staging:
+    with staging_dir(output.parent, prefix=".atrous-export.") as staging:
         xml = staging / output.name
         try:
             ov.save_model(ov_model, str(xml), compress_to_fp16=False)
@@ -145,7 +132,7 @@ def export_openvino(
     import openvino as ov
 
     output = _check_xml_path(output)
-    with _staging_dir(output.parent) as staging:
+    with staging_dir(output.parent, prefix=".atrous-export.") as staging:
         onnx_path = export_onnx(
             model, staging / "model.onnx", sample_size=sample_size, metadata=metadata, **onnx_kwargs
         )

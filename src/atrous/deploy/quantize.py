@@ -42,7 +42,6 @@ is an ImportError naming the extra.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..utils.file_io import staging_dir
 from .export import export_metadata, export_onnx, min_input_size
 
 __all__ = [
@@ -273,16 +273,6 @@ class QuantizationResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _staging_dir(parent: Path) -> Iterator[Path]:
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".atrous-quantize.", dir=parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _checked_calibration(calibration: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
     size = len(calibration) if hasattr(calibration, "__len__") else None
     if size == 0:
@@ -450,7 +440,7 @@ def quantize_model(
     model = model.eval()
     modules = float_module_names(model, keep_float)
     stamp = export_metadata({**dict(metadata or {}), "quantization": f"int8 {backend}"})
-    with _staging_dir(output.parent) as staging:
+    with staging_dir(output.parent, prefix=".atrous-quantize.") as staging:
         onnx_path = export_onnx(model, staging / "model.onnx", sample_size=sample_size)
         float_nodes = onnx_nodes_of_modules(onnx.load(str(onnx_path)), modules) if modules else []
         logger.info(

@@ -12,7 +12,9 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +26,7 @@ __all__ = [
     "check_writable_dir",
     "fsync_dir",
     "sha256_file",
+    "staging_dir",
 ]
 
 
@@ -115,6 +118,22 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
         with contextlib.suppress(OSError):
             probe.unlink()
     return path
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike[str], *, prefix: str) -> Iterator[Path]:
+    """A temporary folder in `parent`, removed with whatever is left in it on exit.
+
+    On the output's own file system, so that files written there are moved into place by an
+    atomic rename (``os.replace``).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
