@@ -139,8 +139,10 @@ def test_two_gloo_processes_get_rank_0s_weights_or_its_error(tmp_path):
 
     def run(out: Path) -> list[dict]:
         out.mkdir()
+        # Own session and no stdin: the job's processes share nothing with the test runner.
         proc = subprocess.run([sys.executable, str(script), str(cfg_file), str(out)], env=env,
-                              capture_output=True, text=True, timeout=180)  # fmt: skip
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=180, start_new_session=True)  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -342,7 +343,11 @@ def compute_statistics(
         else:
             # Chunks keep a dataset-wide lookup table pickled once per chunk, not per record.
             chunk = max(1, min(64, len(indexed) // (4 * workers) or 1))
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # Spawned, not forked: the caller (a training rank, a notebook) may hold torch or
+            # OpenVINO thread pools and open sockets, which a forked child would inherit
+            # half-initialised.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 for result in pool.map(scan, indexed, chunksize=chunk):
                     results.append(result)
                     bar.update()
