@@ -18,6 +18,9 @@ from atrous.deploy.openvino import export_openvino, read_openvino_metadata
 
 from .conftest import build_reference_model
 
+# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
+pytestmark = pytest.mark.isolated
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,9 @@ from atrous.deploy.quantize import (
 )
 from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
+# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
+pytestmark = pytest.mark.isolated
+
 # Predicting at the stored 64x128 size.
 OVERRIDES = [*SMALL_REFERENCE_OVERRIDES, "INPUT.MIN_SIZE_TEST", "0"]
 

@@ -24,6 +24,9 @@ from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_override
 
 from .conftest import build_reference_model
 
+# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
+pytestmark = pytest.mark.isolated
+
 BACKENDS = ["onnx", "openvino"]
 # Float32 graphs in another runtime: sums in another order, nothing more.
 TOLERANCE = 1e-3
