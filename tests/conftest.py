@@ -133,6 +133,26 @@ def lock_holder():
         proc.wait(timeout=30)
 
 
+def run_cli_without(module: str, args: list[str]):
+    """``atrous ARGS`` in a fresh process where `module` cannot be imported, as on an install
+    without the extra that brings it. Returns the `subprocess.CompletedProcess` (text)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        f"from atrous.cli.main import main; sys.exit(main({args!r}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+        timeout=120,
+    )
+
+
 def reference_bundle_overrides(reference_dir: Path) -> list[str]:
     """The reference model with its detectron2 weights, predicting at the input size."""
     return [

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from atrous.cli.main import main
-from tests.conftest import V3PLUS_CONFIG, reference_bundle_overrides
+from tests.conftest import V3PLUS_CONFIG, reference_bundle_overrides, run_cli_without
 
 # OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
 pytestmark = pytest.mark.isolated
@@ -106,17 +103,7 @@ def test_a_missing_runtime_names_the_extra(tmp_path, backend, missing, extra):
     # A process in which the package cannot be imported, as on an install without the extra.
     args = ["quantize", "--config-file", str(V3PLUS_CONFIG), "--output", str(tmp_path / "out"),
             "--backend", backend]  # fmt: skip
-    script = (
-        f"import sys; sys.modules[{missing!r}] = None\n"
-        f"from atrous.cli.main import main; sys.exit(main({args!r}))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        timeout=120,
-    )
+    proc = run_cli_without(missing, args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"pip install '{extra}'" in lines[0] and repr(missing) in lines[0]

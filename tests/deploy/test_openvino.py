@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ from torch.nn import functional as F
 
 import atrous
 from atrous.deploy.openvino import export_openvino, read_openvino_metadata
+from tests.conftest import run_cli_without
 
 from .conftest import build_reference_model
 
@@ -90,17 +88,7 @@ def test_missing_openvino_names_the_extra(tmp_path):
     config = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
     args = ["export", "--format", "openvino", "--output", str(tmp_path / "m.xml"),
             "--config-file", str(config)]  # fmt: skip
-    script = (
-        "import sys; sys.modules['openvino'] = None\n"
-        f"from atrous.cli.main import main; sys.exit(main({args!r}))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        timeout=120,
-    )
+    proc = run_cli_without("openvino", args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'atrous[openvino]'" in lines[0], proc.stderr
