@@ -51,7 +51,7 @@ def test_bundle_contents(reference_bundle, reference_dir):
     assert meta["architecture"]["head"] == "DeepLabV3PlusHead"
 
     config = (reference_bundle / "config.yaml").read_text()
-    assert "WEIGHTS: model.safetensors" in config and "DEVICE: cpu" in config
+    assert "WEIGHTS: model.safetensors" in config and "DEVICE: auto" in config
     with safe_open(reference_bundle / "model.safetensors", "pt") as f:
         assert f.metadata()["atrous_version"] == atrous.__version__
         assert f.metadata()["bundle"] == "small_v3plus"

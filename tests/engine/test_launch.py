@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from atrous.engine.launch import find_free_port
 
@@ -277,7 +278,7 @@ def test_slurm_rendezvous_address_and_precedence(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(name, value)
     env = _slurm_env()
     assert env == {"rank": 1, "world_size": 2, "local_rank": 1, "local_world_size": 1,
-                   "init_method": "tcp://node03:20777"}  # fmt: skip
+                   "init_method": "tcp://node03:20777", "per_process_binding": True}  # fmt: skip
     # Explicit MASTER_ADDR / MASTER_PORT win over the node list and the job id.
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.5")
     monkeypatch.setenv("MASTER_PORT", "29500")
@@ -311,3 +312,113 @@ def test_torchrun_variables_win_over_slurm(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [json.loads((tmp_path / f"rank{r}.json").read_text())["world"] for r in (0, 1)] == [2, 2]
+
+
+# -- which GPU each process of a launcher takes, on 1, 2 and 8 GPU machines ----------------------
+
+
+def _gpu_of(place: dict, visible: int) -> int:
+    from atrous.utils.devices import gpu_index_for_process
+
+    return gpu_index_for_process(
+        local_rank=place["local_rank"],
+        local_world_size=place["local_world_size"],
+        visible=visible,
+        per_process_binding=place.get("per_process_binding", False),
+    )
+
+
+def _torchrun_vars(rank: int, world: int, per_node: int | None, **extra: str) -> dict[str, str]:
+    env = {"RANK": str(rank), "WORLD_SIZE": str(world), **extra}
+    if per_node is not None:
+        env.update(LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node))
+    return env
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_torchrun_processes_take_the_gpu_of_their_local_rank(gpus: int) -> None:
+    from atrous.engine.launch import _torchrun_env
+
+    # Two machines of `gpus` GPUs each: on the second, rank gpus + i takes GPU i.
+    for rank in range(2 * gpus):
+        place = _torchrun_env(_torchrun_vars(rank, 2 * gpus, gpus))
+        assert (place["rank"], place["world_size"]) == (rank, 2 * gpus)
+        assert _gpu_of(place, gpus) == rank % gpus
+
+
+def test_without_local_rank_the_global_rank_is_not_taken_for_one() -> None:
+    from atrous.engine.launch import _torchrun_env
+    from atrous.utils.devices import DeviceError
+
+    # Rank 9 of 16 on the second 8-GPU machine, started by a launcher that sets no LOCAL_RANK:
+    # GPU 9 does not exist, and rank 9's GPU is not GPU 9 % 8 unless the machines are equal.
+    place = _torchrun_env(_torchrun_vars(9, 16, None))
+    assert place["local_rank"] is None
+    with pytest.raises(DeviceError, match="did not set LOCAL_RANK"):
+        _gpu_of(place, 8)
+    # One GPU per pod (a Kubeflow PyTorchJob with one process per pod): that GPU.
+    assert _gpu_of(place, 1) == 0
+    # MPI launchers say it their own way.
+    place = _torchrun_env(
+        {**_torchrun_vars(9, 16, None), "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+         "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}
+    )  # fmt: skip
+    assert (place["local_rank"], place["local_world_size"]) == (1, 8)
+    assert _gpu_of(place, 8) == 1
+
+
+def _slurm_vars(proc: int, *, nodes: int, per_node: int) -> dict[str, str]:
+    return {
+        "SLURM_PROCID": str(proc),
+        "SLURM_LOCALID": str(proc % per_node),
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": str(nodes * per_node),
+        "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{nodes})",
+        "SLURM_JOB_NODELIST": f"gpu[01-{nodes:02d}]",
+        "SLURM_JOB_ID": "4242",
+    }
+
+
+@pytest.mark.parametrize("gpus", [2, 8])
+def test_slurm_tasks_sharing_a_node_take_the_gpu_of_their_local_id(gpus: int) -> None:
+    from atrous.engine.launch import _slurm_env
+
+    for proc in range(2 * gpus):  # srun --ntasks-per-node=gpus --gres=gpu:gpus on two nodes
+        place = _slurm_env(_slurm_vars(proc, nodes=2, per_node=gpus))
+        assert place["rank"] == proc and place["local_world_size"] == gpus
+        assert _gpu_of(place, gpus) == proc % gpus
+
+
+def test_slurm_tasks_bound_to_one_gpu_each_all_take_their_own() -> None:
+    from atrous.engine.launch import _slurm_env
+
+    # srun --gpus-per-task=1: every task sees exactly one GPU while SLURM_LOCALID runs 0..7.
+    for proc in range(16):
+        place = _slurm_env(_slurm_vars(proc, nodes=2, per_node=8))
+        assert place["local_rank"] == proc % 8
+        assert _gpu_of(place, 1) == 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, (16, 8)),  # --num-gpus 8 --num-machines 2
+        (_torchrun_vars(3, 4, 4), (4, 4)),  # torchrun --nproc-per-node 4: flags ignored
+        (_slurm_vars(0, nodes=2, per_node=2), (4, 2)),
+    ],
+)
+def test_process_counts_follow_the_launcher(environ: dict, expected: tuple[int, int]) -> None:
+    from atrous.engine.launch import process_counts
+
+    assert process_counts(8, 2, environ) == expected
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs fewer than 2 visible GPUs")
+def test_num_gpus_above_the_visible_gpus_is_refused_before_spawning() -> None:
+    # On this CPU machine NCCL cannot start: asking `launch` for it with 2 processes must fail
+    # in the parent, before any process exists, with the count in the message.
+    from atrous.engine.launch import launch
+    from atrous.utils.devices import DeviceError
+
+    with pytest.raises(DeviceError, match=r"--num-gpus 2 asks for one GPU per process"):
+        launch(print, 2, backend="nccl", args=("spawned",))

@@ -256,3 +256,27 @@ def test_resume_record_per_rank_and_previous_layout_resumes_bit_identically(
     expected, got = _final_weights(full), _final_weights(resumed)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_an_optimizer_that_misses_trainable_parameters_stops_before_the_first_step(
+    tmp_path: Path, tiny_run_cfg
+) -> None:
+    from atrous.engine import Trainer
+    from atrous.solver import OptimizerCoverageError, build_optimizer
+
+    class HeadlessOptimizerTrainer(Trainer):
+        @classmethod
+        def build_optimizer(cls, cfg, model):
+            optimizer = build_optimizer(cfg, model)
+            # What a module swapped after the optimizer was built amounts to.
+            model.sem_seg_head.predictor = nn.Conv2d(
+                model.sem_seg_head.predictor.in_channels, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 1
+            )
+            return optimizer
+
+    out = tmp_path / "run"
+    trainer = HeadlessOptimizerTrainer(tiny_run_cfg(out))
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(OptimizerCoverageError, match=r"sem_seg_head\.predictor\.weight"):
+        trainer.train()
+    assert not list(out.glob("model_*.pth"))  # no step, no checkpoint

@@ -105,6 +105,19 @@ def test_convert_sync_batchnorm_swaps_naive_sync_bn_keeping_its_state() -> None:
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
+def test_convert_sync_batchnorm_keeps_the_parameter_and_buffer_objects() -> None:
+    # An optimizer built before the conversion must still step the BatchNorm scale and shift.
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), NaiveSyncBatchNorm(4), NaiveSyncBatchNorm(4).eval())
+    net[2].weight.requires_grad_(False)
+    params = [id(p) for p in net.parameters()]
+    buffers = [id(b) for b in net.buffers()]
+    converted = convert_sync_batchnorm(net)
+    assert [id(p) for p in converted.parameters()] == params
+    assert [id(b) for b in converted.buffers()] == buffers
+    assert converted[1].training and not converted[2].training
+    assert not converted[2].weight.requires_grad and converted[2].bias.requires_grad
+
+
 @pytest.mark.parametrize(
     ("scale", "offset", "atol"),
     [

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from atrous.config import get_cfg
-from atrous.solver import GradientClipper, build_gradient_clipper, build_optimizer
+from atrous.solver import (
+    GradientClipper,
+    OptimizerCoverageError,
+    build_gradient_clipper,
+    build_optimizer,
+    check_optimizer_covers,
+)
 
 
 class _Net(nn.Module):
@@ -116,3 +122,50 @@ def test_clipper_from_config_and_errors() -> None:
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "max"
     with pytest.raises(ValueError, match="CLIP_TYPE"):
         build_gradient_clipper(cfg)
+
+
+def test_seed_r103_syncbn_model_keeps_every_trainable_parameter_in_its_optimizer() -> None:
+    # The seed's R103 DeepLabV3+ (SyncBN in backbone and head), built, given its optimizer,
+    # then converted as the trainer does on CUDA before wrapping it in DDP: the conversion made
+    # 228 BatchNorm weights and biases that the optimizer did not know, never to be updated.
+    from atrous.layers import NaiveSyncBatchNorm, convert_sync_batchnorm
+    from atrous.modeling import build_model
+    from tests.conftest import V3PLUS_CONFIG, load_config
+
+    cfg = load_config(V3PLUS_CONFIG, ["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.RESNETS.NORM == "SyncBN"
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    converted = convert_sync_batchnorm(model)
+    sync = [m for m in converted.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert len(sync) > 100 and not any(
+        isinstance(m, NaiveSyncBatchNorm) for m in converted.modules()
+    )
+    check_optimizer_covers(converted, optimizer)
+
+
+def test_optimizer_coverage_names_what_is_missing_or_stale() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    model[2].weight.requires_grad_(False)  # frozen: needs no place in the optimizer
+    check_optimizer_covers(
+        model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    )
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model[1] = nn.BatchNorm2d(4)  # replaced after the optimizer was built
+    with pytest.raises(
+        OptimizerCoverageError,
+        match=r"does not hold 2 of the model's 5 trainable parameters \(1\.weight, 1\.bias\)",
+    ):
+        check_optimizer_covers(model, optimizer)
+
+    wrapped = nn.Sequential()
+    wrapped.module = model  # how DDP names them: the prefix is not shown
+    with pytest.raises(OptimizerCoverageError, match=r"\(1\.weight, 1\.bias\)"):
+        check_optimizer_covers(wrapped, optimizer)
+
+    fresh = torch.optim.SGD(
+        [*[p for p in model.parameters() if p.requires_grad], model[2].weight], lr=0.1
+    )
+    with pytest.raises(OptimizerCoverageError, match=r"steps 1 tensor\(s\) that are not trainable"):
+        check_optimizer_covers(model, fresh)

@@ -42,6 +42,7 @@ import torch
 
 from atrous.cli.common import (
     add_allow_partial_flag,
+    add_device_flag,
     add_model_source_flags,
     parse_size,
     setup_logging,
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="inference: fold BatchNorm into the convolutions (part of the fast path)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: config's)")
+    add_device_flag(parser)
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations")
     parser.add_argument(
@@ -130,6 +131,8 @@ def _setup_cfg(args: argparse.Namespace):
     cfg.MODEL.WEIGHTS = ""
     if args.device:
         cfg.MODEL.DEVICE = args.device
+    elif args.backend != "torch" and cfg.MODEL.DEVICE == "auto":
+        cfg.MODEL.DEVICE = "cpu"  # where exported graphs are made and run
     cfg.freeze()
     # The device is checked by `run`, which names the --device flag.
     validate_config(cfg, training=args.mode == "train", check_device=False)
@@ -377,16 +380,19 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _speed_device(args: argparse.Namespace, cfg) -> torch.device:
-    """``cfg.MODEL.DEVICE``, checked against this torch and ``--backend`` (SystemExit)."""
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no GPU; "
-            "use --device cpu or install a CUDA build of torch."
-        )
-    if args.backend != "torch" and device.type != "cpu":
-        raise SystemExit(f"--backend {args.backend} runs on the CPU here; use --device cpu.")
-    return device
+    """``cfg.MODEL.DEVICE`` as a device, checked against this torch and ``--backend``
+    (SystemExit). ``auto`` is the CPU for the exported-graph backends, which run there."""
+    from atrous.utils.devices import DeviceError, resolve_device
+
+    requested = str(cfg.MODEL.DEVICE).strip()
+    if args.backend not in (None, "torch"):
+        if requested.startswith("cuda"):
+            raise SystemExit(f"--backend {args.backend} runs on the CPU here; use --device cpu.")
+        return torch.device("cpu")
+    try:
+        return resolve_device(requested)
+    except DeviceError as error:
+        raise SystemExit(f"--device: {error}") from None
 
 
 def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int | None:

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "ModelSource",
     "add_allow_partial_flag",
+    "add_device_flag",
     "add_model_source_flags",
     "add_precision_flag",
     "build_model_and_load",
@@ -69,6 +70,32 @@ def add_allow_partial_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use MODEL.WEIGHTS even when some model entries are missing from it or have another "
         "shape (they keep their random initialisation)",
+    )
+
+
+def _device_arg(text: str) -> str:
+    from atrous.utils.devices import DeviceError, choose_device
+
+    try:
+        # Only the form is checked here; whether this machine has the device is the config
+        # check's job, which names MODEL.DEVICE.
+        choose_device(text, cuda_count=1 << 16)
+    except DeviceError:
+        raise argparse.ArgumentTypeError(
+            f"--device must be auto, cpu, cuda or cuda:N, got {text!r}."
+        ) from None
+    return text
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N``, which overrides MODEL.DEVICE (`atrous.utils.devices`)."""
+    parser.add_argument(
+        "--device",
+        type=_device_arg,
+        default=None,
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N; overrides MODEL.DEVICE (default auto: a GPU where one "
+        "is visible, else the CPU)",
     )
 
 

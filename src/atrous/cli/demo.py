@@ -22,6 +22,7 @@ from typing import Any
 
 from atrous.cli.common import (
     add_allow_partial_flag,
+    add_device_flag,
     add_model_source_flags,
     build_model_and_load,
     config_or_bundle,
@@ -42,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--share", action="store_true", help="also make a public gradio.live link (off)"
     )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="overrides MODEL.DEVICE"
-    )
+    add_device_flag(parser)
     parser.add_argument(
         "--no-fast",
         action="store_true",
@@ -102,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
         import_gradio()  # before loading a model: a missing extra is one line, at once
     except ModuleNotFoundError as error:
         raise ConfigError(str(error)) from error
+    from atrous.utils.devices import resolve_device
+
     cfg, bundle = config_or_bundle(args, device=args.device)
     if args.device:
         cfg.MODEL.DEVICE = args.device
-    if cfg.MODEL.DEVICE == "cpu" and not args.no_fast:
-        cfg.TEST.FAST.ENABLED = True
     validate_config(cfg)
+    if resolve_device(cfg.MODEL.DEVICE).type == "cpu" and not args.no_fast:
+        cfg.TEST.FAST.ENABLED = True
     cfg.freeze()
 
     from atrous.inference import Predictor
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         class_names=meta.stuff_classes,
         colors=meta.stuff_colors,
         examples=example_images(cfg, args.examples),
-        model_description=f"Model: {source} · {cfg.MODEL.DEVICE} · {fast}",
+        model_description=f"Model: {source} · {resolve_device(cfg.MODEL.DEVICE)} · {fast}",
     )
     # quiet: Gradio's own start-up lines suggest share=True; the line below says where to go.
     try:

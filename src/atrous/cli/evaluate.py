@@ -33,6 +33,7 @@ from pathlib import Path
 from atrous.cli.common import (
     ModelSource,
     add_allow_partial_flag,
+    add_device_flag,
     add_model_source_flags,
     add_precision_flag,
     build_run_model,
@@ -57,9 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="dataset to evaluate instead of DATASETS.TEST (repeatable)",
     )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="overrides MODEL.DEVICE"
-    )
+    add_device_flag(parser)
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
     )

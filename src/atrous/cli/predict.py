@@ -43,6 +43,7 @@ import numpy as np
 from atrous.cli.common import (
     ModelSource,
     add_allow_partial_flag,
+    add_device_flag,
     add_model_source_flags,
     add_precision_flag,
     build_run_model,
@@ -89,9 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="dim overlay pixels whose max probability is below P (0 to 1; default 0: none)",
     )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default=None, help="overrides MODEL.DEVICE"
-    )
+    add_device_flag(parser)
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation (TEST.AUG scales and flips)"
     )

@@ -19,7 +19,7 @@ from atrous.cli import common
 from atrous.config import CfgNode, ConfigError
 from atrous.config.validate import validate_config
 from atrous.engine.defaults import add_train_arguments, default_setup
-from atrous.engine.launch import default_backend, launch
+from atrous.engine.launch import default_backend, launch, process_counts
 from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 
 __all__ = ["add_arguments", "main", "run", "setup"]
@@ -32,10 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def world_size(args: argparse.Namespace) -> int:
-    """Processes of the run: torchrun's WORLD_SIZE, else ``--num-gpus x --num-machines``."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return int(args.num_gpus) * int(args.num_machines)
+    """Processes of the run: torchrun's or SLURM's, else ``--num-gpus x --num-machines``."""
+    return process_counts(int(args.num_gpus), int(args.num_machines))[0]
 
 
 def _check_launch_flags(args: argparse.Namespace) -> None:
@@ -71,8 +69,29 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     cfg = common.load_config(args.config_file, args.opts or [])
     cfg.freeze()
     _check_launch_flags(args)
-    validate_config(cfg, world_size=world_size(args), training=not args.eval_only)
+    processes, per_machine = process_counts(int(args.num_gpus), int(args.num_machines))
+    validate_config(
+        cfg,
+        world_size=processes,
+        processes_per_machine=per_machine,
+        training=not args.eval_only,
+    )
+    _check_gpus_for_processes(cfg, per_machine)
     return cfg
+
+
+def _check_gpus_for_processes(cfg: CfgNode, per_machine: int) -> None:
+    """Refuse more processes per machine than visible GPUs on CUDA, before any is started."""
+    from atrous.utils.devices import DeviceError, check_num_gpus, choose_device, visible_gpu_count
+
+    visible = visible_gpu_count()
+    device = choose_device(cfg.MODEL.DEVICE, cuda_count=visible, processes_per_machine=per_machine)
+    if "RANK" in os.environ or "SLURM_STEP_ID" in os.environ:
+        return  # already started: each process checks its own GPU (`engine.launch`)
+    try:
+        check_num_gpus(per_machine, device=device, cuda_count=visible)
+    except DeviceError as error:
+        raise ConfigError(str(error)) from None
 
 
 def setup(args: argparse.Namespace) -> CfgNode:

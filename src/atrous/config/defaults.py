@@ -17,7 +17,10 @@ _C.VERSION = 2
 # -----------------------------------------------------------------------------
 _C.MODEL = CN()
 _C.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
-_C.MODEL.DEVICE = "cpu"
+# "auto" (a GPU where this torch sees one, else the CPU, said once in the log), "cpu", "cuda" (an
+# error without a GPU; each process of a multi-process run takes the GPU of its local rank) or
+# "cuda:N" (one process). detectron2's default is "cuda"; "auto" runs the same on a GPU machine.
+_C.MODEL.DEVICE = "auto"
 # Path, URL (https://, detectron2://) or model-zoo name of the weights to initialise from.
 _C.MODEL.WEIGHTS = ""
 # Mean and std are given in the order of INPUT.FORMAT, on the 0-255 scale.

@@ -93,27 +93,22 @@ def _positive_ints(key: str, value: Any, *, allow_empty: bool = False) -> None:
         raise ConfigError(f"{key} must hold positive whole numbers of pixels, got {list(value)}.")
 
 
-def check_device_available(device: Any) -> None:
-    """Refuse a MODEL.DEVICE value that is malformed or names a device this machine lacks."""
-    if not isinstance(device, str) or not device:
-        raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    kind, _, index = device.partition(":")
-    if kind == "cpu" and not index:
-        return
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    import torch
+def check_device_available(device: Any, *, processes_per_machine: int = 1) -> None:
+    """Refuse a MODEL.DEVICE value that is malformed or that this machine cannot honour.
 
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"MODEL.DEVICE is {device!r} but this PyTorch ({torch.__version__}) sees no CUDA "
-            "device: pass MODEL.DEVICE cpu (or install a CUDA build of torch on a GPU machine)."
+    Args:
+        device: MODEL.DEVICE.
+        processes_per_machine: processes of the run on this machine; ``cuda:N`` is refused with
+            more than one (they would all use GPU N).
+    """
+    from atrous.utils.devices import DeviceError, choose_device, visible_gpu_count
+
+    try:
+        choose_device(
+            device, cuda_count=visible_gpu_count(), processes_per_machine=processes_per_machine
         )
-    if index and int(index) >= torch.cuda.device_count():
-        raise ConfigError(
-            f"MODEL.DEVICE is {device!r} but only {torch.cuda.device_count()} CUDA device(s) are "
-            "visible: pick one below that or check CUDA_VISIBLE_DEVICES."
-        )
+    except DeviceError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_crop(cfg: Any) -> None:
@@ -186,7 +181,12 @@ def _check_pairs(cfg: Any, keys: Iterable[str]) -> None:
 
 
 def validate_config(
-    cfg: Any, *, world_size: int | None = None, training: bool = False, check_device: bool = True
+    cfg: Any,
+    *,
+    world_size: int | None = None,
+    processes_per_machine: int = 1,
+    training: bool = False,
+    check_device: bool = True,
 ) -> None:
     """Raise ConfigError, naming the key, for the first value that cannot work.
 
@@ -195,6 +195,7 @@ def validate_config(
         world_size: number of processes of the run; when given, SOLVER.IMS_PER_BATCH must split
             evenly over them.
         training: also check the solver keys (learning rate, iterations, periods).
+        processes_per_machine: processes of the run on this machine (``--num-gpus``).
         check_device: check that MODEL.DEVICE exists on this machine.
 
     Raises:
@@ -235,7 +236,7 @@ def validate_config(
     if cfg.TEST.SLIDING_WINDOW.ENABLED:
         _check_pairs(cfg, ("TEST.SLIDING_WINDOW.SIZE", "TEST.SLIDING_WINDOW.STRIDE"))
     if check_device:
-        check_device_available(cfg.MODEL.DEVICE)
+        check_device_available(cfg.MODEL.DEVICE, processes_per_machine=processes_per_machine)
 
     batch = cfg.SOLVER.IMS_PER_BATCH
     if world_size is not None and world_size > 1 and batch % world_size:

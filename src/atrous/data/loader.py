@@ -227,7 +227,9 @@ def build_train_loader(
     if seed is None:
         seed = train_data_seed(cfg)
     if mapper is None:
-        mapper = build_mapper(cfg, is_train=True)
+        # Labels travel to the model (and a GPU) in their narrowest type; the segmentor widens
+        # them where it computes the loss.
+        mapper = build_mapper(cfg, is_train=True, compact_labels=True)
     sampler = TrainingSampler(
         len(records), seed=seed, rank=rank, world_size=world, start=int(start_iter) * per_rank
     )
@@ -250,7 +252,15 @@ def build_train_loader(
         worker_init_fn=_worker_init,
         generator=generator,
         persistent_workers=workers > 0,
+        pin_memory=_pin_memory(cfg),
     )
+
+
+def _pin_memory(cfg) -> bool:
+    """Pin batches for a GPU model: its ``non_blocking`` copies then overlap the compute."""
+    from ..utils.devices import pin_memory_for, resolve_device
+
+    return pin_memory_for(resolve_device(cfg.MODEL.DEVICE))
 
 
 def build_test_loader(cfg, dataset_name: str, *, mapper: DatasetMapper | None = None) -> DataLoader:
@@ -272,4 +282,5 @@ def build_test_loader(cfg, dataset_name: str, *, mapper: DatasetMapper | None = 
         num_workers=workers,
         collate_fn=trivial_batch_collator,
         worker_init_fn=_worker_init,
+        pin_memory=_pin_memory(cfg),
     )

@@ -3,7 +3,8 @@
 The mapper's output is what the segmentor consumes::
 
     {"image": uint8 tensor (3, H, W) in the configured channel order,
-     "sem_seg": int64 tensor (H, W) with the ignore label (when the record has a label),
+     "sem_seg": int64 tensor (H, W) with the ignore label (when the record has a label; the
+                training loader's is the narrowest type holding the labels, e.g. uint8),
      "height": H0, "width": W0,          # size of the image file, before any resizing
      "file_name": ..., "sem_seg_file_name": ..., "image_id": ...}
 
@@ -34,6 +35,7 @@ __all__ = [
     "DatasetMapper",
     "build_test_augmentations",
     "build_train_augmentations",
+    "compact_label_dtype",
     "load_sem_seg",
 ]
 
@@ -97,6 +99,8 @@ class DatasetMapper:
         num_classes: number of classes (labels must be < num_classes or the ignore label).
         ignore_label: label of unlabelled pixels.
         fused: compute only the final crop window (identical output, faster).
+        label_dtype: numpy integer type of the "sem_seg" tensor: int64 (detectron2's) by
+            default; the training loader asks for `compact_label_dtype`.
         max_image_pixels: pixel budget of every image and label file (INPUT.MAX_IMAGE_PIXELS),
             checked from the header before decoding; None, 0 or negative: no limit.
     """
@@ -110,6 +114,7 @@ class DatasetMapper:
         ignore_label: int = 255,
         fused: bool = True,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        label_dtype: type[np.integer] = np.int64,
     ) -> None:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {image_format!r}")
@@ -119,6 +124,7 @@ class DatasetMapper:
         self.ignore_label = int(ignore_label)
         self.fused = fused
         self.max_image_pixels = max_image_pixels
+        self.label_dtype = label_dtype
 
     def __call__(self, record: dict, rng: np.random.RandomState | None = None) -> dict:
         """Map one record.
@@ -166,7 +172,7 @@ class DatasetMapper:
         # a fresh, writable, C-contiguous CHW array.
         out["image"] = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
         if sem_seg is not None:
-            out["sem_seg"] = torch.from_numpy(np.array(sem_seg, dtype=np.int64, order="C"))
+            out["sem_seg"] = torch.from_numpy(np.array(sem_seg, dtype=self.label_dtype, order="C"))
         out["height"], out["width"] = height, width
         return out
 
@@ -248,12 +254,35 @@ def build_test_augmentations(cfg) -> list[Augmentation]:
     ]
 
 
-def build_mapper(cfg, *, is_train: bool) -> DatasetMapper:
-    """The mapper of the training or test pipeline described by `cfg`."""
+def build_mapper(cfg, *, is_train: bool, compact_labels: bool = False) -> DatasetMapper:
+    """The mapper of the training or test pipeline described by `cfg`.
+
+    Args:
+        compact_labels: give "sem_seg" in the narrowest integer type that holds every class id
+            and the ignore label (`compact_label_dtype`) instead of int64.
+    """
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     return DatasetMapper(
         augmentations=build_train_augmentations(cfg) if is_train else build_test_augmentations(cfg),
         image_format=cfg.INPUT.FORMAT,
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        num_classes=num_classes,
+        ignore_label=ignore_label,
         max_image_pixels=cfg.INPUT.MAX_IMAGE_PIXELS,
+        label_dtype=compact_label_dtype(num_classes, ignore_label) if compact_labels else np.int64,
     )
+
+
+def compact_label_dtype(num_classes: int, ignore_label: int) -> type[np.integer]:
+    """The narrowest integer type holding class ids ``[0, num_classes)`` and `ignore_label`.
+
+    uint8 for Cityscapes (19 classes, ignore 255): an eighth of int64's bytes to move from the
+    loader workers and to the GPU.
+    """
+    largest = max(int(num_classes) - 1, int(ignore_label))
+    smallest = min(0, int(ignore_label))
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= smallest and largest <= info.max:
+            return dtype
+    return np.int64

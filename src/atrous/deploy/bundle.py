@@ -248,7 +248,8 @@ def _card_usage(folder_name: str) -> list[str]:
         f"atrous benchmark --model {folder_name}",
         "```",
         "",
-        "Add `--device cuda` to run on a GPU (the bundled config says `MODEL.DEVICE cpu`).",
+        "It runs on a GPU where one is visible, else on the CPU (the bundled config says "
+        "`MODEL.DEVICE auto`); `--device cpu` or `--device cuda` chooses.",
         "",
         "```python",
         "import numpy as np",
@@ -355,8 +356,8 @@ def write_bundle(
     bundle_cfg = cfg.clone()
     bundle_cfg.defrost()
     bundle_cfg.MODEL.WEIGHTS = WEIGHTS_FILE
-    # A bundle must run on the machine it is given to; `--device cuda` opts into a GPU.
-    bundle_cfg.MODEL.DEVICE = "cpu"
+    # A bundle must run on the machine it is given to, with or without a GPU.
+    bundle_cfg.MODEL.DEVICE = "auto"
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:

@@ -384,7 +384,8 @@ def build_exported_model(
             f"BatchNorm) and cannot apply to the exported graph {path}; set TEST.FAST.ENABLED "
             "False (OpenVINO's bf16 is its inference precision instead)."
         )
-    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+    # "auto" is fine: the CPU is where graphs run; only an explicit GPU cannot be honoured.
+    if str(cfg.MODEL.DEVICE).strip().startswith("cuda"):
         raise ConfigError(
             f"exported graphs run on the CPU; MODEL.DEVICE is {cfg.MODEL.DEVICE!r} (use "
             "--device cpu)."

@@ -33,7 +33,7 @@ import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ import torch.multiprocessing as mp
 
 from atrous.utils import comm
 from atrous.utils.comm import default_backend
+from atrous.utils.devices import check_num_gpus, gpu_index_for_process, visible_gpu_count
 
 from . import preemption
 from .preemption import StopSignals, TrainingPreempted
@@ -53,6 +54,7 @@ __all__ = [
     "find_free_port",
     "launch",
     "parse_slurm_nodelist",
+    "process_counts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,14 +83,55 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) when started by torchrun or a similar launcher."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+# Where launchers other than torchrun say which process of its machine this one is.
+_LOCAL_RANK_KEYS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+_LOCAL_SIZE_KEYS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+
+
+def _first_int(environ: Mapping[str, str], keys: Sequence[str]) -> int | None:
+    for key in keys:
+        value = environ.get(key, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _torchrun_env(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """Rank, world size, local rank and local world size of a process that torchrun (or
+    another ``env://`` launcher setting ``RANK``/``WORLD_SIZE``) started; None otherwise.
+
+    The local rank is None when the launcher did not set one: the global rank is not a
+    substitute (it is wrong from the second machine on), and one is needed only to pick a GPU
+    among several (`atrous.utils.devices.gpu_index_for_process`).
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return rank, world_size, local_rank
+    return {
+        "rank": int(env["RANK"]),
+        "world_size": int(env["WORLD_SIZE"]),
+        "local_rank": _first_int(env, _LOCAL_RANK_KEYS),
+        "local_world_size": _first_int(env, _LOCAL_SIZE_KEYS),
+    }
+
+
+def process_counts(
+    num_gpus_per_machine: int, num_machines: int = 1, environ: Mapping[str, str] | None = None
+) -> tuple[int, int]:
+    """``(world_size, processes_per_machine)`` of the run `launch` will make.
+
+    torchrun's or SLURM's variables when this process was started by one of them (then the
+    flags are ignored, as in `launch`), else ``--num-gpus`` x ``--num-machines``. An unknown
+    per-machine count (a launcher that does not say) is taken as 1.
+    """
+    env = os.environ if environ is None else environ
+    torchrun = _torchrun_env(env)
+    if torchrun is not None and torchrun["world_size"] > 1:
+        return torchrun["world_size"], torchrun["local_world_size"] or 1
+    slurm = _slurm_env(env) if torchrun is None else None
+    if slurm is not None:
+        return slurm["world_size"], slurm["local_world_size"] or 1
+    return num_gpus_per_machine * num_machines, num_gpus_per_machine
 
 
 def parse_slurm_nodelist(nodelist: str) -> list[str]:
@@ -140,14 +183,14 @@ def _expand_range(group: str, nodelist: str) -> list[str]:
     return out
 
 
-def _slurm_env() -> dict[str, Any] | None:
+def _slurm_env(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """Rank, world size, local rank and rendezvous URL of a task of an ``srun`` job step.
 
     A step's tasks carry ``SLURM_STEP_ID``; the batch shell of ``sbatch`` (which has
     ``SLURM_NTASKS`` and ``SLURM_PROCID=0`` too but is one process) does not, and keeps using
     the flags.
     """
-    env = os.environ
+    env = os.environ if environ is None else environ
     if "SLURM_PROCID" not in env or "SLURM_STEP_ID" not in env:
         return None
     world_size = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
@@ -182,6 +225,8 @@ def _slurm_env() -> dict[str, Any] | None:
         "local_rank": int(env.get("SLURM_LOCALID", 0)),
         "local_world_size": int(per_node.group()) if per_node else None,
         "init_method": f"tcp://{addr}:{port}",
+        # `srun --gpus-per-task=1` (or --gpu-bind) shows each task only its own GPU.
+        "per_process_binding": True,
     }
 
 
@@ -252,7 +297,7 @@ def launch(
     timeout = _timeout_from_env(timeout)
     backend = backend or default_backend()
     env = _torchrun_env()
-    if env is not None and env[1] > 1:
+    if env is not None and env["world_size"] > 1:
         return _launch_torchrun(main_fn, args, env, timeout=timeout, backend=backend)
     slurm = _slurm_env() if env is None else None
     if slurm is not None:
@@ -261,6 +306,10 @@ def launch(
     world_size = _world_size_from_flags(num_gpus_per_machine, num_machines, machine_rank)
     if world_size == 1:
         return main_fn(*args)
+    if backend == "nccl":
+        # Before anything is spawned: eight processes that each fail to find their GPU leave
+        # eight tracebacks and a half-made output folder.
+        check_num_gpus(num_gpus_per_machine, device="cuda", cuda_count=visible_gpu_count())
     return _spawn_local(
         main_fn,
         args,
@@ -276,7 +325,7 @@ def launch(
 def _launch_torchrun(
     main_fn: Callable[..., Any],
     args: Sequence[Any],
-    env: tuple[int, int, int],
+    env: dict[str, Any],
     *,
     timeout: timedelta,
     backend: str,
@@ -284,20 +333,12 @@ def _launch_torchrun(
     """Join the group of a process that torchrun (or an ``env://`` wrapper) already started.
 
     Args:
-        env: ``(rank, world_size, local_rank)`` from `_torchrun_env`.
+        env: rank, world_size, local_rank and local_world_size from `_torchrun_env`.
     """
-    rank, world_size, local_rank = env
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _stop_with_parent()
     return _run_in_group(
-        main_fn,
-        args,
-        rank=rank,
-        world_size=world_size,
-        local_rank=local_rank,
-        init_method="env://",
-        timeout=timeout,
-        backend=backend,
+        main_fn, args, init_method="env://", timeout=timeout, backend=backend, **env
     )
 
 
@@ -535,21 +576,32 @@ def _run_in_group(
     *,
     rank: int,
     world_size: int,
-    local_rank: int,
+    local_rank: int | None,
     init_method: str,
     timeout: timedelta,
     backend: str,
     local_world_size: int | None = None,
+    per_process_binding: bool = False,
     error_dir: str | None = None,
 ) -> Any:
-    use_cuda = backend == "nccl"
-    if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"Local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible. "
-                "Lower --num-gpus or set CUDA_VISIBLE_DEVICES."
+    """Join the process group as `rank`, on the GPU of this process (NCCL) or a share of the
+    cores (gloo), and run ``main_fn(*args)``.
+
+    Args:
+        local_rank: the rank on this machine; None when the launcher did not say (enough on the
+            CPU, or with one visible GPU).
+        local_world_size: processes on this machine, when known.
+        per_process_binding: the launcher may show each process only its own GPU (SLURM).
+    """
+    if backend == "nccl":
+        torch.cuda.set_device(
+            gpu_index_for_process(
+                local_rank=local_rank,
+                local_world_size=local_world_size,
+                visible=visible_gpu_count(),
+                per_process_binding=per_process_binding,
             )
-        torch.cuda.set_device(local_rank)
+        )
     else:
         # Processes on one CPU must share its cores, or they slow each other down by
         # oversubscription.
@@ -563,7 +615,7 @@ def _run_in_group(
         rank=rank,
         timeout=timeout,
     )
-    comm.set_local_rank(local_rank)
+    comm.set_local_rank(local_rank if local_rank is not None else 0)
     try:
         comm.synchronize()
         return main_fn(*args)

@@ -21,6 +21,7 @@ from torch import nn
 
 from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
 from atrous.layers.norm import convert_sync_batchnorm
+from atrous.solver.optimizer import check_optimizer_covers
 from atrous.utils import comm
 
 from . import hooks as hooks_mod
@@ -381,7 +382,8 @@ class Trainer:
             kwargs["broadcast_buffers"] = False
         if model.device.type == "cuda":
             model = convert_sync_batchnorm(model)
-            kwargs["device_ids"] = [comm.get_local_rank()]
+            # The GPU the model is on (the launcher's choice for this process), not a rank.
+            kwargs["device_ids"] = [model.device.index]
         return nn.parallel.DistributedDataParallel(model, **kwargs)
 
     def _data_iterator(self) -> Iterator[Any]:
@@ -466,6 +468,8 @@ class Trainer:
         if self._loaded_record is not None:
             restore_rng_state(self._loaded_record["rng"])
         model = self._wrap_model()
+        # Once, before the first step: a parameter the optimizer lacks would never be trained.
+        check_optimizer_covers(model, self.optimizer)
         trainer = SimpleTrainer(
             model=model,
             data_loader=data,

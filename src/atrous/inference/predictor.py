@@ -156,7 +156,7 @@ class Predictor:
         Args:
             path: the folder (verified: missing, edited or mismatched files are refused).
             opts: ``KEY VALUE`` config overrides, e.g. ``["TEST.AUG.ENABLED", "True"]``.
-            device: overrides MODEL.DEVICE (the bundled config says "cpu").
+            device: overrides MODEL.DEVICE (the bundled config says "auto").
 
         Raises:
             atrous.checkpoint.BundleError: the folder is not a valid bundle.

@@ -148,9 +148,12 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every `NaiveSyncBatchNorm` in `module` (recursively) by ``nn.SyncBatchNorm``.
 
     The trainer calls this on CUDA before wrapping the model in DDP: ``nn.SyncBatchNorm`` uses
-    NCCL kernels, `NaiveSyncBatchNorm` also runs on CPU with gloo. Parameters, running statistics,
-    the step counter and train/eval mode carry over; plain ``BatchNorm2d`` layers stay
-    unsynchronised (a config asks for "BN" when it means per-rank statistics).
+    NCCL kernels, `NaiveSyncBatchNorm` also runs on CPU with gloo. The new layers take over the
+    very parameter and buffer objects of the old ones (as torch's own
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` does), so an optimizer built before the
+    conversion still steps the BatchNorm scales and shifts, and ``requires_grad`` and
+    train/eval mode carry over. Plain ``BatchNorm2d`` layers stay unsynchronised (a
+    config asks for "BN" when it means per-rank statistics).
 
     Returns:
         The converted module (a new object when `module` itself is a NaiveSyncBatchNorm).
@@ -162,8 +165,13 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
             momentum=module.momentum,
             affine=module.affine,
             track_running_stats=module.track_running_stats,
-        ).to(next(iter(module.state_dict().values())).device)
-        sync.load_state_dict(module.state_dict())
+            device="meta",  # replaced below: nothing is allocated twice
+        )
+        # The objects themselves, not copies of their values.
+        for name, value in list(module._parameters.items()):
+            sync._parameters[name] = value
+        for name, value in list(module._buffers.items()):
+            sync._buffers[name] = value
         sync.train(module.training)
         return sync
     for name, child in module.named_children():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from ..config import CfgNode
 from ..layers import ASPP, ShapeSpec
+from ..utils.devices import resolve_device
 from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
 from .heads import DeepLabV3Head, DeepLabV3PlusHead
 from .losses import UnresolvedClassWeights, build_sem_seg_loss
@@ -200,7 +200,8 @@ def build_loss(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) ->
 
 
 def build_model(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -> SemanticSegmentor:
-    """Build the segmentor described by `cfg`, initialised as the original, on MODEL.DEVICE.
+    """Build the segmentor described by `cfg`, initialised as the original, on MODEL.DEVICE
+    (`atrous.utils.devices.resolve_device`).
 
     Weights are not loaded here; use `atrous.checkpoint.Checkpointer(model).load(...)`.
 
@@ -236,4 +237,6 @@ def build_model(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -
         loss_weight=h.LOSS_WEIGHT,
         max_output_bytes=max_output_bytes(cfg),
     )
-    return model.to(torch.device(cfg.MODEL.DEVICE))
+    # "auto" and "cuda" mean this process's current CUDA device, which the launcher set to the
+    # GPU of its local rank.
+    return model.to(resolve_device(cfg.MODEL.DEVICE))

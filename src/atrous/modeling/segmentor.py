@@ -201,8 +201,9 @@ class SemanticSegmentor(nn.Module):
         if self.training:
             if "sem_seg" not in batched_inputs[0]:
                 raise ValueError("Training inputs need a 'sem_seg' label map per image.")
+            # Labels may come as uint8 (`compact_label_dtype`): moved narrow, widened here.
             targets = pad_to_batch(
-                [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs],
+                [x["sem_seg"].to(self.device, non_blocking=True).long() for x in batched_inputs],
                 self.ignore_value,
             )
             # Sizes that are not multiples of the stride give slightly larger logits; cropping

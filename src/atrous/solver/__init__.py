@@ -11,14 +11,17 @@ from .lr_scheduler import (
 )
 from .optimizer import (
     GradientClipper,
+    OptimizerCoverageError,
     build_gradient_clipper,
     build_optimizer,
+    check_optimizer_covers,
     get_default_optimizer_params,
 )
 
 __all__ = [
     "GradientClipper",
     "LRMultiplier",
+    "OptimizerCoverageError",
     "WarmupCosineLR",
     "WarmupMultiStepLR",
     "WarmupParamScheduler",
@@ -26,6 +29,7 @@ __all__ = [
     "build_gradient_clipper",
     "build_lr_scheduler",
     "build_optimizer",
+    "check_optimizer_covers",
     "get_default_optimizer_params",
     "warmup_factor_at_iter",
 ]

@@ -16,8 +16,10 @@ from torch import nn
 __all__ = [
     "NORM_MODULE_TYPES",
     "GradientClipper",
+    "OptimizerCoverageError",
     "build_gradient_clipper",
     "build_optimizer",
+    "check_optimizer_covers",
     "get_default_optimizer_params",
 ]
 
@@ -102,6 +104,43 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         nesterov=s.NESTEROV,
         weight_decay=s.WEIGHT_DECAY,
     )
+
+
+class OptimizerCoverageError(RuntimeError):
+    """The optimizer and the model it should train disagree on the trainable parameters."""
+
+
+def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Check that `optimizer` steps exactly the trainable parameters of `model`.
+
+    A module replaced after the optimizer was built (a SyncBatchNorm conversion that makes new
+    Parameter objects, a head swapped for fine-tuning) leaves the optimizer holding the old
+    tensors: the new ones get gradients but are never updated, silently. Parameters are
+    compared by identity; a wrapper's ``module.`` prefix (DDP) is dropped from the names shown.
+
+    Raises:
+        OptimizerCoverageError: naming the first trainable parameters the optimizer lacks, or
+            how many tensors it steps that are not trainable parameters of `model`.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n.removeprefix("module.") for n, p in trainable if id(p) not in stepped]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise OptimizerCoverageError(
+            f"The optimizer does not hold {len(missing)} of the model's {len(trainable)} "
+            f"trainable parameters ({shown}): they would never be updated. Build the optimizer "
+            "from the model that is trained, after any change to its modules (e.g. a "
+            "SyncBatchNorm conversion that does not keep the parameter objects); to keep "
+            "parameters fixed, set their requires_grad to False before building it."
+        )
+    extra = len(stepped - {id(p) for _, p in trainable})
+    if extra:
+        raise OptimizerCoverageError(
+            f"The optimizer steps {extra} tensor(s) that are not trainable parameters of the "
+            "model it trains (stale copies of replaced modules, or frozen parameters); build the "
+            "optimizer from the model that is trained."
+        )
 
 
 class GradientClipper:

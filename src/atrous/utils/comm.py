@@ -31,12 +31,13 @@ def default_backend(device: str | None = None) -> str:
     """The process-group backend for a model on `device`: NCCL on CUDA, else gloo.
 
     Args:
-        device: the model's device (``cfg.MODEL.DEVICE``, e.g. "cuda", "cuda:1", "cpu"); None
-            means NCCL whenever CUDA exists.
+        device: MODEL.DEVICE ("auto", "cuda", "cuda:1", "cpu"); None means "auto": NCCL
+            whenever this torch sees a GPU.
     """
-    if device is None:
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    return "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    from .devices import visible_gpu_count
+
+    kind = str(device or "auto").strip().partition(":")[0]
+    return "nccl" if kind in ("auto", "cuda") and visible_gpu_count() > 0 else "gloo"
 
 
 def collective_device() -> torch.device:
