@@ -177,3 +177,36 @@ def test_train_data_seed_is_the_config_seed_or_a_drawn_one(datasets):
     drawn = train_data_seed(cfg)
     np.random.seed(3)
     assert 0 <= drawn < 2**31 and train_data_seed(cfg) == drawn
+
+
+def test_training_labels_travel_narrow_with_the_values_of_detectron2s_int64(datasets):
+    from atrous.data import DatasetMapper, build_mapper
+    from atrous.data.mapper import compact_label_dtype
+
+    cfg = _cfg()
+    batch = _take(build_train_loader(cfg), 2)
+    # The same samples through detectron2's int64 mapper: equal values, an eighth of the bytes.
+    wide = _take(build_train_loader(cfg, mapper=build_mapper(cfg, is_train=True)), 2)
+    for narrow_batch, wide_batch in zip(batch, wide):
+        for narrow, full in zip(narrow_batch, wide_batch):
+            assert narrow["sem_seg"].dtype == torch.uint8 and full["sem_seg"].dtype == torch.int64
+            assert torch.equal(narrow["sem_seg"].long(), full["sem_seg"])
+    assert isinstance(build_mapper(cfg, is_train=False), DatasetMapper)
+    assert build_mapper(cfg, is_train=False).label_dtype is np.int64  # test-time: detectron2's
+    assert compact_label_dtype(19, 255) is np.uint8
+    assert compact_label_dtype(300, 255) is np.int16  # ADE20K-full sized class lists
+    assert compact_label_dtype(19, 65535) is np.int32
+    assert compact_label_dtype(19, -1) is np.int16
+
+
+@pytest.mark.parametrize(("device", "pinned"), [("cpu", False), ("cuda", True)])
+def test_loaders_pin_memory_for_a_gpu_model_only(datasets, monkeypatch, device, pinned):
+    from atrous.utils import devices
+
+    # As on a GPU machine: "cuda" resolves (nothing is copied to a device here).
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 1)
+    cfg = _cfg()
+    cfg.MODEL.DEVICE = device
+    cfg.DATASETS.TEST = ("synthetic_sem_seg_val",)
+    assert build_train_loader(cfg).pin_memory is pinned
+    assert build_test_loader(cfg, "synthetic_sem_seg_val").pin_memory is pinned

@@ -132,3 +132,36 @@ def test_auto_falls_back_to_the_cpu_and_says_so_once(
 def test_pinned_memory_only_for_gpus() -> None:
     assert pin_memory_for("cuda") and pin_memory_for(torch.device("cuda", 3))
     assert not pin_memory_for("cpu")
+
+
+@pytest.fixture
+def restore_float32_precision():
+    matmul, tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.usefixtures("restore_float32_precision")
+def test_float32_precision_is_applied_not_ignored() -> None:
+    from atrous.utils.devices import apply_float32_precision
+
+    apply_float32_precision("high")
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    apply_float32_precision("highest")
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert not torch.backends.cudnn.allow_tf32  # IEEE convolutions too
+    apply_float32_precision("")  # PyTorch's defaults stay as they are
+    assert torch.get_float32_matmul_precision() == "highest"
+    with pytest.raises(DeviceError, match="FLOAT32_PRECISION is 'tf32'"):
+        apply_float32_precision("tf32")
+
+
+def test_float32_precision_is_checked_with_the_config() -> None:
+    from atrous.config import ConfigError
+    from atrous.config.validate import validate_config
+
+    cfg = get_cfg()
+    cfg.FLOAT32_PRECISION = "tf32"
+    with pytest.raises(ConfigError, match="FLOAT32_PRECISION is 'tf32'; it must be one of"):
+        validate_config(cfg, check_device=False)

@@ -296,7 +296,9 @@ def build_run_model(source: ModelSource, *, allow_partial: bool, precision: str 
             `atrous.deploy.runtime.build_exported_model`; CheckpointError: see `load_weights`.
     """
     from atrous.config import ConfigError
+    from atrous.utils.devices import apply_float32_precision
 
+    apply_float32_precision(source.cfg.FLOAT32_PRECISION)
     if source.exported is None:
         if precision is not None:
             raise ConfigError(

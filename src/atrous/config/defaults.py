@@ -242,7 +242,12 @@ _C.TEST.MAX_OUTPUT_MB = 4096
 _C.OUTPUT_DIR = "./output"
 # Negative: a different seed every run (logged so the run can be repeated).
 _C.SEED = -1
+# Let cuDNN time its algorithms for each new input shape and keep the fastest: faster training at
+# the fixed crop size, but every new shape (evaluation at varying sizes) pays the search again,
+# and the choice may differ between runs (not bit-reproducible). See docs/gpu.md.
 _C.CUDNN_BENCHMARK = False
+# Precision of float32 matrix products and convolutions: "" (PyTorch's defaults), "highest" (IEEE),
+# "high" (TF32 on recent GPUs), "medium" (also bfloat16 internals). See docs/gpu.md.
 _C.FLOAT32_PRECISION = ""
 _C.VIS_PERIOD = 0
 # atrous: log every N iterations.

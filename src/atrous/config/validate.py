@@ -34,6 +34,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "SOLVER.AMP.DTYPE": ("float16", "bfloat16"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),
     "TEST.FAST.DTYPE": ("bfloat16", "float16", "float32"),
+    "FLOAT32_PRECISION": ("", "highest", "high", "medium"),  # atrous.utils.devices
 }
 
 # key -> smallest allowed value; integers (counts, sizes, periods).

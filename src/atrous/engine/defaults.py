@@ -22,6 +22,7 @@ import torch
 
 from atrous.config import resolve_config_file
 from atrous.utils import comm
+from atrous.utils.devices import apply_float32_precision
 from atrous.utils.file_io import atomic_write_text
 
 from .output_dir import on_main_process, prepare_output_dir, previous_run_files
@@ -267,4 +268,7 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
 
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    if cfg.FLOAT32_PRECISION:
+        logger.info("FLOAT32_PRECISION %s", cfg.FLOAT32_PRECISION)
+        apply_float32_precision(cfg.FLOAT32_PRECISION)
     return seed
