@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import weakref
 
@@ -137,3 +138,33 @@ def test_evaluate_datasets_checks_every_dataset_before_any_inference(cfg, tmp_pa
         evaluate_datasets(cfg, model, ["synthetic_sem_seg_val", "no_such_dataset"], tmp_path)
     assert calls == []  # the first dataset was not run only to fail on the second
     assert not (tmp_path / "synthetic_sem_seg_val" / "sem_seg_evaluation.json").exists()
+
+
+def test_scoring_on_a_helper_thread_gives_the_serial_results(cfg, tmp_path):
+    # What a GPU model gets by default: the evaluator scores batch i while batch i + 1 runs.
+    model = _model(cfg)
+    loader = build_test_loader(cfg, "synthetic_sem_seg_val")
+    serial = inference_on_dataset(
+        model, loader, build_evaluator(cfg, "synthetic_sem_seg_val", tmp_path / "a"), overlap=False
+    )
+    overlapped = inference_on_dataset(
+        model, loader, build_evaluator(cfg, "synthetic_sem_seg_val", tmp_path / "b"), overlap=True
+    )
+    # (json: NaN, for a class absent from the ground truth, equals NaN there)
+    assert json.dumps(overlapped, sort_keys=True) == json.dumps(serial, sort_keys=True)
+
+
+def test_an_error_while_scoring_on_the_helper_thread_reaches_the_caller(cfg):
+    class FailsOnThird(SemSegEvaluator):
+        def process(self, inputs, outputs):
+            self.seen = getattr(self, "seen", 0) + 1
+            if self.seen == 3:
+                raise ValueError("label file of the third image is broken")
+            super().process(inputs, outputs)
+
+    from atrous.data import get_metadata
+
+    evaluator = FailsOnThird(get_metadata("synthetic_sem_seg_val"), write_report=False)
+    loader = build_test_loader(cfg, "synthetic_sem_seg_val")
+    with pytest.raises(ValueError, match="third image is broken"):
+        inference_on_dataset(_model(cfg), loader, evaluator, overlap=True)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -91,8 +92,15 @@ def inference_on_dataset(
     evaluator: DatasetEvaluator | None,
     *,
     log_period_s: float = 5.0,
+    overlap: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run `model` on every batch of `data_loader` and return the evaluator's metrics.
+
+    With `overlap`, the evaluator scores batch i on a helper thread while the model computes
+    batch i + 1: its per-image CPU work (reading and decoding ground truth, Boundary IoU's
+    erosions, encoding Cityscapes PNGs) then no longer leaves a GPU waiting. At most one batch
+    is scored at a time, so the outputs of two batches are alive at once, not more; the
+    results are those of the serial loop.
 
     Args:
         model: a segmentor or a wrapper from `build_inference_model` (list of dicts in, list of
@@ -102,6 +110,9 @@ def inference_on_dataset(
             ``file_name``, ...); in a multi-process run each rank iterates over its shard.
         evaluator: receives every batch; None runs inference only and returns ``{}``.
         log_period_s: seconds between progress messages.
+        overlap: score on a helper thread; default: when the model runs on a GPU (on the CPU
+            the thread would only compete with the model for the cores, and hold a second
+            batch's full-size logits in memory).
 
     Returns:
         ``evaluator.evaluate()``, e.g. ``{"sem_seg": {"mIoU": ..., ...}}``.
@@ -119,16 +130,26 @@ def inference_on_dataset(
     start = last_log = time.perf_counter()
     compute = 0.0
     count = 0
-    with _eval_mode(inference_model), torch.no_grad():
+    if overlap is None:
+        overlap = _runs_on_gpu(inference_model)
+    scorer = ThreadPoolExecutor(1, thread_name_prefix="atrous-eval") if overlap else None
+    scoring: Future | None = None
+    with _eval_mode(inference_model), torch.no_grad(), _shut_down(scorer):
         for inputs in data_loader:
             t0 = time.perf_counter()
             outputs = inference_model(inputs)
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.synchronize()
             compute += time.perf_counter() - t0
-            evaluator.process(inputs, outputs)
-            # Full-size logits (C, height, width) of this batch must not stay alive while the
-            # next batch's are computed: that would double the peak memory.
+            if scoring is not None:
+                scoring.result()  # the previous batch's error, raised here; and a bound
+            if scorer is None:
+                evaluator.process(inputs, outputs)
+            else:
+                scoring = scorer.submit(_score, evaluator, inputs, outputs)
+            # Full-size logits (C, height, width) of this batch must not stay alive here while
+            # the next batch's are computed: that would double the peak memory (the helper
+            # thread holds them while scoring, by choice).
             del inputs, outputs
             count += 1
             now = time.perf_counter()
@@ -148,6 +169,8 @@ def inference_on_dataset(
                     compute / count,
                     eta,
                 )
+        if scoring is not None:
+            scoring.result()
     elapsed = time.perf_counter() - start
     logger.info(
         "Inference on %d batches took %s (%.4f s/batch, model %.4f s/batch)",
@@ -157,6 +180,31 @@ def inference_on_dataset(
         compute / max(count, 1),
     )
     return evaluator.evaluate() or {}
+
+
+def _score(evaluator: DatasetEvaluator, inputs: Any, outputs: Any) -> None:
+    with torch.no_grad():  # grad mode is per thread
+        evaluator.process(inputs, outputs)
+
+
+@contextlib.contextmanager
+def _shut_down(executor: ThreadPoolExecutor | None):
+    try:
+        yield
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _runs_on_gpu(model: Any) -> bool:
+    """Whether `model` (a segmentor, a wrapper with ``device``, or a graph) computes on CUDA."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(model, nn.Module):
+        parameter = next(model.parameters(), None)
+        return parameter is not None and parameter.device.type == "cuda"
+    return False
 
 
 def evaluate_datasets(
