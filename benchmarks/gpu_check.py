@@ -1,4 +1,4 @@
-"""GPU acceptance run: parity, mixed-precision SyncBN training, channels_last/compile, R103 figures.
+"""GPU acceptance run: parity, SyncBN training, channels_last/compile, the seed's command, figures.
 
     python benchmarks/gpu_check.py [--device cuda] [--peak-tflops 989 --peak-tflops-fp32 494]
                                    [--json out.json] [--no-compile] [--budget-s 420]
@@ -11,13 +11,22 @@ SKIP (with the reason); exits 1 if any row FAILs, 2 if the run cannot start (no 
 1. fp32 logits of the detectron2 reference model on the device within 1e-3 of the CPU reference.
 2. A few training steps in fp32, AMP bf16 and AMP fp16 (GradScaler) in a 1-process group (NCCL on
    CUDA with SyncBN converted to nn.SyncBatchNorm and DDP; gloo on CPU, where nn.SyncBatchNorm
-   cannot run and the project's NaiveSyncBatchNorm stays): finite losses that go down.
+   cannot run and the project's NaiveSyncBatchNorm stays): finite losses that go down, with the
+   optimizer built before the conversion, as the trainer builds it, still holding every
+   trainable parameter.
 3. channels_last, torch.compile and the bf16 fast path agree with fp32 eager.
-4. R103 DeepLabV3+ figures: inference images/s at 1024x2048 (fp32, bf16, bf16 + compile; batch 1
+4. The seed's training command (``python -m atrous.cli.train``, what train_net.py runs) on a small
+   synthetic set: the optimizer still covers the R103 after the SyncBN conversion; a few dozen
+   iterations on the device against the same run on the CPU (loss curves within
+   LOSS_CURVE_RTOL); a run resumed from its half-way checkpoint against the whole run (final
+   weights within RESUME_RTOL); with 2+ GPUs, ``--num-gpus 2`` (NCCL, nn.SyncBatchNorm, DDP)
+   against one process, and two spawned ranks' SyncBN statistics against one process with the
+   doubled batch. On the CPU the same rows run with gloo.
+5. R103 DeepLabV3+ figures: inference images/s at 1024x2048 (fp32, bf16, bf16 + compile; batch 1
    and 4), training iteration time and peak memory at batch 8 of 512x1024, and the model FLOP
    utilisation they imply. ``--tiny`` swaps in the small reference-width model and tiny sizes.
 
-fp32 comparisons (checks 1 and 3) run with TF32 off; the fp32 figures of check 4 use PyTorch's
+fp32 comparisons (checks 1 and 3) run with TF32 off; the fp32 figures of check 5 use PyTorch's
 defaults (cuDNN convolutions may use TF32), which the JSON records.
 """
 
@@ -28,8 +37,13 @@ import contextlib
 import functools
 import gc
 import itertools
+import json
 import math
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -57,7 +71,7 @@ from atrous.engine.launch import find_free_port
 from atrous.engine.trainer import SimpleTrainer
 from atrous.layers import convert_sync_batchnorm
 from atrous.modeling import build_model
-from atrous.solver import build_optimizer
+from atrous.solver import build_optimizer, check_optimizer_covers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R103_CONFIG = "Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
@@ -91,7 +105,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the figures (check 4) measure: the full R103 on a GPU, or a tiny model."""
+    """What the figures (check 5) measure: the full R103 on a GPU, or a tiny model."""
 
     tiny: bool
     infer_size: tuple[int, int]
@@ -223,7 +237,10 @@ def to_device(items: list[dict[str, Any]], device: torch.device) -> list[dict[st
 def small_config(reference: Any, *, norm: str = "BN") -> Any:
     """The reference model's config (V3+ R103 with the reference overrides), `norm` everywhere."""
     cfg = reference.load_config(reference.V3PLUS_CONFIG, reference.SMALL_REFERENCE_OVERRIDES)
-    cfg.merge_from_list(["MODEL.RESNETS.NORM", norm, "MODEL.SEM_SEG_HEAD.NORM", norm])
+    # Built on the CPU (the same initial weights everywhere), then moved by each check.
+    cfg.merge_from_list(
+        ["MODEL.RESNETS.NORM", norm, "MODEL.SEM_SEG_HEAD.NORM", norm, "MODEL.DEVICE", "cpu"]
+    )
     return cfg
 
 
@@ -291,14 +308,19 @@ def amp_support(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def prepare_for_training(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
+def prepare_for_training(
+    model: nn.Module, device: torch.device, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module, str]:
     """Model on the device, SyncBN converted as the trainer does on CUDA, wrapped in DDP.
+
+    `optimizer` is built before the conversion, as `atrous.engine.Trainer` builds it, and must
+    still hold every trainable parameter afterwards (`check_optimizer_covers`).
 
     Returns the wrapped model and a description of its synchronised norm layers.
     """
     from atrous.layers import NaiveSyncBatchNorm
 
-    model = model.to(device).train()
+    model = model.train()
     if device.type == "cuda":
         model = convert_sync_batchnorm(model)
         kind = nn.SyncBatchNorm
@@ -311,6 +333,7 @@ def prepare_for_training(model: nn.Module, device: torch.device) -> tuple[nn.Mod
         raise RuntimeError(f"no {kind.__name__} layer after conversion: SyncBN was not converted")
     device_ids = [device.index] if device.type == "cuda" else None
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    check_optimizer_covers(wrapped, optimizer)
     return wrapped, f"{count} {kind.__name__}"
 
 
@@ -342,12 +365,14 @@ def check_training(run: Run, dtype: torch.dtype, group_backend: str) -> Row:
         return Row(name, "SKIP", "", note=reason)
     torch.manual_seed(0)
     cfg = small_config(run.reference, norm="SyncBN")
-    model, sync = prepare_for_training(build_model(cfg), run.device)
+    model = build_model(cfg).to(run.device)
+    optimizer = build_optimizer(cfg, model)
+    model, sync = prepare_for_training(model, run.device, optimizer)
     scaler = torch.amp.GradScaler(run.device.type) if dtype == torch.float16 else None
     trainer = SimpleTrainer(
         model=model,
         data_loader=itertools.repeat(labelled_batch(run)),
-        optimizer=build_optimizer(cfg, model.module),
+        optimizer=optimizer,
         amp_dtype=None if dtype == torch.float32 else dtype,
         grad_scaler=scaler,
     )
@@ -430,7 +455,337 @@ def variant_checks(run: Run) -> list[tuple[str, Callable[[], Row]]]:
     ]
 
 
-# -- check 4: figures -------------------------------------------------------------------------
+# -- check 4: the seed's training command (launch, SyncBN, optimizer, checkpoint, resume) -----
+
+QUICKSTART = "Synthetic/deeplab_v3_plus_R_50_quickstart.yaml"
+# float32 with TF32 off, no dropout (CUDA and CPU draw different masks), a loss logged at every
+# iteration: runs on two devices then differ by rounding only. Each run ends with an evaluation
+# (the helper-thread scoring on CUDA, the official Cityscapes script).
+TRAIN_RUN_OVERRIDES = [
+    "SOLVER.AMP.ENABLED", "False",
+    "FLOAT32_PRECISION", "highest",
+    "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", "0.0",
+    "SOLVER.IMS_PER_BATCH", "4",
+    "SOLVER.WARMUP_ITERS", "2",
+    "DATASETS.TEST", "('synthetic_sem_seg_val',)",
+    "TEST.EVAL_PERIOD", "0",
+    "LOG_PERIOD", "1",
+    "SEED", "0",
+]  # fmt: skip
+TINY_TRAIN_OVERRIDES = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
+    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
+    "INPUT.MAX_SIZE_TRAIN", "256",
+    "INPUT.CROP.SIZE", "(64, 128)",
+]  # fmt: skip
+TRAIN_RUN_ITERS = {False: 24, True: 8}  # full plan, tiny plan
+# Largest relative difference of the (median-smoothed) logged losses allowed between a run on the
+# device and the same run on the CPU: float32 rounding of another kernel library grows over the
+# steps; a BatchNorm left untrained, or another data order, moves the curve by far more.
+LOSS_CURVE_RTOL = 0.02
+# Between one process with batch 4 and two with 2 each (SyncBN): the hard-pixel-mining loss keeps
+# the top 20% of pixels per process, not of the whole batch.
+TWO_PROCESS_RTOL = 0.05
+# Final weights of a run stopped half-way and resumed against the uninterrupted run: ||diff|| over
+# ||weights||. Bit-identical on the CPU; cuDNN's backward kernels sum in varying orders.
+RESUME_RTOL = 1e-3
+
+
+@dataclass
+class TrainRun:
+    """One `train_net.py` run of check 5."""
+
+    out: Path
+    proc: subprocess.CompletedProcess
+
+    @property
+    def log(self) -> str:
+        path = self.out / "log.txt"
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def losses(self) -> dict[int, float]:
+        path = self.out / "metrics.json"
+        if not path.is_file():
+            return {}
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {int(r["iteration"]): float(r["total_loss"]) for r in rows if "total_loss" in r}
+
+    def failure(self) -> str | None:
+        if self.proc.returncode == 0:
+            return None
+        tail = (self.proc.stderr or self.proc.stdout).strip().splitlines()[-1:]
+        return f"exit status {self.proc.returncode}: {' '.join(tail)[:200]}"
+
+
+class TrainingCommand:
+    """Runs ``python -m atrous.cli.train`` (what train_net.py runs) on a small synthetic set."""
+
+    def __init__(self, run: Run, workdir: Path) -> None:
+        from atrous.data.synthetic import generate_dataset
+
+        self.run = run
+        self.workdir = workdir
+        self.iters = TRAIN_RUN_ITERS[run.plan.tiny]
+        size = (64, 128) if run.plan.tiny else (128, 256)
+        generate_dataset(workdir / "datasets" / "synthetic", num_train=16, num_val=2, size=size)
+
+    def __call__(
+        self, name: str, *, device: str, num_gpus: int = 1, resume_from: Path | None = None
+    ) -> TrainRun:
+        out = self.workdir / name
+        if resume_from is not None:
+            # A run stopped after the checkpoint half-way: that file and the pointer to it.
+            out.mkdir(parents=True)
+            shutil.copy2(resume_from, out / resume_from.name)
+            (out / "last_checkpoint").write_text(resume_from.name)
+        command = [
+            sys.executable, "-m", "atrous.cli.train",
+            "--config-file", QUICKSTART, "--num-gpus", str(num_gpus),
+            *(["--resume"] if resume_from is not None else []),
+            *TRAIN_RUN_OVERRIDES,
+            *(TINY_TRAIN_OVERRIDES if self.run.plan.tiny else []),
+            "SOLVER.MAX_ITER", str(self.iters),
+            "SOLVER.CHECKPOINT_PERIOD", str(self.iters // 2),
+            "MODEL.DEVICE", device,
+            "OUTPUT_DIR", str(out),
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "ATROUS_DATASETS": str(self.workdir / "datasets"),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        proc = subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=self.workdir, timeout=300
+        )
+        return TrainRun(out, proc)
+
+    def checkpoint_half_way(self, run: TrainRun) -> Path:
+        return run.out / f"model_{self.iters // 2 - 1:07d}.pth"
+
+
+def relative_curve_difference(ours: dict[int, float], reference: dict[int, float]) -> float:
+    """Largest |ours - reference| / |reference| over the iterations both logged (inf if none)."""
+    common = sorted(set(ours) & set(reference))
+    if not common:
+        return math.inf
+    return max(abs(ours[i] - reference[i]) / max(abs(reference[i]), 1e-12) for i in common)
+
+
+def relative_weight_difference(a: Path, b: Path) -> float:
+    """||a - b|| / ||a|| over the floating-point tensors of two checkpoints' models."""
+    first = torch.load(a, map_location="cpu", weights_only=True)["model"]
+    second = torch.load(b, map_location="cpu", weights_only=True)["model"]
+    diff = norm = 0.0
+    for key, value in first.items():
+        if value.is_floating_point():
+            diff += float((value.double() - second[key].double()).pow(2).sum())
+            norm += float(value.double().pow(2).sum())
+    return math.sqrt(diff / max(norm, 1e-30))
+
+
+def check_optimizer_coverage_r103(run: Run) -> Row:
+    """The seed's R103 DeepLabV3+ on the device: optimizer built, SyncBN converted, covered."""
+    from atrous.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(get_config_file(R103_CONFIG))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).to(run.device)
+    optimizer = build_optimizer(cfg, model)
+    trainable = sum(p.requires_grad for p in model.parameters())
+    converted = convert_sync_batchnorm(model)
+    sync = sum(type(m) is nn.SyncBatchNorm for m in converted.modules())
+    check_optimizer_covers(converted, optimizer)  # raises: a FAIL row naming the parameters
+    return Row(
+        "4 optimizer holds every trainable parameter after the SyncBN conversion (R103)",
+        "PASS",
+        f"{trainable} trainable parameters, {sync} nn.SyncBatchNorm layers",
+        data={"trainable_parameters": trainable, "sync_batchnorm_layers": sync},
+    )
+
+
+def check_training_command(run: Run, command: TrainingCommand, results: dict) -> Row:
+    """train_net.py on the device against the same run on the CPU: the loss curves agree."""
+    name = "4 train_net.py on the device vs the CPU (loss curve)"
+    device = str(run.device) if run.device.type == "cpu" else "cuda"
+    ours = results["device"] = command("device", device=device)
+    reference = ours if run.device.type == "cpu" else command("cpu", device="cpu")
+    for attempt in (ours, reference):
+        if attempt.failure():
+            return Row(name, "FAIL", "", note=f"{attempt.out.name}: {attempt.failure()}")
+    on_device = f"Training on {run.device.type}" in ours.log
+    covered = len(ours.losses()) == command.iters
+    evaluated = (ours.out / "inference" / "synthetic_sem_seg_val" / "report.html").is_file()
+    rtol = relative_curve_difference(ours.losses(), reference.losses())
+    ok = on_device and covered and evaluated and rtol <= LOSS_CURVE_RTOL
+    first, last = min(ours.losses(), default=0), max(ours.losses(), default=0)
+    value = (
+        f"max rel. loss difference {rtol:.2e} (<= {LOSS_CURVE_RTOL:g}) over {len(ours.losses())}"
+        f" iterations, loss {ours.losses().get(first, math.nan):.3f} -> "
+        f"{ours.losses().get(last, math.nan):.3f}"
+    )
+    note = "" if on_device else f"log.txt does not say 'Training on {run.device.type}'"
+    if not evaluated:
+        note = "the final evaluation wrote no report"
+    data = {"losses": ours.losses(), "cpu_losses": reference.losses(), "max_rel_diff": rtol}
+    return Row(name, "PASS" if ok else "FAIL", value, note=note, data=data)
+
+
+def check_resume(run: Run, command: TrainingCommand, results: dict) -> Row:
+    """Stopped half-way and resumed with --resume: the same final weights as one whole run."""
+    name = "4 train_net.py --resume from the half-way checkpoint"
+    full = results.get("device")
+    if full is None or full.failure():
+        return Row(name, "SKIP", "", note="the uninterrupted run (previous row) did not finish")
+    device = str(run.device) if run.device.type == "cpu" else "cuda"
+    resumed = command("resumed", device=device, resume_from=command.checkpoint_half_way(full))
+    if resumed.failure():
+        return Row(name, "FAIL", "", note=resumed.failure())
+    started = f"Resuming from iteration {command.iters // 2}" in resumed.log
+    rtol = relative_weight_difference(full.out / "model_final.pth", resumed.out / "model_final.pth")
+    ok = started and rtol <= RESUME_RTOL
+    note = "" if started else "log.txt does not say where it resumed"
+    return Row(
+        name,
+        "PASS" if ok else "FAIL",
+        f"final weights differ by {rtol:.2e} of their norm (<= {RESUME_RTOL:g})",
+        note=note,
+        data={"relative_weight_difference": rtol},
+    )
+
+
+def check_two_processes(run: Run, command: TrainingCommand, results: dict) -> Row:
+    """train_net.py --num-gpus 2 (NCCL, nn.SyncBatchNorm, DDP) against one process."""
+    name = "4 train_net.py --num-gpus 2 vs one process (SyncBN, DDP)"
+    if run.device.type == "cuda" and torch.cuda.device_count() < 2:
+        return Row(name, "SKIP", "", note="one GPU visible; needs two")
+    one = results.get("device")
+    if one is None or one.failure():
+        return Row(name, "SKIP", "", note="the one-process run (row above) did not finish")
+    device = str(run.device) if run.device.type == "cpu" else "cuda"
+    two = command("two_processes", device=device, num_gpus=2)
+    if two.failure():
+        return Row(name, "FAIL", "", note=two.failure())
+    rtol = relative_curve_difference(two.losses(), one.losses())
+    converted = run.device.type == "cpu" or "run as nn.SyncBatchNorm (NCCL)" in two.log
+    ok = converted and len(two.losses()) == command.iters and rtol <= TWO_PROCESS_RTOL
+    note = "gloo, NaiveSyncBatchNorm" if run.device.type == "cpu" else "NCCL, nn.SyncBatchNorm"
+    if not converted:
+        note = "log.txt does not report the SyncBatchNorm conversion"
+    return Row(
+        name,
+        "PASS" if ok else "FAIL",
+        f"max rel. loss difference {rtol:.2e} (<= {TWO_PROCESS_RTOL:g})",
+        note=note,
+        data={"losses": two.losses(), "max_rel_diff": rtol},
+    )
+
+
+SYNC_STATS_NAME = "4 SyncBN statistics: 2 ranks vs 1 process with the doubled batch"
+
+
+def _sync_stats_worker(rank: int, port: int, backend: str, batch: torch.Tensor, out: str) -> None:
+    from atrous.layers import NaiveSyncBatchNorm
+
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    try:
+        torch.manual_seed(0)
+        layer = NaiveSyncBatchNorm(batch.shape[1]).to(device)
+        if backend == "nccl":
+            layer = convert_sync_batchnorm(layer)
+        half = batch.shape[0] // 2
+        x = batch[rank * half : (rank + 1) * half].to(device).requires_grad_(True)
+        y = layer(x)
+        y.pow(2).mean().backward()
+        torch.save(
+            {
+                "kind": type(layer).__name__,
+                "y": y.detach().cpu(),
+                "grad": x.grad.cpu(),
+                "running_mean": layer.running_mean.cpu(),
+                "running_var": layer.running_var.cpu(),
+            },
+            f"{out}.{rank}",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def check_sync_statistics(run: Run, workdir: Path) -> Row:
+    """Two spawned ranks with half a batch each against one BatchNorm2d on the whole batch."""
+    import torch.multiprocessing as mp
+
+    if run.device.type == "cuda" and torch.cuda.device_count() < 2:
+        return Row(SYNC_STATS_NAME, "SKIP", "", note="one GPU visible; needs two")
+    backend = "nccl" if run.device.type == "cuda" else "gloo"
+    batch = torch.randn(8, 16, 12, 20, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    out = str(workdir / "sync_stats")
+    mp.start_processes(
+        _sync_stats_worker,
+        args=(find_free_port(), backend, batch, out),
+        nprocs=2,
+        start_method="spawn",
+    )
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
+    reference = nn.BatchNorm2d(16)
+    x = batch.clone().requires_grad_(True)
+    y = reference(x)
+    # Each rank's loss is the mean over its half: the sum of both is the whole batch's mean x 2.
+    (y.pow(2).mean() * 2).backward()
+    y_diff = float((torch.cat([r["y"] for r in ranks]) - y.detach()).abs().max())
+    grad_diff = float((torch.cat([r["grad"] for r in ranks]) - x.grad).abs().max())
+    stats_diff = max(
+        float((r[key] - getattr(reference, key)).abs().max())
+        for r in ranks
+        for key in ("running_mean", "running_var")
+    )
+    worst = max(y_diff, grad_diff, stats_diff)
+    return Row(
+        SYNC_STATS_NAME,
+        "PASS" if worst <= 1e-4 else "FAIL",
+        f"max |diff| output {y_diff:.1e}, input gradient {grad_diff:.1e}, running stats "
+        f"{stats_diff:.1e} (<= 1e-4)",
+        note=f"{backend}, {ranks[0]['kind']}",
+        data={"output": y_diff, "gradient": grad_diff, "running_stats": stats_diff},
+    )
+
+
+def training_command_checks(run: Run, workdir: Path) -> list[tuple[str, Callable[[], Row]]]:
+    results: dict[str, TrainRun] = {}
+    command: list[TrainingCommand] = []
+
+    def lazily(check: Callable[..., Row]) -> Callable[[], Row]:
+        def go() -> Row:
+            if not command:
+                command.append(TrainingCommand(run, workdir))
+            return check(run, command[0], results)
+
+        return go
+
+    return [
+        (
+            "4 optimizer holds every trainable parameter after the SyncBN conversion (R103)",
+            lambda: check_optimizer_coverage_r103(run),
+        ),
+        ("4 train_net.py on the device vs the CPU (loss curve)", lazily(check_training_command)),
+        ("4 train_net.py --resume from the half-way checkpoint", lazily(check_resume)),
+        ("4 train_net.py --num-gpus 2 vs one process (SyncBN, DDP)", lazily(check_two_processes)),
+        (SYNC_STATS_NAME, lambda: check_sync_statistics(run, workdir)),
+    ]
+
+
+# -- check 5: figures -------------------------------------------------------------------------
 
 
 def figures_config(run: Run) -> tuple[Any, str]:
@@ -442,6 +797,7 @@ def figures_config(run: Run) -> tuple[Any, str]:
     cfg = get_cfg()
     cfg.merge_from_file(get_config_file(R103_CONFIG))
     cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"  # moved to the device by each figure
     return cfg, R103_CONFIG
 
 
@@ -553,15 +909,17 @@ def train_figure(run: Run, name: str, *, dtype: torch.dtype, channels_last: bool
     flops = count_model_flops(model, inputs, train=True)
     forward_flops = count_model_flops(model, inputs, train=False)
     parameters = sum(p.numel() for p in model.parameters())
+    model = model.to(run.device)
     if channels_last:
         # What SOLVER.CHANNELS_LAST does in the trainer: channels_last weights make the
         # convolutions produce channels_last activations.
         model = model.to(memory_format=torch.channels_last)
-    wrapped, sync = prepare_for_training(model, run.device)
+    optimizer = build_optimizer(cfg, model)
+    wrapped, sync = prepare_for_training(model, run.device, optimizer)
     trainer = SimpleTrainer(
         model=wrapped,
         data_loader=itertools.repeat(to_device(inputs, run.device)),
-        optimizer=build_optimizer(cfg, wrapped.module),
+        optimizer=optimizer,
         amp_dtype=None if dtype == torch.float32 else dtype,
         grad_scaler=torch.amp.GradScaler(run.device.type) if dtype == torch.float16 else None,
     )
@@ -602,7 +960,7 @@ def figure_checks(run: Run) -> list[tuple[str, Callable[[], Row], float]]:
     def infer(dtype: str, compile: bool) -> None:
         for batch in run.plan.infer_batches:
             label = ("fp32" if dtype == "float32" else "bf16") + (" + compile" if compile else "")
-            name = f"4 infer {label} b{batch} {h}x{w}"
+            name = f"5 infer {label} b{batch} {h}x{w}"
             check = functools.partial(
                 infer_figure, run, name, dtype=dtype, batch=batch, compile=compile
             )
@@ -611,7 +969,7 @@ def figure_checks(run: Run) -> list[tuple[str, Callable[[], Row], float]]:
     infer("float32", False)
     infer("bfloat16", False)
     for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "AMP bf16 + channels_last")):
-        name = f"4 train {label} b{run.plan.train_batch} {th}x{tw}"
+        name = f"5 train {label} b{run.plan.train_batch} {th}x{tw}"
         check = functools.partial(
             train_figure, run, name, dtype=dtype, channels_last=dtype != torch.float32
         )
@@ -711,6 +1069,13 @@ def main(argv: list[str] | None = None) -> int:
             check = functools.partial(check_training, run, dtype, backend)
             rows.append(guarded(run, training_name(dtype), check, reserve_s=0.0))
         rows += [guarded(run, name, check, reserve_s=0.0) for name, check in variant_checks(run)]
+    # Outside the one-process group above: these start processes (and groups) of their own.
+    with tempfile.TemporaryDirectory(prefix="atrous-gpu-check-") as workdir:
+        rows += [
+            guarded(run, name, check, reserve_s=0.0)
+            for name, check in training_command_checks(run, Path(workdir))
+        ]
+    with single_process_group(device):
         rows += [
             guarded(run, name, check, reserve_s=reserve)
             for name, check, reserve in figure_checks(run)

@@ -25,14 +25,19 @@ EXPECTED_ROWS = [
     "3 compile fp32 vs eager",
     "3 bf16 fast path (channels_last, folded BN) vs fp32",
     "3 bf16 fast path + compile vs fp32",
-    "4 infer fp32 b1 64x128",
-    "4 infer fp32 b4 64x128",
-    "4 infer bf16 b1 64x128",
-    "4 infer bf16 b4 64x128",
-    "4 train fp32 b2 64x128",
-    "4 train AMP bf16 + channels_last b2 64x128",
-    "4 infer bf16 + compile b1 64x128",
-    "4 infer bf16 + compile b4 64x128",
+    "4 optimizer holds every trainable parameter after the SyncBN conversion (R103)",
+    "4 train_net.py on the device vs the CPU (loss curve)",
+    "4 train_net.py --resume from the half-way checkpoint",
+    "4 train_net.py --num-gpus 2 vs one process (SyncBN, DDP)",
+    "4 SyncBN statistics: 2 ranks vs 1 process with the doubled batch",
+    "5 infer fp32 b1 64x128",
+    "5 infer fp32 b4 64x128",
+    "5 infer bf16 b1 64x128",
+    "5 infer bf16 b4 64x128",
+    "5 train fp32 b2 64x128",
+    "5 train AMP bf16 + channels_last b2 64x128",
+    "5 infer bf16 + compile b1 64x128",
+    "5 infer bf16 + compile b4 64x128",
 ]
 FIGURE_FIELDS = {
     "images_per_s",
@@ -102,14 +107,21 @@ def test_json_holds_the_measurements(tiny_run):
         assert data["group_backend"] == "gloo" and "NaiveSyncBatchNorm" in data["sync_bn"]
     assert rows[EXPECTED_ROWS[3]]["data"]["final_loss_scale"] > 0
     assert rows["3 channels_last fp32 vs eager"]["data"]["max_abs_diff"] <= 1e-3
-    for name in EXPECTED_ROWS[8:14]:
+    for name in EXPECTED_ROWS[13:19]:
         data = rows[name]["data"]
         assert FIGURE_FIELDS <= set(data), name
         assert data["images_per_s"] > 0 and data["flops_per_iter"] > 0
         assert data["mfu"] == pytest.approx(
             data["achieved_tflops_per_s"] / (0.5 if data["dtype"] == "float32" else 1.0)
         )
-    train = rows["4 train fp32 b2 64x128"]["data"]
+    # Check 4: the seed's training command, end to end in processes of its own.
+    assert rows[EXPECTED_ROWS[8]]["data"]["trainable_parameters"] > 300
+    curve = rows[EXPECTED_ROWS[9]]["data"]
+    assert len(curve["losses"]) == 8 and curve["max_rel_diff"] <= 0.02
+    assert rows[EXPECTED_ROWS[10]]["data"]["relative_weight_difference"] <= 1e-3
+    assert len(rows[EXPECTED_ROWS[11]]["data"]["losses"]) == 8
+    assert rows[EXPECTED_ROWS[12]]["note"] == "gloo, NaiveSyncBatchNorm"
+    train = rows["5 train fp32 b2 64x128"]["data"]
     # A training step is a forward and a backward: about three forwards' worth of FLOPs.
     assert 2.0 < train["extra"]["train_to_forward_flops"] < 3.5
     assert train["mode"] == "train" and train["batch"] == 2 and train["size"] == [64, 128]
@@ -147,6 +159,6 @@ def test_a_failing_check_makes_the_exit_status_1(tmp_path):
     parity = next(line for line in proc.stdout.splitlines() if line.startswith("1 fp32"))
     assert "FAIL" in parity and "1.00e-02" in parity
     # A budget of 0 s runs the parity check only; every other row is skipped and says why.
-    others = [line for line in proc.stdout.splitlines() if line[:2] in ("2 ", "3 ", "4 ")]
+    others = [line for line in proc.stdout.splitlines() if line[:2] in ("2 ", "3 ", "4 ", "5 ")]
     assert len(others) == len(EXPECTED_ROWS) - 1
     assert all("SKIP" in line and "--budget-s" in line for line in others)

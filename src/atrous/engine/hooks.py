@@ -216,6 +216,16 @@ class PreemptionCheckpointer(HookBase):
         self.stop_signals = stop_signals
         self.checkpointer = checkpointer
         self.check_period = check_period
+        self._group: Any = None
+
+    def before_train(self) -> None:
+        if not comm.is_distributed():
+            return
+        import torch.distributed as dist
+
+        # The flag travels over gloo even in an NCCL run: a CUDA all-reduce and reading its
+        # result back would make the host wait for the GPU at every iteration.
+        self._group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
 
     def _agreed_signal(self) -> int:
         signum = self.stop_signals.requested()
@@ -223,9 +233,8 @@ class PreemptionCheckpointer(HookBase):
             return signum
         import torch.distributed as dist
 
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([signum], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([signum], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return int(flag.item())
 
     def before_step(self) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from atrous.checkpoint.rng import capture_rng_state, restore_rng_state
-from atrous.layers.norm import convert_sync_batchnorm
+from atrous.layers.norm import NaiveSyncBatchNorm, convert_sync_batchnorm
 from atrous.solver.optimizer import check_optimizer_covers
 from atrous.utils import comm
 
@@ -227,6 +227,7 @@ class Trainer:
         if cfg.SOLVER.CHANNELS_LAST:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        logger.info("Training on %s", getattr(model, "device", "?"))
         self.optimizer = self.build_optimizer(cfg, model)
         if cfg.OUTPUT_DIR:
             on_main_process(lambda: self._prepare_output_dir(check_checkpoint_space), None)
@@ -381,7 +382,10 @@ class Trainer:
         else:
             kwargs["broadcast_buffers"] = False
         if model.device.type == "cuda":
+            naive = sum(isinstance(m, NaiveSyncBatchNorm) for m in model.modules())
             model = convert_sync_batchnorm(model)
+            if naive:
+                logger.info("SyncBN: %d layers run as nn.SyncBatchNorm (NCCL)", naive)
             # The GPU the model is on (the launcher's choice for this process), not a rank.
             kwargs["device_ids"] = [model.device.index]
         return nn.parallel.DistributedDataParallel(model, **kwargs)
