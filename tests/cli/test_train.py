@@ -118,6 +118,18 @@ def trained(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback needs a machine without")
+def test_the_seed_command_runs_on_the_cpu_of_a_machine_without_gpus_and_says_so_once(
+    trained: Path,
+) -> None:
+    # The shipped configs leave MODEL.DEVICE at its default, "auto": the GPUs where they exist
+    # (detectron2's "cuda"), here the CPU, said once in the log.
+    log = (trained / "log.txt").read_text(encoding="utf-8")
+    assert log.count("No CUDA device is visible: running on the CPU") == 1
+    assert "Training on cpu" in log
+    assert "DEVICE: auto" in (trained / "config.yaml").read_text(encoding="utf-8")
+
+
 def test_short_training_run_writes_everything(trained: Path) -> None:
     out = trained
     names = {p.name for p in out.iterdir()}

@@ -134,3 +134,16 @@ def test_bad_class_weights_are_config_errors(weights, message):
 )
 def test_valid_class_weights_pass(weights):
     validate_config(class_weights_cfg(weights), check_device=False)
+
+
+def test_one_gpu_index_for_several_processes_per_machine_is_refused(monkeypatch) -> None:
+    # As on an 8-GPU machine: "cuda:3" fits one process; eight would all land on GPU 3 while
+    # DDP is told each process's own GPU.
+    from atrous.utils import devices
+
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 8)
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cuda:3"])
+    validate_config(cfg, world_size=1)
+    with pytest.raises(ConfigError, match=r"all 8 processes of this machine on one GPU"):
+        validate_config(cfg, world_size=16, processes_per_machine=8)
