@@ -280,3 +280,35 @@ def test_an_optimizer_that_misses_trainable_parameters_stops_before_the_first_st
     with pytest.raises(OptimizerCoverageError, match=r"sem_seg_head\.predictor\.weight"):
         trainer.train()
     assert not list(out.glob("model_*.pth"))  # no step, no checkpoint
+
+
+def test_ddp_arguments_name_the_gpu_the_model_is_on_not_a_rank() -> None:
+    from atrous.engine.trainer import ddp_arguments
+
+    assert ddp_arguments(torch.device("cuda", 3))["device_ids"] == [3]
+    assert ddp_arguments(torch.device("cuda"))["device_ids"] == [0]
+    cpu = ddp_arguments(torch.device("cpu"))
+    assert "device_ids" not in cpu
+    assert cpu.get("forward_sync_buffers", cpu.get("broadcast_buffers")) is False
+
+
+@pytest.mark.parametrize(
+    ("dtype", "device", "scaled"),
+    [
+        (torch.float16, "cuda", True),
+        (torch.float16, "cpu", True),
+        (torch.bfloat16, "cuda", False),
+        (None, "cuda", False),
+    ],
+)
+def test_grad_scaler_only_for_float16(dtype, device, scaled) -> None:
+    import warnings
+
+    from atrous.engine.trainer import grad_scaler_for
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CUDA scaler on a machine without CUDA disables itself
+        scaler = grad_scaler_for(dtype, torch.device(device))
+    assert (scaler is not None) is scaled
+    if scaler is not None:
+        assert scaler._device == device

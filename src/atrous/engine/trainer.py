@@ -34,6 +34,8 @@ __all__ = [
     "Trainer",
     "TrainerBase",
     "check_config_datasets",
+    "ddp_arguments",
+    "grad_scaler_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,10 +236,8 @@ class Trainer:
         self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
         self.grad_clipper = build_gradient_clipper(cfg)
         self.amp_dtype = _amp_dtype(cfg)
-        self.grad_scaler = (
-            torch.amp.GradScaler(model.device.type if hasattr(model, "device") else "cpu")
-            if self.amp_dtype == torch.float16
-            else None
+        self.grad_scaler = grad_scaler_for(
+            self.amp_dtype, getattr(model, "device", torch.device("cpu"))
         )
         self.checkpointer = self._build_checkpointer()
         self.start_iter = 0
@@ -371,24 +371,12 @@ class Trainer:
         model = self.model
         if comm.get_world_size() <= 1:
             return model
-        kwargs: dict[str, Any] = {}
-        # Synchronised BN keeps buffers equal across ranks; re-broadcasting them at every
-        # forward (DDP's default) only costs time. The flag was renamed in newer torch.
-        if (
-            "forward_sync_buffers"
-            in inspect.signature(nn.parallel.DistributedDataParallel).parameters
-        ):
-            kwargs["forward_sync_buffers"] = False
-        else:
-            kwargs["broadcast_buffers"] = False
         if model.device.type == "cuda":
             naive = sum(isinstance(m, NaiveSyncBatchNorm) for m in model.modules())
             model = convert_sync_batchnorm(model)
             if naive:
                 logger.info("SyncBN: %d layers run as nn.SyncBatchNorm (NCCL)", naive)
-            # The GPU the model is on (the launcher's choice for this process), not a rank.
-            kwargs["device_ids"] = [model.device.index]
-        return nn.parallel.DistributedDataParallel(model, **kwargs)
+        return nn.parallel.DistributedDataParallel(model, **ddp_arguments(model.device))
 
     def _data_iterator(self) -> Iterator[Any]:
         """The training batches from `start_iter` on, exactly those of an uninterrupted run.
@@ -555,6 +543,32 @@ def check_config_datasets(
         check_datasets(
             cfg.DATASETS.TRAIN, key="DATASETS.TRAIN", num_classes=num_classes, records=False
         )
+
+
+def ddp_arguments(device: torch.device) -> dict[str, Any]:
+    """The keyword arguments of ``DistributedDataParallel`` for a model on `device`.
+
+    ``device_ids`` is the GPU the model is on (the launcher's choice for this process, see
+    `atrous.utils.devices.gpu_index_for_process`), not a rank; CPU models get none. Buffers are
+    not re-broadcast at every forward: synchronised BN keeps them equal across ranks (the flag
+    was renamed in newer torch).
+    """
+    kwargs: dict[str, Any] = {}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
+        kwargs["forward_sync_buffers"] = False
+    else:
+        kwargs["broadcast_buffers"] = False
+    if device.type == "cuda":
+        kwargs["device_ids"] = [device.index if device.index is not None else 0]
+    return kwargs
+
+
+def grad_scaler_for(amp_dtype: torch.dtype | None, device: torch.device) -> Any:
+    """A ``GradScaler`` for float16 autocast on `device` (its loss scaling keeps small gradients
+    from underflowing); None for float32 and bfloat16, whose range needs none."""
+    if amp_dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def _amp_dtype(cfg: Any) -> torch.dtype | None:
