@@ -99,7 +99,9 @@ def test_bad_arguments_are_explained(args, message, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only torch")
 def test_cuda_without_a_gpu_is_explained():
-    with pytest.raises(SystemExit, match="sees no GPU"):
+    with pytest.raises(
+        SystemExit, match=r"--device: MODEL.DEVICE is .cuda. but .* sees no CUDA device"
+    ):
         main(["benchmark", "--config-file", str(V3PLUS_CONFIG), "--device", "cuda"])
 
 

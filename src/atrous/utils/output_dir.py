@@ -127,7 +127,7 @@ def safe_dataset_dirname(name: str) -> str:
     replaced, plus a short hash of the full name so that ``a/d.yaml:val`` and ``b/d.yaml:val``
     stay apart: ``"/data/mri/d.yaml:val"`` -> ``"d.yaml_val-<8 hex digits>"``.
     """
-    if _PLAIN_NAME.match(name):
+    if _PLAIN_NAME.fullmatch(name):  # not match: "$" also matches before a final newline
         return name
     tail = re.split(r"[\\/]+", name.strip("\\/"))[-1]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", tail).strip("._-")[:60] or "dataset"
