@@ -14,6 +14,7 @@ from .optimizer import (
     build_gradient_clipper,
     build_optimizer,
     get_default_optimizer_params,
+    solver_values_in_use,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "get_default_optimizer_params",
+    "solver_values_in_use",
     "warmup_factor_at_iter",
 ]
