@@ -134,3 +134,17 @@ def test_bad_class_weights_are_config_errors(weights, message):
 )
 def test_valid_class_weights_pass(weights):
     validate_config(class_weights_cfg(weights), check_device=False)
+
+
+@pytest.mark.parametrize(
+    ("opts", "training", "expected"),
+    [
+        (["SEED", str(2**70)], False, "SEED must be a whole number"),
+        (["OUTPUT_DIR", '""'], True, "OUTPUT_DIR is empty"),
+    ],
+)
+def test_seed_out_of_range_and_empty_output_dir_are_named_up_front(opts, training, expected):
+    cfg = get_cfg()
+    cfg.merge_from_list(opts)
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(cfg, training=training, check_device=False)

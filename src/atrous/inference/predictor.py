@@ -69,22 +69,19 @@ def build_inference_model(cfg: Any, model: nn.Module) -> nn.Module:
     return model
 
 
-# Bytes per pixel of what a prediction keeps beside its logits: int64 labels, the two float32
-# confidence maps, and the pictures `atrous predict` and the demo draw (overlay, heatmap).
-_PER_PIXEL_BYTES = 32
-
-
 def prediction_bytes(
     *, num_classes: int, height: int, width: int, tta: bool, confidence: bool
 ) -> int:
     """Peak memory of one image's prediction at its output size, in bytes.
 
     The float32 logits (three full-size buffers with TEST.AUG: the running sum of the
-    probabilities, one pass's logits and their softmax) plus what is kept per pixel: labels,
-    confidence maps when asked for, and the pictures drawn from them.
+    probabilities, one pass's logits and their softmax) and, while they exist, what is kept per
+    pixel: int64 labels and, when asked for, the two float32 confidence maps (computed a slice
+    of rows at a time). Pictures are drawn from the labels after the logits are freed, and take
+    less than them.
     """
     logits = 4 * int(num_classes) * int(height) * int(width)
-    per_pixel = 8 + (8 if confidence else 0) + 16
+    per_pixel = 8 + (8 if confidence else 0)
     return logits * (3 if tta else 1) + per_pixel * int(height) * int(width)
 
 
@@ -111,9 +108,8 @@ def check_prediction_memory(
     if max_bytes <= 0 or need <= max_bytes:
         return
     what = ", ".join(
-        ["logits x3 for TEST.AUG" if tta else "logits"]
+        ["logits x3 for TEST.AUG" if tta else "logits", "labels"]
         + (["confidence maps"] if confidence else [])
-        + ["labels and pictures"]
     )
     raise OutputTooLargeError(
         f"{name}: its prediction at {height}x{width} (HxW) with {num_classes} classes would take "
