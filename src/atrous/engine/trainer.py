@@ -535,6 +535,17 @@ class Trainer:
             return self._train()
 
     def _train(self) -> Mapping[str, Any]:
+        if self._resumed and self.start_iter >= self.max_iter:
+            # A requeued or repeated --resume of a finished run: its checkpoints, metrics and
+            # final evaluation stand as they are.
+            logger.info(
+                "The run in %s is complete (iteration %d of SOLVER.MAX_ITER %d): nothing to "
+                "train. Pass a larger SOLVER.MAX_ITER to extend it.",
+                self.cfg.OUTPUT_DIR,
+                self.start_iter,
+                self.max_iter,
+            )
+            return {}
         data = self._data_iterator()
         if self._loaded_record is not None:
             restore_rng_state(self._loaded_record["rng"])
