@@ -594,6 +594,19 @@ class Checkpointer:
             # Like detectron2, a value that is not an array is an error rather than skipped:
             # the file is not what its name says, and a partial load would hide that.
             state[key] = _to_tensor(value, key, path)
+        non_finite = [
+            k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
+        ]
+        if non_finite:
+            # Such a model predicts garbage (NaN scores argmax to class 0) without failing.
+            logger.warning(
+                "%s: %d weights hold NaN or infinite values (%s); whatever this model predicts "
+                "or scores is meaningless. The training that wrote it diverged, or the file is "
+                "damaged.",
+                path,
+                len(non_finite),
+                ", ".join(non_finite[:3]) + (", ..." if len(non_finite) > 3 else ""),
+            )
         # Saved from a (Distributed)DataParallel wrapper.
         if state and all(k.startswith("module.") for k in state):
             state = {k[len("module.") :]: v for k, v in state.items()}
