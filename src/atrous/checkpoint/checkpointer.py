@@ -54,6 +54,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     UnsafePickleError,
+    redo_advice,
 )
 from .rng import capture_rng_state, restore_rng_state
 from .safe_pickle import (
@@ -273,14 +274,14 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, "rb") as f:
         magic = f.read(4)
     if not magic:
-        raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
+        raise CorruptCheckpointError(f"{path} is empty. {redo_advice(path)}")
     if is_safetensors_file(path):
         return read_safetensors_checkpoint(path)
     if magic == b"\0\0\0\0" and _only_zero_bytes(path):
         raise CorruptCheckpointError(
             f"{path} holds nothing but zero bytes ({os.path.getsize(path)} of them), so it is not "
             "a checkpoint: its contents were never written, as happens when a copy or download "
-            "is interrupted or the disk fills up. Delete it and download or copy it again."
+            f"is interrupted or the disk fills up. {redo_advice(path)}"
         )
     if magic == _ZIP_MAGIC:
         return _normalise_torch(_torch_load(path), path)
@@ -386,7 +387,7 @@ def _torch_load(path: str) -> Any:
             ) from None
         raise CorruptCheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint (its pickle data is "
-            f"malformed{': ' + detail if detail else ''}). Delete it and download or copy it again."
+            f"malformed{': ' + detail if detail else ''}). {redo_advice(path)}"
         ) from None
     except Warning:  # a warning turned into an error (-W error) is about the code, not the file
         raise
@@ -398,8 +399,7 @@ def _torch_load(path: str) -> Any:
         detail = _torch_error_detail(str(exc))
         raise CorruptCheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint "
-            f"({type(exc).__name__}{': ' + detail if detail else ''}). "
-            "Delete it and download or copy it again."
+            f"({type(exc).__name__}{': ' + detail if detail else ''}). {redo_advice(path)}"
         ) from exc
     return resolve_pending(data, source=path)
 
