@@ -670,3 +670,14 @@ def test_non_finite_weights_are_named_when_loaded(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="atrous"):
         Checkpointer(ToySegmentor()).load(tmp_path / "nan.pth")
     assert f"1 weights hold NaN or infinite values ({name})" in caplog.text
+
+
+def test_a_damaged_file_not_named_like_a_checkpoint_is_never_to_be_deleted(tmp_path):
+    # /etc/passwd given as MODEL.WEIGHTS (or named by a hostile last_checkpoint).
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(passwd)
+    message = str(info.value)
+    assert "Check the path" in message and "delete" not in message.lower()
+    assert "root:x:0:0" not in message
