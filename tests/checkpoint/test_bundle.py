@@ -192,3 +192,25 @@ def test_hostile_weights_behind_a_valid_hash_are_refused(bundle):
 def test_extra_files_in_the_folder_are_allowed(bundle):
     (bundle / "notes.txt").write_text("evaluated on our street photos, looks fine")
     assert read_bundle_metadata(bundle).num_classes == 19
+
+
+def test_bundle_files_must_live_in_the_bundle(bundle, tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(bundle / "model.safetensors", outside)
+    (bundle / "model.safetensors").symlink_to(outside)  # same bytes, same sha256
+    with pytest.raises(BundleError, match=r"model\.safetensors is a symbolic link"):
+        load_bundle(bundle)
+
+
+def test_hostile_bundle_json_is_refused_in_one_line(bundle):
+    meta = _meta(bundle)
+    meta["classes"][0] = "x" * 1_000_000
+    _write_meta(bundle, meta)
+    with pytest.raises(BundleError) as info:
+        read_bundle_metadata(bundle)
+    assert "class 0 has a name of 1,000,000 characters" in str(info.value)
+    assert len(str(info.value)) < 500
+
+    (bundle / "bundle.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(BundleError, match="nested too deeply"):
+        read_bundle_metadata(bundle)

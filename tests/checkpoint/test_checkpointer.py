@@ -659,3 +659,25 @@ def test_without_rng_states_nothing_of_the_rng_is_saved_or_restored(tmp_path):
     assert resumer.resume_or_load("", resume=True) == {"iteration": 3}
     assert torch.equal(torch.rand(1), expected)
     _assert_same_weights(model, model2)
+
+
+def test_non_finite_weights_are_named_when_loaded(tmp_path, caplog):
+    source = ToySegmentor()
+    state = source.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    torch.save({"model": state}, tmp_path / "nan.pth")
+    with caplog.at_level(logging.WARNING, logger="atrous"):
+        Checkpointer(ToySegmentor()).load(tmp_path / "nan.pth")
+    assert f"1 weights hold NaN or infinite values ({name})" in caplog.text
+
+
+def test_a_damaged_file_not_named_like_a_checkpoint_is_never_to_be_deleted(tmp_path):
+    # /etc/passwd given as MODEL.WEIGHTS (or named by a hostile last_checkpoint).
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(CorruptCheckpointError) as info:
+        Checkpointer(ToySegmentor()).load(passwd)
+    message = str(info.value)
+    assert "Check the path" in message and "delete" not in message.lower()
+    assert "root:x:0:0" not in message

@@ -6,12 +6,14 @@ import errno
 import io
 import json
 import os
+import signal
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -243,3 +245,45 @@ def test_a_port_in_use_is_one_line_naming_the_flag(capsys, reference_dir, tmp_pa
     assert code == 1
     line = f"error: [Errno {errno.EADDRINUSE}] cannot serve on 127.0.0.1:{port}, it is in use"
     assert f"{line}: choose another --port" in err
+
+
+def test_uploads_are_bounded_and_temporary_files_go_with_the_demo(tmp_path, reference_dir):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "demo.log"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env |= {"PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+    cmd = [sys.executable, "-m", "atrous.cli.main", "demo", "--port", str(port),
+           "--max-upload-mb", "1", "--examples", "0",
+           "--config-file", str(V3PLUS_CONFIG), *_model_opts(reference_dir)]  # fmt: skip
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_served(proc, url, log, timeout=180)
+        assert [p.name.startswith("atrous-demo-") for p in scratch.iterdir()] == [True]
+
+        def upload(size: int) -> int:
+            boundary = "atrousboundary"
+            body = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+                f'filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+            ).encode()
+            body += b"\0" * size + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+            request = urllib.request.Request(
+                url + "gradio_api/upload", data=body, method="POST",
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert upload(1000) == 200
+        assert upload(3 << 20) == 413  # over --max-upload-mb 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert list(scratch.iterdir()) == []  # its folder, Gradio's cache included, is gone

@@ -186,3 +186,34 @@ def test_evaluate_explains_what_an_exported_graph_cannot_do(
         assert main([*head, *args]) == 2, message
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "inference").exists()
+
+
+def test_evaluate_a_model_without_output_never_writes_where_its_config_points(
+    tmp_path, reference_dir, synthetic_cityscapes_root, monkeypatch
+):
+    from atrous.checkpoint import Checkpointer
+    from atrous.deploy.bundle import write_bundle
+    from atrous.modeling import build_model
+    from tests.conftest import load_config
+
+    # A bundle whose config.yaml names another folder: an unmodified bundle names the
+    # exporter's training folder, a hostile one any folder.
+    target = tmp_path / "exporters_training_run"
+    (target / "inference").mkdir(parents=True)
+    (target / "inference" / "results.json").write_text('{"theirs": 1}')
+    cfg = load_config(V3PLUS_CONFIG, [*reference_bundle_overrides(reference_dir),
+                                      "OUTPUT_DIR", str(target)])  # fmt: skip
+    model = build_model(cfg)
+    Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True)
+    bundle = write_bundle(tmp_path / "bundle", cfg=cfg, model=model)
+    assert str(target) in (bundle / "config.yaml").read_text()
+
+    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["evaluate", "--model", str(bundle), "--dataset", "synthetic_sem_seg_val",
+                 "DATALOADER.NUM_WORKERS", "0"]) == 0  # fmt: skip
+    assert (target / "inference" / "results.json").read_text() == '{"theirs": 1}'
+    assert sorted(p.name for p in target.iterdir()) == ["inference"]
+    assert (cwd / "output" / "evaluate" / "bundle" / "inference" / "results.json").is_file()

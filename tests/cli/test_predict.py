@@ -325,3 +325,73 @@ def test_predict_refuses_a_damaged_bundle_and_ambiguous_models(
                  "--output", str(tmp_path / "o")])  # fmt: skip
     assert code == 2 and "either --config-file or --model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_one_bad_image_does_not_end_the_batch(tmp_path, model_args, capsys):
+    src = tmp_path / "photos"
+    _images(src, ["a.png", "c.png"])
+    _images(src, ["b_thin.png"], size=(1, 4000))  # a 4000x1 strip: resized to 0 pixels high
+    head, opts = model_args
+    opts = [*opts, "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
+    out = tmp_path / "out"
+    for batch in ("1", "3"):
+        code = main(["predict", *head, "--input", str(src), "--output", str(out),
+                     "--batch-size", batch, *opts])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "1 of 3 images failed" in err and "b_thin.png" in err
+        assert "Traceback" not in err
+        assert (out / "a_labels.png").is_file() and (out / "c_labels.png").is_file()
+
+
+def test_inputs_that_are_not_regular_files_are_refused_unread(tmp_path, model_args, capsys):
+    src = tmp_path / "photos"
+    (good,) = _images(src, ["a.png"])
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    head, opts = model_args
+    code = main(["predict", *head, "--input", "/dev/zero", str(fifo), str(good), "--output",
+                 str(tmp_path / "out"), *opts])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "2 of 3 images failed" in err
+    assert "/dev/zero is a character device, not an image file" in err
+    assert f"{fifo} is a named pipe, not an image file" in err
+
+
+def test_a_file_far_larger_than_its_header_says_is_refused_unread(tmp_path, model_args, capsys):
+    (path,) = _images(tmp_path, ["sparse.png"])
+    with open(path, "r+b") as f:  # a sparse tail: 200 MB on paper, nothing on disk
+        f.truncate(200 << 20)
+    head, opts = model_args
+    code = main(["predict", *head, "--input", str(path), "--output", str(tmp_path / "out"),
+                 *opts])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "209,715,200 bytes, far more than a 56x40 image needs" in err
+
+
+def test_max_output_mb_covers_the_confidence_maps_and_pictures(tmp_path, model_args, capsys):
+    # 96x128 with 19 classes: logits and labels take 0.98 MiB, within 1 MiB; with the two
+    # confidence maps the prediction needs 1.08 MiB.
+    (path,) = _images(tmp_path, ["x.png"], size=(96, 128))
+    head, opts = model_args
+    args = ["predict", *head, "--input", str(path), "--output", str(tmp_path / "o")]
+    limit = [*opts, "TEST.MAX_OUTPUT_MB", "1"]
+    assert main([*args, "--confidence", *limit]) == 1
+    err = capsys.readouterr().err
+    assert "x.png" in err and "TEST.MAX_OUTPUT_MB" in err and "confidence maps" in err
+    assert not list((tmp_path / "o").glob("x_*"))
+    assert main([*args, *limit]) == 0
+    assert main([*args, "--confidence", *opts]) == 0
+
+
+def test_long_file_names_and_output_inside_the_input_folder(tmp_path, model_args, capsys):
+    src = tmp_path / "photos"
+    long_name = "p" * 240 + ".png"
+    _images(src, [long_name, "b.png"])
+    head, opts = model_args
+    args = ["predict", *head, "--input", str(src), "--output", str(src), *opts]
+    assert main(args) == 0, capsys.readouterr().err
+    outputs = sorted(p.name for p in src.iterdir())
+    assert len([n for n in outputs if n.endswith("_labels.png")]) == 2
+    assert main(args) == 0  # a rerun predicts the two photos, not its own pictures
+    assert sorted(p.name for p in src.iterdir()) == outputs

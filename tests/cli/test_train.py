@@ -907,3 +907,49 @@ def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (bin_dir / "requeued").read_text() == "4343\n"
     _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("record", ["missing", "empty", "fifo", "folder"])
+def test_resume_without_a_usable_last_checkpoint_never_wipes_the_finished_run(
+    datasets_dir: Path, trained: Path, tmp_path: Path, record: str
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    last = out / "last_checkpoint"
+    last.unlink()
+    if record == "empty":
+        last.write_text("")
+    elif record == "fifo":
+        os.mkfifo(last)
+    elif record == "folder":
+        last.mkdir()
+    checkpoints = {p.name: p.read_bytes() for p in out.glob("*.pth")}
+    lines = (out / "metrics.json").read_text().splitlines()
+    proc = _train(datasets_dir, out, "--resume",
+                  opts=["SOLVER.MAX_ITER", "8", "SOLVER.MAX_TO_KEEP", "2"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the checkpoint with the largest iteration (7)" in proc.stdout
+    assert "is complete (iteration 8 of SOLVER.MAX_ITER 8): nothing to train" in proc.stdout
+    assert {p.name: p.read_bytes() for p in out.glob("*.pth")} == checkpoints
+    assert (out / "metrics.json").read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_follows_the_new_schedule_to_its_final_evaluation(
+    datasets_dir: Path, trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    proc = _train(datasets_dir, out, "--resume",
+                  opts=["SOLVER.MAX_ITER", "12", "SOLVER.MAX_TO_KEEP", "2",
+                        "SOLVER.BASE_LR", "0.5"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "math domain error" not in proc.stderr + proc.stdout
+    assert _train_iterations(out) == list(range(12))
+    assert [r["iteration"] for r in _metrics(out) if "sem_seg/mIoU" in r] == [8, 12]
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 11
+    warning = [line for line in proc.stdout.splitlines() if "config values are not used" in line]
+    assert len(warning) == 1 and "SOLVER.BASE_LR 0.5 -> " in warning[0]
+    saved = yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]
+    assert saved["MAX_ITER"] == 12 and saved["BASE_LR"] != 0.5

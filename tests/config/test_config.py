@@ -182,3 +182,46 @@ def test_a_float_or_bool_for_another_type_is_an_error_naming_the_key(tmp_path):
     path.write_text("SOLVER:\n  MAX_ITER: 2.5\n")
     with pytest.raises(ConfigError, match=r"SOLVER\.MAX_ITER in .*cfg\.yaml must be an int"):
         get_cfg().merge_from_file(path)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_alias_bomb_config_is_refused_in_one_line(tmp_path):
+    from tests.utils.test_safe_yaml import alias_bomb
+
+    cfg = get_cfg()
+    with pytest.raises(ConfigError) as info:
+        cfg.merge_from_file(_write(tmp_path / "bomb.yaml", alias_bomb("SEED")))
+    message = str(info.value)
+    assert "bomb.yaml" in message and "aliases" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("_BASE_: self.yaml\n", "includes itself through _BASE_"),
+        ('_BASE_: ""\n', "_BASE_ must be a file name"),
+        ("_BASE_: 5\n", "_BASE_ must be a file name"),
+        ("_BASE_: [[a.yaml]]\n", "_BASE_ must be a file name"),
+    ],
+)
+def test_bad_base_entries_are_one_line_errors(tmp_path, text, expected):
+    path = _write(tmp_path / "self.yaml", text)
+    with pytest.raises(ConfigError, match=expected):
+        get_cfg().merge_from_file(path)
+
+
+def test_binary_config_and_huge_values_give_short_messages(tmp_path):
+    binary = tmp_path / "model.pth.yaml"
+    binary.write_bytes(b"PK\x03\x04\xff\xfe\x00" * 100)
+    with pytest.raises(ConfigError, match="not a text file"):
+        get_cfg().merge_from_file(str(binary))
+    # 1.7 KB that stands for 10,000 strings under an integer key.
+    inner = '&b [&a ["' + "x" * 1000 + '", "y"]' + ", *a" * 99 + "]"
+    text = "SEED: [" + inner + ", *b" * 49 + "]\n"
+    with pytest.raises(ConfigError) as info:
+        get_cfg().merge_from_file(_write(tmp_path / "big.yaml", text))
+    assert "SEED" in str(info.value) and len(str(info.value)) < 1000

@@ -147,3 +147,17 @@ def test_one_gpu_index_for_several_processes_per_machine_is_refused(monkeypatch)
     validate_config(cfg, world_size=1)
     with pytest.raises(ConfigError, match=r"all 8 processes of this machine on one GPU"):
         validate_config(cfg, world_size=16, processes_per_machine=8)
+
+
+@pytest.mark.parametrize(
+    ("opts", "training", "expected"),
+    [
+        (["SEED", str(2**70)], False, "SEED must be a whole number"),
+        (["OUTPUT_DIR", '""'], True, "OUTPUT_DIR is empty"),
+    ],
+)
+def test_seed_out_of_range_and_empty_output_dir_are_named_up_front(opts, training, expected):
+    cfg = get_cfg()
+    cfg.merge_from_list(opts)
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(cfg, training=training, check_device=False)

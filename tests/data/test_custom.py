@@ -105,3 +105,19 @@ def test_a_dataset_yaml_with_a_quoted_list_trains_from_records(tmp_path):
     (record,) = get_dataset_records(f"{path}:val")
     assert record["file_name"].endswith("a 1.png") and (record["height"], record["width"]) == (3, 4)
     assert np.asarray(Image.open(record["sem_seg_file_name"])).shape == (3, 4)
+
+
+def test_dataset_yaml_alias_bomb_and_huge_class_names_are_refused(tmp_path):
+    from tests.utils.test_safe_yaml import alias_bomb
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb("classes"))
+    with pytest.raises(DatasetError, match=r"bomb.yaml was refused: .*aliases"):
+        load_dataset_yaml(bomb)
+    long = tmp_path / "long.yaml"
+    spec = {"classes": ["road", "x" * 1_000_000], "ignore_value": 255, "splits": {}}
+    long.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DatasetError) as info:
+        load_dataset_yaml(long)
+    assert "class 1 has a name of 1,000,000 characters" in str(info.value)
+    assert len(str(info.value)) < 500

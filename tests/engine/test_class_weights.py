@@ -162,3 +162,19 @@ def test_two_gloo_processes_get_rank_0s_weights_or_its_error(tmp_path):
     for result in run(tmp_path / "broken"):
         assert result["error"].startswith("DatasetError: cannot count classes")
         assert "lab/a.png" in result["error"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2, 3]", '{"key": 5}', '{"weights": ["a", "b", "c"]}', '{"weights": [1, 2]}', "nul"],
+)
+def test_a_tampered_cache_is_named_and_counted_again(tmp_path, caplog, content):
+    name = _dataset(tmp_path / "data")
+    cfg = _cfg(name, tmp_path / "out", "median_frequency")
+    (tmp_path / "out").mkdir()
+    cache = tmp_path / "out" / CACHE_NAME
+    cache.write_text(content)
+    with caplog.at_level(logging.INFO, logger="atrous.engine.class_weights"):
+        weights = resolve_class_weights(cfg)
+    assert weights == pytest.approx(MEDIAN_FREQUENCY, rel=1e-12)
+    assert f"{cache} is not a class-weights cache atrous wrote" in caplog.text

@@ -62,3 +62,17 @@ def test_png16_round_trip_keeps_the_documented_scale(tmp_path):
     np.testing.assert_allclose(read_png16(tmp_path / "c.png"), values, atol=0.5 / 65535)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         save_png16(tmp_path / "bad.png", np.array([[1.5]]))
+
+
+def test_non_finite_scores_are_one_clear_error_and_large_maps_are_computed_in_slices():
+    logits = torch.zeros(3, 4, 5)
+    logits[1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="weights are not finite"):
+        confidence_from_logits(logits)
+    logits[1, 2, 3] = float("-inf")  # a class that cannot occur is fine
+    assert confidence_from_logits(logits).max_prob[2, 3] == pytest.approx(0.5)
+    # Many rows, computed a slice at a time, equal the whole-tensor formula.
+    big = torch.randn(19, 700, 1000)
+    result = confidence_from_logits(big)
+    p = big.softmax(0)
+    torch.testing.assert_close(torch.from_numpy(result.max_prob), p.amax(0))

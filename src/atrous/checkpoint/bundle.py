@@ -29,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from ..utils.file_io import sha256_file
+from ..utils.visualize import MAX_CLASS_NAME_LENGTH
 from .checkpointer import Checkpointer, LoadReport
 from .errors import BundleError, CheckpointError
 
@@ -53,6 +54,8 @@ BUNDLE_FORMAT = "atrous-model-bundle"
 BUNDLE_FORMAT_VERSION = 1
 META_FILE = "bundle.json"
 CONFIG_FILE = "config.yaml"
+# bundle.json lists a few files, classes and metrics: kilobytes. Anything this large is not one.
+_MAX_META_BYTES = 16 << 20
 WEIGHTS_FILE = "model.safetensors"
 README_FILE = "README.md"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -150,6 +153,11 @@ def _verify_files(root: Path, meta_path: Path, files: Any) -> None:
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(expected, str):
             raise BundleError(f"{meta_path}: the entry for {name} has no 'sha256' string.")
+        if path.is_symlink():
+            raise BundleError(
+                f"{path} is a symbolic link; the files of a bundle must live in its folder. "
+                "Copy the file itself into the bundle (cp -L), or re-export the bundle."
+            )
         if not path.is_file():
             raise BundleError(
                 f"{path} is missing: {meta_path} lists it as part of the bundle. Copy the whole "
@@ -195,11 +203,20 @@ def read_bundle_metadata(path: str | os.PathLike[str]) -> BundleMetadata:
             f"{meta_path} is missing, so {root} is not a model bundle. Write one with "
             "`atrous export --format bundle --output DIR`."
         )
+    if meta_path.is_symlink() or meta_path.stat().st_size > _MAX_META_BYTES:
+        raise BundleError(
+            f"{meta_path} is a link or larger than {_MAX_META_BYTES >> 20} MiB, so it is not a "
+            "bundle description atrous wrote; re-export the bundle."
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(
-            f"{meta_path} is not valid JSON ({error}); re-export the bundle."
+            f"{meta_path} is not valid JSON ({str(error)[:200]}); re-export the bundle."
+        ) from None
+    except RecursionError:
+        raise BundleError(
+            f"{meta_path} is nested too deeply to be a bundle description; re-export the bundle."
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(
@@ -221,6 +238,13 @@ def read_bundle_metadata(path: str | os.PathLike[str]) -> BundleMetadata:
     colors = _get(meta, meta_path, "colors", list)
     if not all(isinstance(c, str) for c in classes):
         raise BundleError(f"{meta_path}: 'classes' must be a list of class names.")
+    long_names = [i for i, c in enumerate(classes) if len(c) > MAX_CLASS_NAME_LENGTH]
+    if long_names:
+        raise BundleError(
+            f"{meta_path}: class {long_names[0]} has a name of {len(classes[long_names[0]]):,} "
+            f"characters; names may have at most {MAX_CLASS_NAME_LENGTH}. Re-export the bundle "
+            "with shorter class names."
+        )
     if not all(
         isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
         for c in colors

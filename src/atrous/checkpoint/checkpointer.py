@@ -29,6 +29,7 @@ import os
 import pickle
 import re
 import reprlib
+import stat
 import urllib.parse
 import warnings
 import zipfile
@@ -53,6 +54,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     UnsafePickleError,
+    redo_advice,
 )
 from .rng import capture_rng_state, restore_rng_state
 from .safe_pickle import (
@@ -72,6 +74,8 @@ LAST_CHECKPOINT = "last_checkpoint"
 # Keys of a checkpoint file that describe it rather than hold state for someone.
 _META_KEYS = ("model", "__author__", "matching_heuristics", "metadata")
 _ZIP_MAGIC = b"PK\x03\x04"
+# ``last_checkpoint`` holds one file name; anything longer is not a record this code wrote.
+_MAX_RECORD_BYTES = 1024
 
 
 class _Stateful(Protocol):
@@ -270,14 +274,14 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, "rb") as f:
         magic = f.read(4)
     if not magic:
-        raise CorruptCheckpointError(f"{path} is empty; delete it and download or copy it again.")
+        raise CorruptCheckpointError(f"{path} is empty. {redo_advice(path)}")
     if is_safetensors_file(path):
         return read_safetensors_checkpoint(path)
     if magic == b"\0\0\0\0" and _only_zero_bytes(path):
         raise CorruptCheckpointError(
             f"{path} holds nothing but zero bytes ({os.path.getsize(path)} of them), so it is not "
             "a checkpoint: its contents were never written, as happens when a copy or download "
-            "is interrupted or the disk fills up. Delete it and download or copy it again."
+            f"is interrupted or the disk fills up. {redo_advice(path)}"
         )
     if magic == _ZIP_MAGIC:
         return _normalise_torch(_torch_load(path), path)
@@ -383,7 +387,7 @@ def _torch_load(path: str) -> Any:
             ) from None
         raise CorruptCheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint (its pickle data is "
-            f"malformed{': ' + detail if detail else ''}). Delete it and download or copy it again."
+            f"malformed{': ' + detail if detail else ''}). {redo_advice(path)}"
         ) from None
     except Warning:  # a warning turned into an error (-W error) is about the code, not the file
         raise
@@ -395,8 +399,7 @@ def _torch_load(path: str) -> Any:
         detail = _torch_error_detail(str(exc))
         raise CorruptCheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint "
-            f"({type(exc).__name__}{': ' + detail if detail else ''}). "
-            "Delete it and download or copy it again."
+            f"({type(exc).__name__}{': ' + detail if detail else ''}). {redo_advice(path)}"
         ) from exc
     return resolve_pending(data, source=path)
 
@@ -591,6 +594,19 @@ class Checkpointer:
             # Like detectron2, a value that is not an array is an error rather than skipped:
             # the file is not what its name says, and a partial load would hide that.
             state[key] = _to_tensor(value, key, path)
+        non_finite = [
+            k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
+        ]
+        if non_finite:
+            # Such a model predicts garbage (NaN scores argmax to class 0) without failing.
+            logger.warning(
+                "%s: %d weights hold NaN or infinite values (%s); whatever this model predicts "
+                "or scores is meaningless. The training that wrote it diverged, or the file is "
+                "damaged.",
+                path,
+                len(non_finite),
+                ", ".join(non_finite[:3]) + (", ..." if len(non_finite) > 3 else ""),
+            )
         # Saved from a (Distributed)DataParallel wrapper.
         if state and all(k.startswith("module.") for k in state):
             state = {k[len("module.") :]: v for k, v in state.items()}
@@ -706,26 +722,61 @@ class Checkpointer:
         """Whether `save_dir` has a ``last_checkpoint`` record to resume from."""
         return self.save_dir is not None and (self.save_dir / LAST_CHECKPOINT).is_file()
 
+    def _read_record(self) -> tuple[str, str]:
+        """(path named by ``last_checkpoint``, "") or ("", why it cannot be used).
+
+        ("", "") when there is no record at all. The record is read only when it is a regular
+        file of at most a few hundred bytes holding a plain file name: its content may have
+        been written by anyone, and is never followed out of `save_dir` or quoted at length.
+        """
+        assert self.save_dir is not None
+        record = self.save_dir / LAST_CHECKPOINT
+        try:
+            st = record.lstat()
+        except FileNotFoundError:
+            return "", ""
+        except OSError as exc:
+            return "", f"cannot be read ({exc.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            return "", "is a symbolic link, not the file a run writes"
+        if not stat.S_ISREG(st.st_mode):
+            return "", "is not a regular file"
+        if st.st_size > _MAX_RECORD_BYTES:
+            return "", f"is {st.st_size} bytes long, not a file name"
+        try:
+            raw = record.read_bytes()
+        except OSError as exc:
+            return "", f"cannot be read ({exc.strerror})"
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return "", "does not hold a file name (not UTF-8 text)"
+        if not name:
+            return "", "is empty"
+        if name != os.path.basename(name) or name in (".", "..") or not name.isprintable():
+            return "", f"names {name[:80]!r}, which is not a file name in {self.save_dir}"
+        path = self.save_dir / name
+        if path.is_symlink() or not path.is_file():
+            return "", f"names {name}, which is not a file in {self.save_dir}"
+        return os.fspath(path), ""
+
     def get_checkpoint_file(self) -> str:
         """Path of the checkpoint ``last_checkpoint`` names, or "" when there is none.
 
         Raises:
-            CheckpointNotFoundError: ``last_checkpoint`` names a file that no longer exists.
+            CheckpointNotFoundError: ``last_checkpoint`` exists but names no file in `save_dir`
+                (missing, a link, a path elsewhere) or is not a readable record.
         """
-        if not self.has_checkpoint():
+        if self.save_dir is None:
             return ""
-        assert self.save_dir is not None
+        path, problem = self._read_record()
+        if path or not problem or problem == "is empty":
+            return path
         record = self.save_dir / LAST_CHECKPOINT
-        name = record.read_text().strip()
-        if not name:
-            return ""
-        path = self.save_dir / name
-        if not path.is_file():
-            raise CheckpointNotFoundError(
-                f"{record} names {name}, but {path} does not exist. Restore the file, or delete "
-                f"{record} to start from MODEL.WEIGHTS instead."
-            )
-        return os.fspath(path)
+        raise CheckpointNotFoundError(
+            f"{record} {problem}. Restore the checkpoint it named, or delete {record} to start "
+            "from MODEL.WEIGHTS instead."
+        )
 
     def get_all_checkpoint_files(self) -> list[str]:
         """All ``.pth`` files in `save_dir`, sorted by name."""
@@ -733,18 +784,91 @@ class Checkpointer:
             return []
         return sorted(os.fspath(p) for p in self.save_dir.glob("*.pth"))
 
+    def find_resume_file(self) -> str:
+        """The checkpoint a resumed run continues from, or "" when `save_dir` holds no run.
+
+        ``last_checkpoint`` when it names a file of `save_dir`; otherwise (missing, empty, not a
+        regular file, naming a missing file) the ``.pth`` file of `save_dir` with the largest
+        ``iteration`` recorded inside it among those that read back whole. A run that has
+        checkpoints is never answered with "": it resumes or is refused.
+
+        Raises:
+            CheckpointNotFoundError: ``last_checkpoint`` or ``.pth`` files exist but none is a
+                readable training checkpoint; the message names what was found.
+        """
+        if self.save_dir is None or not self.save_dir.is_dir():
+            return ""
+        path, problem = self._read_record()
+        if path:
+            return path
+        record = self.save_dir / LAST_CHECKPOINT
+        candidates = [
+            p
+            for p in sorted(self.save_dir.glob("*.pth"))
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
+        ]
+        if not candidates:
+            if not problem:
+                return ""
+            raise CheckpointNotFoundError(
+                f"{record} {problem}, and {self.save_dir} holds no checkpoint (.pth) to resume "
+                f"from. Restore the checkpoint it named, or delete {record} to start from "
+                "MODEL.WEIGHTS instead."
+            )
+        best: tuple[int, Path] | None = None
+        unreadable: list[str] = []
+        for candidate in candidates:
+            try:
+                data = load_checkpoint_file(candidate)
+            except CheckpointError:
+                unreadable.append(candidate.name)
+                continue
+            iteration = data.get("iteration")
+            del data
+            if type(iteration) is not int or iteration < 0:
+                unreadable.append(candidate.name)
+            elif best is None or iteration > best[0]:
+                best = (iteration, candidate)
+        why = f"{record} {problem}" if problem else f"there is no {record}"
+        if best is None:
+            shown = ", ".join(unreadable[:5]) + (
+                f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+            )
+            raise CheckpointNotFoundError(
+                f"Cannot resume the run in {self.save_dir}: {why}, and none of its "
+                f"{len(candidates)} .pth files is a readable training checkpoint ({shown}). "
+                "Nothing was changed. Restore a checkpoint into it, or start afresh with "
+                "--overwrite (which moves its files to previous/)."
+            )
+        logger.warning(
+            "%s; resuming from %s, the checkpoint with the largest iteration (%d) in %s%s",
+            why[0].upper() + why[1:],
+            best[1].name,
+            best[0],
+            self.save_dir,
+            f" ({len(unreadable)} unreadable: {', '.join(unreadable[:5])})" if unreadable else "",
+        )
+        return os.fspath(best[1])
+
     def resume_or_load(
         self, path: str | os.PathLike[str], *, resume: bool = True
     ) -> dict[str, Any]:
-        """Resume from ``last_checkpoint`` when asked and possible, else load `path`'s weights.
+        """Resume from `save_dir` when asked and it holds a run, else load `path`'s weights.
 
-        Resuming restores the model, every checkpointable and (with `rng_states`) this process's
-        RNG states, and returns the file's remaining state (e.g. ``{"iteration": 999}``), without
-        ``"rng_state"``. Loading `path` (weights only, e.g. ``cfg.MODEL.WEIGHTS``) returns ``{}``
-        so a pretrained file never sets the start iteration.
+        Resuming (see `find_resume_file` for which file) restores the model, every
+        checkpointable and (with `rng_states`) this process's RNG states, and returns the file's
+        remaining state (e.g. ``{"iteration": 999}``), without ``"rng_state"``. Loading `path`
+        (weights only, e.g. ``cfg.MODEL.WEIGHTS``) returns ``{}`` so a pretrained file never
+        sets the start iteration. Nothing is written.
+
+        Raises:
+            CheckpointNotFoundError: `save_dir` holds a run but no checkpoint to resume.
+            CorruptCheckpointError: the checkpoint's ``iteration`` is missing, not an integer
+                or negative, or its ``rng_state`` is malformed.
         """
-        if resume and self.has_checkpoint():
-            report = self.load(self.get_checkpoint_file())
+        resume_file = self.find_resume_file() if resume else ""
+        if resume_file:
+            report = self.load(resume_file)
             # Files from before ``rng_states=False`` existed hold rank 0's states here even when
             # written by a trainer that also kept every rank's: that copy is not ours to restore.
             rng_state = report.extra.pop("rng_state", None)
@@ -757,11 +881,12 @@ class Checkpointer:
                         f"({type(exc).__name__}: {reprlib.repr(str(exc))}); the file is damaged "
                         "or was not written by atrous."
                     ) from exc
-            iteration = report.extra.get("iteration", -1)
-            if type(iteration) is not int:
+            iteration = report.extra.get("iteration")
+            if type(iteration) is not int or iteration < 0:
                 raise CorruptCheckpointError(
                     f"{report.path}: its 'iteration' entry is {_describe(iteration)}, not an "
-                    "integer; the file is damaged or was not written by atrous."
+                    "integer of 0 or more, so it is not a checkpoint a run can resume from; the "
+                    "file is damaged or was not written by atrous. Nothing was changed."
                 )
             return report.extra
         self.load(path, checkpointables=[])

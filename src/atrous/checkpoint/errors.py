@@ -14,6 +14,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DownloadError",
     "UnsafePickleError",
+    "redo_advice",
 ]
 
 
@@ -43,3 +44,19 @@ class ChecksumMismatchError(DownloadError):
 
 class BundleError(CheckpointError):
     """A model bundle folder is incomplete, was edited after export, or contradicts itself."""
+
+
+# Names a checkpoint file has; only such a file is worth deleting and fetching again.
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".pickle", ".safetensors", ".bin", ".ckpt")
+
+
+def redo_advice(path: object) -> str:
+    """What to do about a damaged file, for the end of a message.
+
+    A file named like a checkpoint is one that was copied or downloaded badly: delete it and
+    fetch it again. Any other file (``/etc/passwd`` named where a checkpoint belongs) is not to
+    be deleted: the path is wrong.
+    """
+    if str(path).lower().endswith(_CHECKPOINT_SUFFIXES):
+        return "Delete it and download or copy it again."
+    return "Check the path: it does not name a checkpoint file (.pth, .pkl, .safetensors)."

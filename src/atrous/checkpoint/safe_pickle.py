@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
-from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
+from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError, redo_advice
 
 __all__ = [
     "NUMPY_SAFE_GLOBALS",
@@ -253,8 +253,8 @@ class _Resolver:
 
     def corrupt(self, path: tuple[Any, ...], detail: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(
-            f"{self.source} is corrupt or not a checkpoint: {_where(path)} {detail}. Delete it and "
-            "download or copy it again."
+            f"{self.source} is corrupt or not a checkpoint: {_where(path)} {detail}. "
+            f"{redo_advice(self.source)}"
         )
 
     def refuse(self, path: tuple[Any, ...], spec: Any, kind: str = "") -> UnsafePickleError:
@@ -442,7 +442,7 @@ def resolve_pending(obj: Any, *, source: str) -> Any:
         # anticipate is still the file's doing.
         raise CorruptCheckpointError(
             f"{source} is corrupt or not a checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Delete it and download or copy it again."
+            f"{redo_advice(source)}"
         ) from exc
 
 
@@ -552,7 +552,7 @@ def _load(stream: BinaryIO, source: str) -> Any:
         # from an absurd length field, ...) is a consequence of damaged or foreign bytes.
         raise CorruptCheckpointError(
             f"{source} is truncated or corrupt and cannot be read as a pickle "
-            f"({type(exc).__name__}: {str(exc)[:200]}). Delete it and download or copy it again."
+            f"({type(exc).__name__}: {str(exc)[:200]}). {redo_advice(source)}"
         ) from exc
     return resolve_pending(data, source=source)
 

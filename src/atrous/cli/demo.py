@@ -15,9 +15,15 @@ not installed), 1 for a model that cannot be loaded.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
+import inspect
 import logging
 import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from atrous.cli.common import (
@@ -55,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MAX_EXAMPLES,
         metavar="N",
         help=f"offer up to N test-set images as examples (default {MAX_EXAMPLES}; 0: none)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=50,
+        metavar="MB",
+        help="largest upload the demo accepts, in MB (default 50)",
     )
     add_allow_partial_flag(parser)
     parser.add_argument(
@@ -97,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_upload_mb < 1:
+        raise ConfigError(f"--max-upload-mb must be at least 1, got {args.max_upload_mb}")
+    # Gradio keeps a copy of every upload and output in its cache folder: a private one, removed
+    # with the demo's own temporary files when it stops (Ctrl-C or SIGTERM).
+    scratch = Path(tempfile.mkdtemp(prefix="atrous-demo-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch / "gradio"))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         import_gradio()  # before loading a model: a missing extra is one line, at once
     except ModuleNotFoundError as error:
@@ -133,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
         colors=meta.stuff_colors,
         examples=example_images(cfg, args.examples),
         model_description=f"Model: {source} · {resolve_device(cfg.MODEL.DEVICE)} · {fast}",
+        output_dir=scratch / "labels",
     )
+    if "max_file_size" in inspect.signature(blocks.launch).parameters:
+        launch_kwargs["max_file_size"] = f"{args.max_upload_mb}mb"
     # quiet: Gradio's own start-up lines suggest share=True; the line below says where to go.
     try:
         _, local_url, share_url = blocks.launch(
@@ -158,5 +182,13 @@ def run(args: argparse.Namespace) -> int:
     logger.info("serving on %s (Ctrl-C to stop)", local_url)
     if share_url:
         logger.info("public link: %s", share_url)
-    blocks.block_thread()
+    try:
+        blocks.block_thread()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds the main thread, so the temporary folders are removed on the way out.
+    raise SystemExit(0)

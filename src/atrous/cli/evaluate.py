@@ -12,6 +12,11 @@ Cityscapes results for Cityscapes-style datasets, and ``report.html`` with chart
 results are also collected in ``<output>/inference/results.json``. A dataset named by a path
 (``data/d.yaml:val``) gets a folder name without separators (``d.yaml_val-<hash>``).
 
+The output folder is ``--output``; without it, OUTPUT_DIR of the ``--config-file`` (or of an
+``OUTPUT_DIR`` override), and ``output/evaluate/<model name>`` under the current folder for a
+``--model`` source: the ``config.yaml`` inside a bundle or beside an exported graph describes how
+the model was made, not where this evaluation may write.
+
 The output folder is locked while this runs: a training run or another evaluation writing there
 is refused. One process; for several GPUs use ``atrous train --eval-only --num-gpus N``.
 
@@ -27,8 +32,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from atrous.cli.common import (
     ModelSource,
@@ -49,7 +56,11 @@ logger = logging.getLogger("atrous.evaluate")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_source_flags(parser)
     parser.add_argument(
-        "--output", default=None, metavar="DIR", help="output folder (default: OUTPUT_DIR)"
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: OUTPUT_DIR of --config-file; output/evaluate/<name> in the "
+        "current folder for --model)",
     )
     parser.add_argument(
         "--dataset",
@@ -119,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         key="--dataset" if args.dataset else "DATASETS.TEST",
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
     )
-    output = args.output or cfg.OUTPUT_DIR
-    check_writable(output, label="--output" if args.output else "OUTPUT_DIR")
+    output, label = output_folder(args, cfg)
+    check_writable(output, label=label)
     lock = OutputDirLock(output)
     note = lock.acquire()
     if note:
@@ -129,6 +140,23 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate(cfg, datasets, Path(output) / "inference", source, args)
     finally:
         lock.release()
+
+
+def output_folder(args: argparse.Namespace, cfg: Any) -> tuple[str, str]:
+    """(where this evaluation writes, how the message names it).
+
+    ``--output``, else an ``OUTPUT_DIR`` given on the command line or in ``--config-file``; a
+    ``--model`` source without either writes to ``output/evaluate/<its name>`` in the current
+    folder, never where the model's own config.yaml points.
+    """
+    if args.output:
+        return args.output, "--output"
+    opts = list(args.opts or [])
+    if "OUTPUT_DIR" in opts[::2] or not args.model:
+        return cfg.OUTPUT_DIR, "OUTPUT_DIR"
+    model = Path(os.path.abspath(args.model))
+    name = (model.name if model.is_dir() else model.stem) or "model"
+    return os.path.join("output", "evaluate", name), "the default output folder"
 
 
 def _evaluate(

@@ -157,6 +157,51 @@ def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
     return result
 
 
+# What `_write_outputs` appends to an image's name; the longest decides how long a name may be.
+_OUTPUT_SUFFIXES = (
+    "_labels.png",
+    "_overlay.png",
+    "_legend.png",
+    "_confidence.png",
+    "_entropy.png",
+    "_confidence_heatmap.png",
+)
+_MAX_NAME_BYTES = 255  # of one path component, on every common file system
+
+
+def _skip_own_outputs(items: list[tuple[str, str]], output: str) -> list[tuple[str, str]]:
+    """`items` without the pictures an earlier run wrote into `output` (``--output`` inside or
+    equal to an ``--input`` folder would otherwise predict its own outputs on every rerun)."""
+    out = os.path.realpath(output)
+    kept = []
+    for path, name in items:
+        inside = os.path.realpath(path).startswith(out + os.sep)
+        if inside and (path.endswith(_OUTPUT_SUFFIXES) or path.endswith("_labelIds.png")):
+            continue
+        kept.append((path, name))
+    if len(kept) < len(items):
+        logger.info(
+            "skipped %d files in --output %s that are outputs of an earlier run",
+            len(items) - len(kept),
+            output,
+        )
+    return kept
+
+
+def _fit_name(name: str) -> str:
+    """`name` with its last component shortened (and made unique by a hash of the whole name)
+    so that every output file name fits in 255 bytes."""
+    import hashlib
+
+    head, _, last = name.rpartition("/")
+    room = _MAX_NAME_BYTES - max(len(s) for s in _OUTPUT_SUFFIXES)
+    if len(last.encode()) <= room:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    short = last.encode()[: room - len(digest) - 1].decode(errors="ignore")
+    return f"{head}/{short}-{digest}" if head else f"{short}-{digest}"
+
+
 def _cityscapes_lut(class_names: tuple[str, ...]) -> np.ndarray:
     from atrous.evaluation.cityscapes import train_id_to_label_id_lut
 
@@ -204,6 +249,52 @@ def _write_outputs(
         save_png16(f"{base}_confidence.png", conf.max_prob)
         save_png16(f"{base}_entropy.png", conf.entropy)
         Image.fromarray(heatmap(conf.max_prob)).save(f"{base}_confidence_heatmap.png")
+
+
+def _brief(error: BaseException) -> str:
+    """An error as one line of at most a few hundred characters (names can be huge)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _fail(failures: list[tuple[str, str]], path: str, reason: str) -> None:
+    from tqdm import tqdm
+
+    failures.append((path, reason))
+    tqdm.write(f"skipping {_short(path)}: {reason}", file=sys.stderr)
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 200 else path[:100] + "..." + path[-97:]
+
+
+def _predict_each(
+    predictor: Any,
+    loaded: list[tuple[str, str, np.ndarray]],
+    args: argparse.Namespace,
+    failures: list[tuple[str, str]],
+) -> list[tuple[tuple[str, str, np.ndarray], Any]]:
+    """``(item, result)`` for each loaded image, None as the result of one that failed.
+
+    A batch is predicted together; when that fails, its images are predicted one by one, so
+    that the image at fault is named and the others are still predicted.
+    """
+    confidence = args.confidence or args.min_confidence > 0
+    try:
+        results = predictor.predict_batch(
+            [image for _, _, image in loaded],
+            batch_size=args.batch_size,
+            return_confidence=confidence,
+        )
+    except Exception as error:  # reported per image; the batch goes on
+        if len(loaded) == 1:
+            _fail(failures, loaded[0][0], _brief(error))
+            return [(loaded[0], None)]
+        out: list[tuple[tuple[str, str, np.ndarray], Any]] = []
+        for item in loaded:
+            out += _predict_each(predictor, [item], args, failures)
+        return out
+    return list(zip(loaded, results))
 
 
 def _write_labelids(out_dir: Path, path: str, name: str, labels: np.ndarray, lut) -> None:
@@ -256,8 +347,10 @@ def run(args: argparse.Namespace) -> int:
             (r["file_name"], str(Path(os.path.relpath(r["file_name"], root)).with_suffix("")))
             for r in records
         ]
+    items = _skip_own_outputs(items, args.output)
     if not items:
         raise ConfigError("No input images: give --input files/folders/globs or --dataset NAME.")
+    items = [(path, _fit_name(name)) for path, name in items]
     cfg.freeze()
 
     from atrous.utils.output_dir import OutputDirLock, check_writable
@@ -307,31 +400,27 @@ def _predict(
                         cityscapes_prediction_name(path)  # fail early on a non-Cityscapes name
                     loaded.append((path, name, image))
                 except Exception as error:
-                    failures.append((path, str(error)))
-                    tqdm.write(f"skipping {path}: {error}", file=sys.stderr)
+                    _fail(failures, path, _brief(error))
                     bar.update(1)
             if not loaded:
                 continue
-            results = predictor.predict_batch(
-                [image for _, _, image in loaded],
-                batch_size=args.batch_size,
-                return_confidence=args.confidence or args.min_confidence > 0,
-            )
-            for (path, name, image), result in zip(loaded, results):
+            for (path, name, image), result in _predict_each(predictor, loaded, args, failures):
+                if result is None:
+                    bar.update(1)
+                    continue
                 try:
                     if lut is not None:
                         _write_labelids(out_dir, path, name, result.labels, lut)
                     else:
                         _write_outputs(out_dir, name, image, result, meta, args)
                     written += 1
-                except OSError as error:
-                    failures.append((path, f"cannot write output: {error}"))
-                    tqdm.write(f"failed {path}: {error}", file=sys.stderr)
+                except Exception as error:  # one image's outputs; the others still get theirs
+                    _fail(failures, path, f"cannot write its outputs: {_brief(error)}")
                 bar.update(1)
     logger.info("wrote predictions for %d of %d images to %s", written, len(items), out_dir)
     if failures:
         print(f"{len(failures)} of {len(items)} images failed:", file=sys.stderr)
         for path, reason in failures:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {_short(path)}: {reason}", file=sys.stderr)
         return 1
     return 0

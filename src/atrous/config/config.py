@@ -58,12 +58,12 @@ class CfgNode(_FvcoreCfgNode):
             expected, given, default, value, key = mismatch.groups()
             return ConfigError(
                 f"Config key {key} in {source} must be {_A[expected]} (like its current value "
-                f"{default}), got {value}, {_A[given]}."
+                f"{_clip(default)}), got {_clip(value)}, {_A[given]}."
             )
         # yacs words it differently for files ("config key") and for override lists ("key").
         match = re.match(r"Non-existent (?:config )?key: (\S+)", message)
         if match is None:
-            return ConfigError(f"Bad value in {source}: {message}")
+            return ConfigError(f"Bad value in {source}: {_clip(message, 300)}")
         bad_key = match.group(1)
         if bad_key.startswith("-"):
             # argparse hands everything after the first KEY VALUE pair to the overrides.
@@ -161,28 +161,56 @@ def _ints_to_floats(new: Any, old: Any) -> None:
             new[key] = float(value)
 
 
-def _check_file_chain(filename: str, referenced_by: str | None = None) -> None:
-    """Fail early, naming the including file, when a config or one of its `_BASE_`s is missing."""
+def _clip(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters: a message quotes files and values, never at length."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_file_chain(filename: str, referenced_by: str | None = None, seen: tuple = ()) -> None:
+    """Fail early, naming the including file, when a config or one of its `_BASE_`s is missing,
+    not a YAML mapping, over the YAML size budget (`atrous.utils.safe_yaml`), or includes itself.
+    """
     import yaml
 
+    from atrous.utils.safe_yaml import MAX_YAML_BYTES, YAMLBudgetError, load_yaml
+
+    where = f" (the _BASE_ of {referenced_by})" if referenced_by else ""
     if not os.path.isfile(filename):
-        where = f" (the _BASE_ of {referenced_by})" if referenced_by else ""
         raise FileNotFoundError(
-            f"Config file {filename!r}{where} does not exist. Check the path; _BASE_ paths are "
-            "relative to the file that names them."
+            f"Config file {_clip(repr(filename))}{where} does not exist. Check the path; _BASE_ "
+            "paths are relative to the file that names them."
         )
-    with open(filename, encoding="utf-8") as f:
-        try:
-            content = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {filename!r} is not valid YAML: {error}") from None
+    real = os.path.realpath(filename)
+    if real in seen:
+        raise ConfigError(
+            f"Config file {filename!r}{where} includes itself through _BASE_ (a cycle); remove "
+            "the _BASE_ entry that leads back to it."
+        )
+    try:
+        with open(filename, encoding="utf-8") as f:
+            content = load_yaml(f.read(MAX_YAML_BYTES + 1)) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"Config file {filename!r}{where} is not a text file (not UTF-8); give a YAML file."
+        ) from None
+    except YAMLBudgetError as error:
+        raise ConfigError(f"Config file {filename!r}{where} was refused: {error}.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"Config file {filename!r}{where} is not valid YAML: {_clip(str(error), 300)}"
+        ) from None
     if not isinstance(content, dict):
-        raise ConfigError(f"Config file {filename!r} must contain a mapping of keys.")
+        raise ConfigError(f"Config file {filename!r}{where} must contain a mapping of keys.")
     bases = content.get("_BASE_")
     if bases is None:
         return
     for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(
+                f"Config file {filename!r}: _BASE_ must be a file name or a list of them, got "
+                f"{_clip(repr(base))}."
+            )
         base = os.path.expanduser(base)
         if not os.path.isabs(base):
             base = os.path.join(os.path.dirname(filename), base)
-        _check_file_chain(base, referenced_by=filename)
+        _check_file_chain(base, referenced_by=filename, seen=(*seen, real))

@@ -226,6 +226,18 @@ def validate_config(
             f"MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS must be in (0, 1], got {top_k!r}."
         )
     _check_class_weights(cfg.MODEL.SEM_SEG_HEAD)
+    seed = cfg.SEED
+    # torch, numpy and Python take seeds of 64 bits; each process adds its rank.
+    if not _is_int(seed) or not -(2**63) <= seed < 2**63 - 2**16:
+        raise ConfigError(
+            f"SEED must be a whole number between -2**63 and 2**63 - 65536 (negative: a random "
+            f"seed), got {str(seed)[:60]!s}."
+        )
+    if training and not str(cfg.OUTPUT_DIR).strip():
+        raise ConfigError(
+            "OUTPUT_DIR is empty: a training run writes its checkpoints, metrics and log there. "
+            "Set OUTPUT_DIR to a folder, e.g. OUTPUT_DIR output/run1."
+        )
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
         value = _get(cfg, key)
         if not isinstance(value, (list, tuple)) or len(value) != 3:

@@ -332,16 +332,31 @@ def load_dataset_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file {path} does not exist")
+    from atrous.utils.safe_yaml import MAX_YAML_BYTES, YAMLBudgetError, load_yaml
+
     try:
-        cfg = yaml.safe_load(path.read_text())
+        with open(path, encoding="utf-8") as f:
+            cfg = load_yaml(f.read(MAX_YAML_BYTES + 1))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a text file (not UTF-8); give a YAML file") from None
+    except YAMLBudgetError as e:
+        raise DatasetError(f"{path} was refused: {e}") from None
     except yaml.YAMLError as e:
-        raise DatasetError(f"{path}: not valid YAML ({e})") from e
+        raise DatasetError(f"{path}: not valid YAML ({str(e)[:300]})") from None
     if not isinstance(cfg, dict):
         raise DatasetError(f"{path}: expected a mapping with 'classes', 'ignore_value', 'splits'")
     _check_fields(cfg, _FIELDS, path, "")
     classes = _require(cfg, "classes", path, "a list of class names, index = training label")
     if not isinstance(classes, list) or not classes:
         raise DatasetError(f"{path}: field 'classes' must be a non-empty list of names")
+    from atrous.utils.visualize import MAX_CLASS_NAME_LENGTH
+
+    for i, name in enumerate(classes):
+        if len(str(name)) > MAX_CLASS_NAME_LENGTH:
+            raise DatasetError(
+                f"{path}: class {i} has a name of {len(str(name)):,} characters; names may "
+                f"have at most {MAX_CLASS_NAME_LENGTH}"
+            )
     if len(classes) > 255:
         raise DatasetError(f"{path}: at most 255 classes are supported, got {len(classes)}")
     mask_format = cfg.get("mask_format", "ids")

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -240,9 +241,64 @@ def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
         _PILLOW_LIMIT_LOCK.release()
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
+# Bytes a file may hold beyond 8 per pixel of its header's size (16-bit RGBA, uncompressed):
+# metadata (EXIF, ICC profiles, text chunks) and container overhead. A larger file is not read.
+_SLACK_BYTES = 64 << 20
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _header_pixels(f: io.BufferedReader, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of the open file `f` (its first bytes `head`).
+
+    None when no reader recognises it; only the header is read.
+    """
+    png = _png_header(head)
+    if png is not None:
+        return png[0], png[1]
+    f.seek(0)
     try:
+        with _pillow_limit(None), Image.open(f) as img:  # lazy: parses the header only
+            return img.width, img.height
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def _read_bytes(path: str | os.PathLike, max_pixels: int | None = None) -> bytes:
+    """The whole file, once it is known to be a regular file whose header fits the budget.
+
+    A device, pipe or folder is refused before it is opened; the pixel budget is checked from
+    the header, and a file much larger than its header's pixels can need is refused, before
+    the file is read whole.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(f"{path} is {_file_kind(st.st_mode)}, not an image file.")
         with open(path, "rb") as f:
+            head = f.read(64)
+            size = _header_pixels(f, head)
+            if size is None:
+                raise _corrupt(path, ValueError("not an image format this reader knows"))
+            width, height = size
+            check_pixel_budget(path, width, height, max_pixels)
+            if st.st_size > 8 * width * height + _SLACK_BYTES:
+                raise ImageReadError(
+                    f"{path} is {st.st_size:,} bytes, far more than a {width}x{height} image "
+                    "needs; it was refused unread. Re-create it, or remove it from the inputs."
+                )
+            f.seek(0)
             return f.read()
     except FileNotFoundError:
         raise ImageReadError(
@@ -250,12 +306,12 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
             "dataset was extracted completely."
         ) from None
     except OSError as e:
-        raise ImageReadError(f"{path}: cannot read the file ({e}).") from e
+        raise ImageReadError(f"{path}: cannot read the file ({e.strerror or e}).") from e
 
 
 def _corrupt(path, err: Exception) -> ImageReadError:
     return ImageReadError(
-        f"{path}: cannot decode the image ({err}). The file is corrupt or truncated: "
+        f"{path}: cannot decode the image ({str(err)[:200]}). The file is corrupt or truncated: "
         "re-download or re-create it, or remove it (and its label) from the dataset."
     )
 
@@ -263,17 +319,14 @@ def _corrupt(path, err: Exception) -> ImageReadError:
 def _read_png_checked(
     path: str | os.PathLike, max_pixels: int | None
 ) -> tuple[bytes, tuple[int, int, int, int] | None]:
-    """The file's bytes and PNG header (None if not a PNG), a PNG's size checked against the budget.
+    """The file's bytes and PNG header (None if not a PNG), its size checked against the budget.
 
     The PNG decoders below (OpenCV, or Pillow fed the IDAT directly) bypass Pillow's own limit,
-    so the budget is checked here from the header, before any of them runs; other formats are
-    checked when Pillow parses their header.
+    so the budget is checked from the header before the file is even read whole; other formats
+    are checked from Pillow's parse of their header, again before decoding.
     """
-    data = _read_bytes(path)
-    header = _png_header(data)
-    if header is not None:
-        check_pixel_budget(path, header[0], header[1], max_pixels)
-    return data, header
+    data = _read_bytes(path, max_pixels)
+    return data, _png_header(data)
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -492,6 +545,9 @@ def check_image_size(
 
 def _header_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(f"{path} is {_file_kind(mode)}, not an image file.")
         with open(path, "rb") as f:
             head = f.read(26)
     except FileNotFoundError:

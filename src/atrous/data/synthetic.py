@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -609,7 +610,15 @@ def generate_dataset(
                 return root
         except (OSError, ValueError):
             pass
-        marker.unlink()
+    elif root.is_dir() and any(root.iterdir()):
+        raise ValueError(
+            f"{root} is not empty and was not written by the synthetic generator (it has no "
+            f"{MARKER_NAME}); nothing in it was changed. Pass an empty or new folder."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    # Claimed before the first image is written, so that an interrupted run can be repeated:
+    # the marker (unequal to `spec` until the end) says the folder is the generator's.
+    _write_marker(marker, {**spec, "complete": False})
     for split, count in (("train", num_train), ("val", num_val)):
         _remove_stale(root, split, count)
     tasks = [
@@ -618,21 +627,41 @@ def generate_dataset(
         for i in range(count)
     ]
     _write_all(tasks, num_workers=num_workers, progress=progress)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(spec))
-    os.replace(tmp, marker)
+    _write_marker(marker, spec)
     return root
 
 
+def _write_marker(marker: Path, content: dict) -> None:
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps(content))
+    os.replace(tmp, marker)
+
+
 def _remove_stale(root: Path, split: str, count: int) -> None:
-    """Delete images of an earlier, larger run so the split holds exactly `count` images."""
+    """Delete images of an earlier, larger run so the split holds exactly `count` images.
+
+    Only files named as the generator names them (``<city>_<6 digits>_000019_<kind>``, in the
+    city folders it uses) are candidates; anything else someone put there stays.
+    """
     keep = {_image_stem(split, i)[1] for i in range(count)}
-    for sub, suffix in (("leftImg8bit", "_leftImg8bit.png"), ("gtFine", "_gtFine_")):
+    cities = set(CITIES[split])
+    pattern = re.compile(
+        r"^(?P<stem>(?P<city>[a-z]+)_\d{6}_000019)_(leftImg8bit\.png|gtFine_(labelIds|"
+        r"labelTrainIds|instanceIds)\.png|gtFine_polygons\.json)(\.tmp)?$"
+    )
+    for sub in ("leftImg8bit", "gtFine"):
         base = root / sub / split
         if not base.is_dir():
             continue
         for path in base.glob("*/*"):
-            stem = path.name.split(suffix)[0] if suffix in path.name else None
-            if stem is None or stem not in keep:
-                path.unlink()
+            m = pattern.match(path.name)
+            if (
+                m is None
+                or m["city"] != path.parent.name
+                or m["city"] not in cities
+                or m["stem"] in keep
+                or path.is_symlink()
+                or not path.is_file()
+            ):
+                continue
+            path.unlink()

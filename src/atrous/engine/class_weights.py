@@ -67,12 +67,16 @@ def _compute(cfg: Any, method: str) -> list[float]:
     if cache is not None and cache.is_file():
         try:
             stored = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            stored = {}
-        if stored.get("key") == key:
-            logger.info("Class weights (%s) from %s: %s", method, cache, _fmt(stored["weights"]))
-            return [float(w) for w in stored["weights"]]
-        logger.info("%s was computed for other training data; counting again", cache)
+        except (OSError, ValueError, RecursionError):
+            stored = None
+        usable = _stored_weights(stored, key["num_classes"])
+        if usable is None:
+            logger.warning("%s is not a class-weights cache atrous wrote; counting again", cache)
+        elif stored.get("key") == key:
+            logger.info("Class weights (%s) from %s: %s", method, cache, _fmt(usable))
+            return usable
+        else:
+            logger.info("%s was computed for other training data; counting again", cache)
     logger.info(
         "Counting class pixels of %d training labels for CLASS_WEIGHTS %r", len(records), method
     )
@@ -115,6 +119,23 @@ def _compute(cfg: Any, method: str) -> list[float]:
             },
         )
     return weights
+
+
+def _stored_weights(stored: Any, num_classes: int) -> list[float] | None:
+    """The weights of a cache file's content, or None when it is not what this module writes
+    (edited, damaged): `num_classes` finite positive numbers under ``"weights"``."""
+    import math
+
+    if not isinstance(stored, dict):
+        return None
+    weights = stored.get("weights")
+    if (
+        not isinstance(weights, list)
+        or len(weights) != num_classes
+        or not all(type(w) in (int, float) and math.isfinite(w) and w > 0 for w in weights)
+    ):
+        return None
+    return [float(w) for w in weights]
 
 
 def _fmt(weights: Sequence[float]) -> str:

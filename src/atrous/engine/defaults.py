@@ -208,7 +208,8 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
     holds a previous one unless ``args.resume`` or ``args.overwrite`` (see
     `atrous.engine.output_dir`). Then it opens ``log.txt`` there, logs the command line, the
     environment and the config, writes the resolved ``config.yaml`` (``eval_config.yaml`` for an
-    ``--eval-only`` run in a training run's folder, whose config stays), and seeds every
+    ``--eval-only`` run in a training run's folder, whose config stays; for ``--resume`` over a
+    previous run the trainer writes it once the checkpoint is loaded), and seeds every
     generator: ``cfg.SEED + rank`` when ``cfg.SEED >= 0``, otherwise a random seed that is logged
     so the run can be repeated.
 
@@ -245,11 +246,17 @@ def default_setup(cfg: Any, args: argparse.Namespace | None) -> int:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if rank == 0 and output_dir:
         name = "config.yaml"
-        if getattr(args, "eval_only", False) and previous_run_files(output_dir):
+        previous = previous_run_files(output_dir)
+        if getattr(args, "eval_only", False) and previous:
             name = "eval_config.yaml"  # the training run's config.yaml describes its results
-        path = os.path.join(output_dir, name)
-        atomic_write_text(path, cfg.dump())
-        logger.info("Full config saved to %s", os.path.abspath(path))
+        if getattr(args, "resume", False) and previous and name == "config.yaml":
+            # The run's config.yaml stays until its checkpoint is loaded and checked; then the
+            # trainer writes the values the resumed run really uses (`Trainer.resume_or_load`).
+            logger.info("config.yaml is written once the checkpoint to resume is loaded")
+        else:
+            path = os.path.join(output_dir, name)
+            atomic_write_text(path, cfg.dump())
+            logger.info("Full config saved to %s", os.path.abspath(path))
 
     if cfg.SEED >= 0:
         seed = int(cfg.SEED) + rank

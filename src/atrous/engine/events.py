@@ -178,7 +178,8 @@ class JSONWriter(EventWriter):
 
 
 def truncate_metrics(path: str, start_iter: int) -> int:
-    """Keep only the lines of ``metrics.json`` before `start_iter`; returns how many were dropped.
+    """Keep only the lines of ``metrics.json`` before `start_iter` (and a final evaluation at
+    `start_iter`, which the resumed run does not repeat); returns how many were dropped.
 
     The file is replaced atomically, so a crash here leaves the old file. A line cut short by a
     crash while it was written (not valid JSON) is dropped too.
@@ -191,7 +192,14 @@ def truncate_metrics(path: str, start_iter: int) -> int:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and int(record.get("iteration", -1)) < start_iter:
+        if not isinstance(record, dict):
+            continue
+        iteration = record.get("iteration", -1)
+        iteration = iteration if type(iteration) is int else -1
+        # A completed run's final evaluation is recorded at MAX_ITER, the iteration a run
+        # extending it resumes at: it measured the checkpoint's weights and is not repeated.
+        final_evaluation = iteration == start_iter and "total_loss" not in record
+        if iteration < start_iter or final_evaluation:
             kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import reprlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -326,39 +327,111 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """With `resume` and a checkpoint in OUTPUT_DIR, continue from it; else load MODEL.WEIGHTS.
+        """With `resume` and a run in OUTPUT_DIR, continue it; else load MODEL.WEIGHTS.
 
         Resuming restores the model, optimizer, scheduler (and grad scaler), the iteration, the
         data stream's seed, and this rank's RNG states. A checkpoint written by a different
-        number of processes resumes everything but the RNG states (with a warning).
+        number of processes resumes everything but the RNG states (with a warning). Which
+        checkpoint: see `Checkpointer.find_resume_file`; a run with checkpoints is resumed or
+        refused, never restarted from iteration 0.
+
+        Everything is loaded and checked before anything in OUTPUT_DIR changes. The schedule
+        follows this config (a larger SOLVER.MAX_ITER extends the run along the new curve); the
+        optimizer's hyper-parameters are the checkpoint's, as in detectron2, so SOLVER values the
+        config changes there are named in one warning, and on rank 0 ``config.yaml`` is written
+        with the values the run really uses.
 
         A checkpoint holds ``ranks``: one resume record per rank, ``{"rng": ..., "data_seed":
         ...}``, gathered when it is saved. Files written before the Checkpointer stopped storing
         rank 0's states a second time (``rng_state``) or that carry a ``data_position`` resume
         the same way; both entries are ignored.
+
+        Raises:
+            CheckpointError: OUTPUT_DIR holds checkpoints but none can be resumed, or the
+                checkpoint's iteration or resume records are malformed.
+            ConfigError: SOLVER.MAX_ITER ends before the checkpoint's iteration.
         """
+        from atrous.checkpoint.errors import CorruptCheckpointError
+        from atrous.config import ConfigError
+
         extra = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume) or {}
         # A resumed run rewrites metrics.json from its start iteration on.
         self._resumed = bool(resume)
-        if resume and self.checkpointer.has_checkpoint() and "iteration" in extra:
-            self.start_iter = int(extra["iteration"]) + 1
-            ranks = extra.get("ranks")
-            if ranks:
-                # The stream seed is shared by all ranks; with SEED < 0 it was drawn at random.
-                if ranks[0].get("data_seed") is not None:
-                    self._data_seed = int(ranks[0]["data_seed"])
-                if len(ranks) != comm.get_world_size():
-                    logger.warning(
-                        "The checkpoint was saved by %d processes, this run has %d: the model, "
-                        "optimizer and schedule resume exactly, the RNG and data order do not.",
-                        len(ranks),
-                        comm.get_world_size(),
-                    )
-                else:
-                    self._loaded_record = ranks[comm.get_rank()]
-            logger.info("Resuming from iteration %d", self.start_iter)
-        else:
+        if "iteration" not in extra:
             self.start_iter = 0
+            if resume:
+                self._save_config({})
+            return
+        path = getattr(self.checkpointer.last_report, "path", "") or "the checkpoint"
+        start_iter = int(extra["iteration"]) + 1
+        if start_iter > self.max_iter:
+            raise ConfigError(
+                f"{path} is at iteration {start_iter - 1}, past SOLVER.MAX_ITER "
+                f"{self.max_iter}: a resumed run only moves forward. Pass SOLVER.MAX_ITER of at "
+                f"least {start_iter} to continue it, or evaluate it with --eval-only --resume."
+            )
+        ranks = extra.get("ranks")
+        if ranks is not None:
+            problem = _check_resume_records(ranks)
+            if problem:
+                raise CorruptCheckpointError(
+                    f"{path}: its 'ranks' entry (the per-process resume records) {problem}; the "
+                    "file is damaged or was not written by atrous. Nothing was changed; resume "
+                    "from another checkpoint by naming it in last_checkpoint."
+                )
+        self.start_iter = start_iter
+        if ranks:
+            # The stream seed is shared by all ranks; with SEED < 0 it was drawn at random.
+            if ranks[0].get("data_seed") is not None:
+                self._data_seed = int(ranks[0]["data_seed"])
+            if len(ranks) != comm.get_world_size():
+                logger.warning(
+                    "The checkpoint was saved by %d processes, this run has %d: the model, "
+                    "optimizer and schedule resume exactly, the RNG and data order do not.",
+                    len(ranks),
+                    comm.get_world_size(),
+                )
+            else:
+                self._loaded_record = ranks[comm.get_rank()]
+        self._save_config(self._unhonoured_overrides())
+        logger.info("Resuming from iteration %d", self.start_iter)
+
+    def _unhonoured_overrides(self) -> dict[str, Any]:
+        """SOLVER values of the config that the loaded optimizer state replaced, logged once."""
+        from atrous.solver import solver_values_in_use
+
+        base_lrs = getattr(self.scheduler, "base_lrs", None) or [
+            g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups
+        ]
+        in_use = solver_values_in_use(self.cfg, self.model, self.optimizer, list(base_lrs))
+        if in_use:
+            logger.warning(
+                "A resumed run keeps the optimizer settings of its checkpoint (as detectron2 "
+                "does), so these config values are not used: %s. config.yaml records the values "
+                "in use; to change them, start a new run from the checkpoint's weights "
+                "(MODEL.WEIGHTS, without --resume).",
+                ", ".join(f"{k} {_cfg_value(self.cfg, k)!r} -> {v!r}" for k, v in in_use.items()),
+            )
+        return in_use
+
+    def _save_config(self, in_use: Mapping[str, Any]) -> None:
+        """Write OUTPUT_DIR/config.yaml (rank 0) with the values a resumed run really uses."""
+        if not self.cfg.OUTPUT_DIR or not comm.is_main_process():
+            return
+        from atrous.utils.file_io import atomic_write_text
+
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        for key, value in in_use.items():
+            node = cfg
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        cfg.freeze()
+        path = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
+        atomic_write_text(path, cfg.dump())
+        logger.info("Full config saved to %s", os.path.abspath(path))
 
     def _resume_record(self) -> dict[str, Any]:
         """This rank's resume record: its RNG states and the data stream's seed.
@@ -456,6 +529,17 @@ class Trainer:
             return self._train()
 
     def _train(self) -> Mapping[str, Any]:
+        if self._resumed and self.start_iter >= self.max_iter:
+            # A requeued or repeated --resume of a finished run: its checkpoints, metrics and
+            # final evaluation stand as they are.
+            logger.info(
+                "The run in %s is complete (iteration %d of SOLVER.MAX_ITER %d): nothing to "
+                "train. Pass a larger SOLVER.MAX_ITER to extend it.",
+                self.cfg.OUTPUT_DIR,
+                self.start_iter,
+                self.max_iter,
+            )
+            return {}
         data = self._data_iterator()
         if self._loaded_record is not None:
             restore_rng_state(self._loaded_record["rng"])
@@ -569,6 +653,39 @@ def grad_scaler_for(amp_dtype: torch.dtype | None, device: torch.device) -> Any:
     if amp_dtype != torch.float16:
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def _cfg_value(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_resume_records(ranks: Any) -> str:
+    """What is wrong with a checkpoint's ``ranks`` entry ("" when nothing is).
+
+    Each record must be a dict with an ``rng`` state that can be restored (tried, then the
+    current state put back) and a ``data_seed`` that is an integer or None.
+    """
+    if not isinstance(ranks, list | tuple) or not ranks:
+        return f"is {type(ranks).__name__} {reprlib.repr(ranks)}, not a non-empty list"
+    for i, record in enumerate(ranks):
+        if not isinstance(record, Mapping):
+            return f"holds a {type(record).__name__} at position {i}, not a dict"
+        seed = record.get("data_seed")
+        if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
+            return f"has the data_seed {reprlib.repr(seed)} at position {i}, not an integer"
+        if "rng" not in record:
+            return f"has no 'rng' state at position {i}"
+        current = capture_rng_state()
+        try:
+            restore_rng_state(record["rng"])
+        except Exception as exc:
+            return f"has a malformed 'rng' state at position {i} ({type(exc).__name__})"
+        finally:
+            restore_rng_state(current)
+    return ""
 
 
 def _amp_dtype(cfg: Any) -> torch.dtype | None:

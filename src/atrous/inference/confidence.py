@@ -47,8 +47,16 @@ class Confidence:
     entropy: np.ndarray
 
 
+# Rows are processed in slices of about this many bytes of float32 scores, so the temporaries of
+# the softmax stay small next to the logits themselves (a 12 MP photo: ~0.9 GB of logits).
+_CHUNK_BYTES = 16 << 20
+
+
 def confidence_from_logits(logits: torch.Tensor) -> Confidence:
     """Max softmax probability and normalised entropy of ``(C, H, W)`` class scores.
+
+    Computed a slice of rows at a time: besides the logits it holds the two ``(H, W)`` results
+    and temporaries of about 16 MiB, whatever the image size.
 
     Args:
         logits: ``(C, H, W)`` unnormalised scores (any float dtype, any device); ``-inf`` for a
@@ -56,23 +64,34 @@ def confidence_from_logits(logits: torch.Tensor) -> Confidence:
 
     Returns:
         `Confidence` with ``(H, W)`` float32 numpy arrays.
+
+    Raises:
+        ValueError: the scores hold NaN or +inf (the model's weights are not finite).
     """
     if logits.ndim != 3:
         raise ValueError(f"logits must be (C, H, W), got shape {tuple(logits.shape)}")
-    num_classes = logits.shape[0]
-    log_p = torch.log_softmax(logits.float(), dim=0)
-    p = log_p.exp()
-    max_prob = p.amax(dim=0)
-    # 0 * log(0) is 0 in the limit; written out, -inf * 0 would be NaN.
-    plogp = torch.where(p > 0, p * log_p, torch.zeros_like(p))
-    entropy = -plogp.sum(dim=0)
-    if num_classes > 1:  # one class: p is 1 everywhere and the entropy is 0 already
-        entropy = entropy / math.log(num_classes)
-    return Confidence(
-        max_prob=max_prob.clamp(0.0, 1.0).cpu().numpy(),
+    num_classes, height, width = (int(v) for v in logits.shape)
+    max_prob = np.empty((height, width), np.float32)
+    entropy = np.empty((height, width), np.float32)
+    rows = max(1, _CHUNK_BYTES // max(1, 4 * num_classes * width))
+    for top in range(0, height, rows):
+        chunk = logits[:, top : top + rows].float()
+        if bool(torch.isnan(chunk).any()) or bool(torch.isposinf(chunk).any()):
+            raise ValueError(
+                "the model's scores hold NaN or +inf, so no confidence can be computed: its "
+                "weights are not finite (check the checkpoint, or the training that wrote it)."
+            )
+        log_p = torch.log_softmax(chunk, dim=0)
+        p = log_p.exp()
+        # 0 * log(0) is 0 in the limit; written out, -inf * 0 would be NaN.
+        plogp = torch.where(p > 0, p * log_p, 0.0)
+        ent = -plogp.sum(dim=0)
+        if num_classes > 1:  # one class: p is 1 everywhere and the entropy is 0 already
+            ent = ent / math.log(num_classes)
+        max_prob[top : top + rows] = p.amax(dim=0).clamp(0.0, 1.0).cpu().numpy()
         # + 0.0 turns the -0.0 of a one-hot pixel into 0.0
-        entropy=(entropy.clamp(0.0, 1.0) + 0.0).cpu().numpy(),
-    )
+        entropy[top : top + rows] = (ent.clamp(0.0, 1.0) + 0.0).cpu().numpy()
+    return Confidence(max_prob=max_prob, entropy=entropy)
 
 
 def save_png16(path: str | os.PathLike[str], values: np.ndarray) -> None:

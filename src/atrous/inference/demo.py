@@ -195,7 +195,10 @@ def build_demo(
         if image is None:
             return None, None, legend_html([], class_names, colors), [], None, "", None
         image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-        result = segment_for_demo(predictor, image)
+        try:
+            result = segment_for_demo(predictor, image)
+        except ValueError as error:  # over TEST.MAX_OUTPUT_MB, non-finite scores: say why
+            raise gr.Error(str(error)[:500]) from None
         state = {"image": image, "labels": result.labels, "max_prob": result.max_prob}
         rows = area_table(result.labels, class_names)
         index = next(counter)

@@ -16,7 +16,13 @@ from .confidence import Confidence, confidence_from_logits
 from .sliding_window import SlidingWindowInference
 from .tta import SemanticSegmentorWithTTA
 
-__all__ = ["Predictor", "SegmentationResult", "build_inference_model"]
+__all__ = [
+    "Predictor",
+    "SegmentationResult",
+    "build_inference_model",
+    "check_prediction_memory",
+    "prediction_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,56 @@ def build_inference_model(cfg: Any, model: nn.Module) -> nn.Module:
             model, min_sizes=test.AUG.MIN_SIZES, max_size=test.AUG.MAX_SIZE, flip=test.AUG.FLIP
         )
     return model
+
+
+def prediction_bytes(
+    *, num_classes: int, height: int, width: int, tta: bool, confidence: bool
+) -> int:
+    """Peak memory of one image's prediction at its output size, in bytes.
+
+    The float32 logits (three full-size buffers with TEST.AUG: the running sum of the
+    probabilities, one pass's logits and their softmax) and, while they exist, what is kept per
+    pixel: int64 labels and, when asked for, the two float32 confidence maps (computed a slice
+    of rows at a time). Pictures are drawn from the labels after the logits are freed, and take
+    less than them.
+    """
+    logits = 4 * int(num_classes) * int(height) * int(width)
+    per_pixel = 8 + (8 if confidence else 0)
+    return logits * (3 if tta else 1) + per_pixel * int(height) * int(width)
+
+
+def check_prediction_memory(
+    *,
+    num_classes: int,
+    height: int,
+    width: int,
+    max_bytes: int,
+    tta: bool,
+    confidence: bool,
+    name: str = "image",
+) -> None:
+    """Refuse, before the model runs, a prediction whose buffers exceed TEST.MAX_OUTPUT_MB.
+
+    Raises:
+        OutputTooLargeError: naming the image, the size, the memory and the config key.
+    """
+    from atrous.modeling import OutputTooLargeError
+
+    need = prediction_bytes(
+        num_classes=num_classes, height=height, width=width, tta=tta, confidence=confidence
+    )
+    if max_bytes <= 0 or need <= max_bytes:
+        return
+    what = ", ".join(
+        ["logits x3 for TEST.AUG" if tta else "logits", "labels"]
+        + (["confidence maps"] if confidence else [])
+    )
+    raise OutputTooLargeError(
+        f"{name}: its prediction at {height}x{width} (HxW) with {num_classes} classes would take "
+        f"{need / 2**20:,.0f} MiB ({what}), more than TEST.MAX_OUTPUT_MB "
+        f"({max_bytes / 2**20:,.0f} MiB); refused before running the model. Raise "
+        "TEST.MAX_OUTPUT_MB (0: no limit) if the memory is there, or downscale the image."
+    )
 
 
 @dataclass
@@ -206,10 +262,30 @@ class Predictor:
         Only images of the same (resized) size share a batch: padding would change the image
         pooling of ASPP and so the result, and batching must not.
 
+        Every image's prediction is checked against TEST.MAX_OUTPUT_MB (`prediction_bytes`)
+        before the model runs.
+
         Returns:
             One `SegmentationResult` per image, in order.
+
+        Raises:
+            OutputTooLargeError: an image's prediction would exceed TEST.MAX_OUTPUT_MB.
         """
         inputs = [self._to_input(img, i) for i, img in enumerate(images)]
+        from atrous.modeling import max_output_bytes
+
+        budget = max_output_bytes(self.cfg)
+        num_classes = int(self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        for i, inp in enumerate(inputs):
+            check_prediction_memory(
+                num_classes=num_classes,
+                height=int(inp["height"]),
+                width=int(inp["width"]),
+                max_bytes=budget,
+                tta=bool(self.cfg.TEST.AUG.ENABLED),
+                confidence=return_confidence or return_probabilities,
+                name=f"image {i}",
+            )
         groups: dict[tuple[int, int], list[int]] = {}
         for i, inp in enumerate(inputs):
             groups.setdefault(tuple(inp["image"].shape[-2:]), []).append(i)

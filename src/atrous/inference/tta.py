@@ -53,11 +53,14 @@ class SemanticSegmentorWithTTA(nn.Module):
             for flipped in (False, True) if self.flip else (False,):
                 x = resized.flip(-1) if flipped else resized
                 logits = self.model([{"image": x, "height": height, "width": width}])[0]
-                logits = logits["sem_seg"].float()
+                probs = logits["sem_seg"].float().softmax(dim=0)
+                # At most three full-size buffers at a time (the sum, the logits, their
+                # softmax): each is dropped as soon as the next exists.
+                logits = None
                 if flipped:
-                    logits = logits.flip(-1)
-                probs = logits.softmax(dim=0)
+                    probs = probs.flip(-1)
                 total = probs if total is None else total.add_(probs)
+                probs = None
                 count += 1
         assert total is not None
         return total.div_(count)

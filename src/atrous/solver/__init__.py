@@ -16,6 +16,7 @@ from .optimizer import (
     build_optimizer,
     check_optimizer_covers,
     get_default_optimizer_params,
+    solver_values_in_use,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "build_optimizer",
     "check_optimizer_covers",
     "get_default_optimizer_params",
+    "solver_values_in_use",
     "warmup_factor_at_iter",
 ]

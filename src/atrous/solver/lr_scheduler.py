@@ -8,6 +8,12 @@ values of an uninterrupted one.
 * `WarmupMultiStepLR` and `WarmupCosineLR` reproduce what detectron2's `build_lr_scheduler`
   builds for those names (fvcore parameter schedules wrapped in a warmup, applied as a multiplier
   of each group's base LR).
+
+A scheduler's saved state is its position (``last_epoch``) and the groups' base LRs, as in
+detectron2's ``LRMultiplier``; the shape of the schedule (length, warmup, power, steps) always
+comes from the config it is rebuilt from. So a run resumed with a larger SOLVER.MAX_ITER follows
+the poly curve of the new length, and loading a state sets the optimizer's LRs to the schedule's
+value at that position (the value the saving run used when nothing changed).
 """
 
 from __future__ import annotations
@@ -64,7 +70,62 @@ def warmup_factor_at_iter(
     raise ValueError(f"Unknown SOLVER.WARMUP_METHOD {method!r}; use one of {_WARMUP_METHODS}.")
 
 
-class WarmupPolyLR(LRScheduler):
+class _PositionState:
+    """State dict of an iteration-based scheduler: its position and base LRs, nothing else.
+
+    torch's default state holds every attribute, so a resumed run would take the schedule's
+    length from the checkpoint instead of its config, and a file could set any attribute.
+    """
+
+    base_lrs: list[float]
+    last_epoch: int
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict:
+        return {
+            "base_lrs": list(self.base_lrs),
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,  # type: ignore[attr-defined]
+            "_last_lr": list(self._last_lr),  # type: ignore[attr-defined]
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position and base LRs, then set each group's LR from the schedule.
+
+        Raises:
+            ValueError: the state is not one this scheduler saved (missing entries, wrong types,
+                a negative position, a base LR per group that does not match the optimizer).
+        """
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"a scheduler state is a dict, got a {type(state_dict).__name__}")
+        last_epoch = state_dict.get("last_epoch")
+        if type(last_epoch) is not int or last_epoch < 0:
+            raise ValueError(f"'last_epoch' must be a non-negative integer, got {last_epoch!r:.60}")
+        base_lrs = state_dict.get("base_lrs")
+        groups = len(self.optimizer.param_groups)
+        if (
+            not isinstance(base_lrs, list | tuple)
+            or len(base_lrs) != groups
+            or not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in base_lrs)
+        ):
+            raise ValueError(
+                f"'base_lrs' must be {groups} finite non-negative numbers, got {base_lrs!r:.80}"
+            )
+        self.last_epoch = last_epoch
+        self.base_lrs = [float(v) for v in base_lrs]
+        step_count = state_dict.get("_step_count")
+        if type(step_count) is not int:
+            step_count = last_epoch + 1
+        self._step_count = step_count  # type: ignore[attr-defined]
+        # The LR of the next iteration under this config's schedule (identical to the saved one
+        # when the config is unchanged, the new curve's value when SOLVER.MAX_ITER grew).
+        lrs = self.get_lr()  # type: ignore[attr-defined]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = list(lrs)  # type: ignore[attr-defined]
+
+
+class WarmupPolyLR(_PositionState, LRScheduler):
     """Poly decay ``(1 - it / max_iters) ** power`` after a warmup, as in projects/DeepLab.
 
     ``lr = base_lr * warmup(it) * (1 - it / max_iters) ** power``. When `constant_ending` is
@@ -103,7 +164,9 @@ class WarmupPolyLR(LRScheduler):
         warmup = warmup_factor_at_iter(
             self.warmup_method, iteration, self.warmup_iters, self.warmup_factor
         )
-        poly = math.pow(1.0 - iteration / self.max_iters, self.power)
+        # Past the end (a run resumed with a smaller SOLVER.MAX_ITER) the curve stays at 0
+        # rather than taking a fractional power of a negative number.
+        poly = math.pow(max(0.0, 1.0 - iteration / self.max_iters), self.power)
         # The original only switches to the constant ending after the warmup.
         if self.constant_ending > 0 and warmup == 1.0 and poly < self.constant_ending:
             return self.constant_ending
@@ -155,7 +218,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
         )
 
 
-class LRMultiplier(LRScheduler):
+class LRMultiplier(_PositionState, LRScheduler):
     """Sets every group's LR to ``base_lr * multiplier(iteration / max_iter)``."""
 
     def __init__(
@@ -172,17 +235,9 @@ class LRMultiplier(LRScheduler):
         self._max_iter = max_iter
         super().__init__(optimizer, last_epoch)
 
-    def state_dict(self) -> dict:
-        # The multiplier is rebuilt from the config; saving it would pickle arbitrary objects.
-        return {
-            "base_lrs": list(self.base_lrs),
-            "last_epoch": self.last_epoch,
-            "_step_count": self._step_count,
-            "_last_lr": list(self._last_lr),
-        }
-
     def get_lr(self) -> list[float]:
-        factor = self._multiplier(self.last_epoch / self._max_iter)
+        # fvcore's schedules are defined on [0, 1]; past the end the last value holds.
+        factor = self._multiplier(min(self.last_epoch / self._max_iter, 1.0))
         return [base_lr * factor for base_lr in self.base_lrs]
 
     def _get_closed_form_lr(self) -> list[float]:

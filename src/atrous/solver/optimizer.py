@@ -21,6 +21,7 @@ __all__ = [
     "build_optimizer",
     "check_optimizer_covers",
     "get_default_optimizer_params",
+    "solver_values_in_use",
 ]
 
 NORM_MODULE_TYPES: tuple[type[nn.Module], ...] = (
@@ -141,6 +142,69 @@ def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -
             "model it trains (stale copies of replaced modules, or frozen parameters); build the "
             "optimizer from the model that is trained."
         )
+
+
+def solver_values_in_use(
+    cfg, model: nn.Module, optimizer: torch.optim.Optimizer, base_lrs: list[float]
+) -> dict[str, float | bool]:
+    """The SOLVER values an optimizer built by `build_optimizer` really uses, where they differ
+    from `cfg`: after a resume, its state (and the scheduler's base LRs) came from a checkpoint.
+
+    Each parameter's role (ordinary, normalisation, bias) is found by building the groups with
+    distinct probe values; the values the loaded groups hold for each role give back the keys.
+
+    Args:
+        cfg: the config the optimizer was built from.
+        model: the model whose parameters the optimizer holds.
+        optimizer: the optimizer, after loading a state.
+        base_lrs: the base LR of each of its groups (the scheduler's ``base_lrs``).
+
+    Returns:
+        ``{"SOLVER.BASE_LR": 0.01, ...}`` for each key whose value in use is not `cfg`'s.
+    """
+    s = cfg.SOLVER
+    probe = get_default_optimizer_params(
+        model, base_lr=1.0, weight_decay=1.0, weight_decay_norm=2.0, bias_lr_factor=3.0,
+        weight_decay_bias=4.0,
+    )  # fmt: skip
+    group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    # (is bias, probe weight decay) -> the index of one group holding such a parameter.
+    roles: dict[tuple[bool, float], int] = {}
+    for g in probe:
+        for p in g["params"]:
+            if id(p) in group_of:
+                roles.setdefault((g["lr"] == 3.0, g["weight_decay"]), group_of[id(p)])
+    groups = optimizer.param_groups
+    found: dict[str, float | bool] = {}
+    ordinary = roles.get((False, 1.0), roles.get((False, 2.0)))
+    base_lr = float(s.BASE_LR)
+    if ordinary is not None and base_lrs[ordinary] != base_lr:
+        base_lr = found["SOLVER.BASE_LR"] = float(base_lrs[ordinary])
+    bias = roles.get((True, 4.0))
+    if bias is not None and base_lrs[bias] != base_lr * s.BIAS_LR_FACTOR:
+        found["SOLVER.BIAS_LR_FACTOR"] = float(base_lrs[bias]) / base_lr if base_lr else 0.0
+    expected_wd = {
+        1.0: ("SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY),
+        2.0: (
+            "SOLVER.WEIGHT_DECAY_NORM",
+            s.WEIGHT_DECAY if s.WEIGHT_DECAY_NORM is None else s.WEIGHT_DECAY_NORM,
+        ),
+    }
+    for probe_wd, (key, value) in expected_wd.items():
+        index = roles.get((False, probe_wd))
+        if index is not None and groups[index]["weight_decay"] != value:
+            found[key] = float(groups[index]["weight_decay"])
+    if (
+        bias is not None
+        and s.WEIGHT_DECAY_BIAS is not None
+        and groups[bias]["weight_decay"] != s.WEIGHT_DECAY_BIAS
+    ):
+        found["SOLVER.WEIGHT_DECAY_BIAS"] = float(groups[bias]["weight_decay"])
+    if groups and groups[0].get("momentum", s.MOMENTUM) != s.MOMENTUM:
+        found["SOLVER.MOMENTUM"] = float(groups[0]["momentum"])
+    if groups and bool(groups[0].get("nesterov", s.NESTEROV)) != bool(s.NESTEROV):
+        found["SOLVER.NESTEROV"] = bool(groups[0]["nesterov"])
+    return found
 
 
 class GradientClipper:

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# Class names longer than this are refused where they are read (dataset YAML, bundle.json): a
+# legend draws each name on one line, and a megabyte-long name is a picture megapixels wide.
+MAX_CLASS_NAME_LENGTH = 200
+
 __all__ = [
     "DIM_FACTOR",
+    "MAX_CLASS_NAME_LENGTH",
     "colorize",
     "draw_legend",
     "heatmap",
