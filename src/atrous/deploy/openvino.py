@@ -16,12 +16,13 @@ ImportError whose message names the extra.
 
 Telemetry: OpenVINO and NNCF report usage to Google Analytics through the ``openvino_telemetry``
 package unless their user opted out (``opt_in_out --opt_out``): an event on ``import openvino``,
-a session per conversion and per ``nncf.quantize``. Each report is sent from a thread pool that
-forks the calling process (multiprocessing's default start method) while the conversion runs, and
-is terminated 3 s later. A command-line tool must not report behind its user's back, and a fork of
-a process with running OpenVINO, PyTorch and TBB threads is not safe, so everything here
-imports and calls OpenVINO and NNCF inside `telemetry_off`, which leaves the user's consent file
-untouched.
+a session per conversion and per ``nncf.quantize``. Each report is sent by a thread pool that
+forks the whole calling process (multiprocessing's fork start method) from a non-main thread,
+while the caller goes on working: about 45 forks for one export and quantization. A fork runs the
+process's ``pthread_atfork`` handlers in that thread; NumPy's OpenBLAS shuts its thread pool down
+there, under a matrix product the main thread may be running (which then never returns). A
+command-line tool must not report behind its user's back either, so everything here imports and
+calls OpenVINO and NNCF inside `telemetry_off`, which leaves the user's consent file untouched.
 """
 
 from __future__ import annotations
