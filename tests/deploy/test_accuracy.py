@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -49,10 +50,24 @@ def test_command_line(synthetic_cfg, tmp_path, capsys):
     from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
     weights = synthetic_cfg.MODEL.WEIGHTS
+    report = tmp_path / "accuracy.json"
     code = main(
         ["benchmark", "--mode", "accuracy", "--config-file", str(V3PLUS_CONFIG),
-         "--dataset", "synthetic_sem_seg_val", *SMALL_REFERENCE_OVERRIDES,
+         "--dataset", "synthetic_sem_seg_val", "--json", str(report), *SMALL_REFERENCE_OVERRIDES,
          "MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TEST", "0"]
     )  # fmt: skip
     assert code == 0
-    assert '"pixel_agreement"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    printed = json.loads(out[: out.rindex("}") + 1])
+    # The same figures as the library call on the same config: the weights were loaded and the
+    # default (bfloat16) fast path was compared on every image of the split.
+    expected = compare_fast_path(synthetic_cfg, "synthetic_sem_seg_val")
+    assert printed.keys() == expected.keys()
+    assert printed["images"] == expected["images"] == 4
+    assert printed["dataset"] == "synthetic_sem_seg_val"
+    assert printed["fast_path"] == expected["fast_path"] and printed["fast_path"]["fold_bn"]
+    for key in ("pixel_agreement", "min_image_agreement", "max_abs_logit_diff", "miou_fp32"):
+        assert printed[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+    assert 0.5 < printed["pixel_agreement"] <= 1 and math.isfinite(printed["miou_fp32"])
+    assert json.loads(report.read_text()) == {"mode": "accuracy", **printed}
+    assert f"wrote {report}" in out

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import pytest
 import torch
 from torch.nn import functional as F
 
 import atrous
-from atrous.deploy.openvino import export_openvino, read_openvino_metadata
+from atrous.deploy.openvino import export_openvino, import_openvino, read_openvino_metadata
 from tests.conftest import run_cli_without
 
 from .conftest import build_reference_model
 
+# OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
+ov = import_openvino()
 # OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
 pytestmark = pytest.mark.isolated
 
@@ -94,3 +100,89 @@ def test_missing_openvino_names_the_extra(tmp_path):
     assert len(lines) == 1 and "pip install 'atrous[openvino]'" in lines[0], proc.stderr
     assert "'openvino'" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+# A fresh interpreter (NNCF turns its telemetry off by itself under pytest) whose user has opted
+# in to OpenVINO's telemetry (a consent file holding "1" in its own HOME). It watches the real
+# openvino_telemetry: a thread started from it (its sender pool), a fork from it (its GA4 backend
+# sends from a forked process) and any urllib request. "fresh": atrous imports OpenVINO and NNCF
+# first; "preimported": the program imported openvino_telemetry, OpenVINO and NNCF itself first,
+# which must be seen sending (so the watch works), then atrous exports and quantizes.
+_TELEMETRY_WATCH = textwrap.dedent(
+    """
+    import json, os, sys, threading, time, traceback
+
+    mode, cfg_file, out = sys.argv[1:]
+    seen = []
+
+    def from_telemetry():
+        marker = os.sep + "openvino_telemetry" + os.sep
+        return any(marker in frame.filename for frame in traceback.extract_stack())
+
+    start = threading.Thread.start
+
+    def watched_start(self):
+        if from_telemetry():
+            seen.append("thread " + self.name)
+        return start(self)
+
+    threading.Thread.start = watched_start
+    os.register_at_fork(before=lambda: from_telemetry() and seen.append("fork"))
+    sys.addaudithook(lambda event, args: event == "urllib.Request" and seen.append(event))
+
+    if mode == "preimported":
+        import openvino, nncf, openvino_telemetry
+        deadline = time.monotonic() + 30
+        while "fork" not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = list(seen)
+        seen.clear()
+    else:
+        before = []
+
+    import numpy as np
+    from atrous.config import get_cfg
+    from atrous.deploy import export_openvino, quantize_model
+    from atrous.deploy.runtime import load_exported_model
+    from atrous.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(cfg_file)
+    model = build_model(cfg).eval()
+    export_openvino(model, os.path.join(out, "model.xml"))
+    images = [np.random.default_rng(i).uniform(0, 255, (1, 3, 64, 128)).astype(np.float32)
+              for i in range(2)]
+    quantize_model(model, images, backend="openvino", output=os.path.join(out, "int8.xml"))
+    load_exported_model(os.path.join(out, "int8.xml"))
+    time.sleep(2)  # a sender started late would fork within this
+    print(json.dumps({"before": before, "during": seen}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fresh", "preimported"])
+def test_atrous_sends_no_openvino_telemetry(tiny_cfg, tmp_path, mode):
+    home = tmp_path / "home"
+    (home / "intel").mkdir(parents=True)
+    (home / "intel" / "openvino_telemetry").write_text("1")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(tiny_cfg.dump())
+    script = tmp_path / "watch.py"
+    script.write_text(_TELEMETRY_WATCH)
+    # Not a CI job as far as the libraries can tell: they stay quiet in one on their own.
+    quiet = ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI", "NNCF_DEV")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), mode, str(cfg_file), str(tmp_path)],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if mode == "preimported":
+        # The program's own import reported (the watch sees a sender) ...
+        assert "fork" in result["before"] and any(s.startswith("thread") for s in result["before"])
+    else:
+        assert result["before"] == []
+    # ... atrous' export, quantization and loading report nothing.
+    assert result["during"] == []

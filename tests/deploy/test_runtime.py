@@ -6,12 +6,12 @@ import re
 import sys
 
 import onnx
-import openvino as ov
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 from atrous.config import ConfigError
+from atrous.deploy.openvino import import_openvino
 from atrous.deploy.runtime import (
     ExportedModelError,
     MissingRuntimeError,
@@ -26,6 +26,9 @@ from .conftest import build_reference_model
 
 # OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
 pytestmark = pytest.mark.isolated
+
+# OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
+ov = import_openvino()
 
 BACKENDS = ["onnx", "openvino"]
 # Float32 graphs in another runtime: sums in another order, nothing more.

@@ -119,15 +119,25 @@ def test_config_selects_the_inference_wrappers(cfg, model):
 
 
 def test_fast_path_keeps_the_prediction(cfg, reference_dir):
-    deploy = pytest.importorskip("atrous.deploy")
-    if not hasattr(deploy, "optimize_for_inference"):
-        pytest.skip("atrous.deploy.optimize_for_inference is not available in this checkout")
+    from atrous.deploy import FastInferenceModel
+    from atrous.layers import FrozenBatchNorm2d
+
     image = np.load(reference_dir / "input_128x256.npy")
-    plain = Predictor(cfg)(image, return_probabilities=True)
+    plain_predictor = Predictor(cfg)
+    plain = plain_predictor(image, return_probabilities=True)
     cfg = cfg.clone()
     cfg.TEST.FAST.ENABLED = True
     cfg.TEST.FAST.DTYPE = "float32"  # BN folding alone changes only rounding
-    fast = Predictor(cfg)(image, return_probabilities=True)
+    predictor = Predictor(cfg)
+    # The fast path really runs: the predictor's model is the folded, channels_last copy.
+    fast_model = predictor.inference_model
+    assert isinstance(fast_model, FastInferenceModel)
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in fast_model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain_predictor.model.modules())
+    conv = next(m for m in fast_model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = predictor(image, return_probabilities=True)
     np.testing.assert_allclose(fast.probabilities, plain.probabilities, atol=1e-4)
 
 

@@ -13,13 +13,27 @@ and a CPU plugin still chooses bf16 where the hardware has it when asked to
 
 Needs the optional extra ``atrous[openvino]``; without it `require_openvino` raises an
 ImportError whose message names the extra.
+
+Telemetry: OpenVINO and NNCF report usage to Google Analytics through the ``openvino_telemetry``
+package unless their user opted out (``opt_in_out --opt_out``): an event on ``import openvino``,
+a session per conversion and per ``nncf.quantize``. Each report is sent by a thread pool that
+forks the whole calling process (multiprocessing's fork start method) from a non-main thread,
+while the caller goes on working: about 45 forks for one export and quantization. A fork runs the
+process's ``pthread_atfork`` handlers in that thread; NumPy's OpenBLAS shuts its thread pool down
+there, under a matrix product the main thread may be running (which then never returns). A
+command-line tool must not report behind its user's back either, so everything here imports and
+calls OpenVINO and NNCF inside `telemetry_off`, which leaves the user's consent file untouched.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -31,27 +45,91 @@ __all__ = [
     "OPENVINO_EXTRA",
     "RT_INFO_SECTION",
     "export_openvino",
+    "import_openvino",
     "read_openvino_metadata",
     "require_openvino",
     "save_openvino_model",
+    "telemetry_off",
 ]
 
 OPENVINO_EXTRA = "atrous[openvino]"
 # The rt_info section holding the project's string entries (next to OpenVINO's own).
 RT_INFO_SECTION = "atrous"
+# The package OpenVINO's converter and NNCF send their usage reports with.
+TELEMETRY_PACKAGE = "openvino_telemetry"
+
+
+class _NoTelemetry:
+    """Stands in for ``openvino_telemetry.Telemetry`` (and NNCF's wrapper of it): sends nothing.
+
+    It has the methods OpenVINO and NNCF call and no ``backend`` attribute, so OpenVINO does not
+    try to re-initialise it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    init = start_session = end_session = send_event = send_error = _nothing
+    send_stack_trace = send_opt_in_event = force_shutdown = _nothing
+
+
+@contextmanager
+def telemetry_off() -> Iterator[None]:
+    """Within the block, OpenVINO and NNCF report nothing, whatever the user's telemetry consent.
+
+    Both libraries fall back to a no-op telemetry object when ``openvino_telemetry`` cannot be
+    imported. So if it is not imported yet, it is made unimportable for the block: OpenVINO and
+    NNCF imported here keep their no-op for the life of the process (and report nothing when the
+    user calls them later either). If it is imported already (the program imported OpenVINO or
+    NNCF itself first), its ``Telemetry`` class and NNCF's telemetry object are replaced by a
+    no-op for the block and restored after it. Nothing on disk changes: the user's consent file
+    (``~/intel/openvino_telemetry``) keeps deciding for the user's own calls.
+
+    Not thread-safe against another thread importing or using OpenVINO at the same time: that
+    thread may report nothing either while the block runs.
+    """
+    restore: list[tuple[Any, str, Any]] = []
+    hidden = TELEMETRY_PACKAGE not in sys.modules
+    if hidden:
+        sys.modules[TELEMETRY_PACKAGE] = None  # type: ignore[assignment]  # import -> ImportError
+    elif sys.modules[TELEMETRY_PACKAGE] is not None:
+        package = sys.modules[TELEMETRY_PACKAGE]
+        restore.append((package, "Telemetry", package.Telemetry))
+        package.Telemetry = _NoTelemetry
+    # nncf.quantize and its other tracked functions send through this module's `telemetry`.
+    decorator = sys.modules.get("nncf.telemetry.decorator")
+    if decorator is not None and hasattr(decorator, "telemetry"):
+        restore.append((decorator, "telemetry", decorator.telemetry))
+        decorator.telemetry = _NoTelemetry()
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(restore):
+            setattr(owner, name, value)
+        if hidden and sys.modules.get(TELEMETRY_PACKAGE, False) is None:
+            del sys.modules[TELEMETRY_PACKAGE]
+
+
+def import_openvino(name: str = "openvino") -> ModuleType:
+    """Import and return `name` (``openvino``, ``nncf``, a submodule) inside `telemetry_off`."""
+    with telemetry_off():
+        return importlib.import_module(name)
 
 
 def require_openvino(*modules: str) -> None:
     """Import `modules` (default ``openvino``) or raise one ImportError that names the extra.
 
+    OpenVINO and NNCF are imported through `import_openvino`, so that they report nothing.
+
     Raises:
         ImportError: a module is not installed; the message says ``pip install 'atrous[openvino]'``.
     """
-    import importlib
-
     for name in modules or ("openvino",):
         try:
-            importlib.import_module(name)
+            import_openvino(name)
         except ImportError as error:
             raise ImportError(
                 f"OpenVINO export and INT8 quantization need the {name!r} package, which is not "
@@ -81,7 +159,7 @@ def save_openvino_model(
     Returns:
         The .xml path.
     """
-    import openvino as ov
+    ov = import_openvino()
 
     output = _check_xml_path(output)
     for key, value in export_metadata(metadata).items():
@@ -129,14 +207,15 @@ def export_openvino(
         ImportError: OpenVINO is not installed (the message names the extra).
     """
     require_openvino()
-    import openvino as ov
+    ov = import_openvino()
 
     output = _check_xml_path(output)
     with staging_dir(output.parent, prefix=".atrous-export.") as staging:
         onnx_path = export_onnx(
             model, staging / "model.onnx", sample_size=sample_size, metadata=metadata, **onnx_kwargs
         )
-        ov_model = ov.convert_model(str(onnx_path))
+        with telemetry_off():
+            ov_model = ov.convert_model(str(onnx_path))
         # The converter drops ONNX metadata_props; copy them all, so that what export_onnx
         # records (the graph kind of an end-to-end graph, class names) reaches the IR too.
         import onnx
@@ -149,7 +228,7 @@ def export_openvino(
 def read_openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``rt_info`` entries the project wrote into an IR file (version stamp, metadata)."""
     require_openvino()
-    import openvino as ov
+    ov = import_openvino()
 
     ov_model = ov.Core().read_model(str(path))
     if not ov_model.has_rt_info([RT_INFO_SECTION]):

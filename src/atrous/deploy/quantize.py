@@ -93,13 +93,14 @@ def require_backend(backend: str) -> None:
         ValueError: not one of `BACKENDS`.
         ImportError: a package is missing; the message names the extra to install.
     """
-    import importlib
+    from .openvino import import_openvino
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     for name in _MODULES[backend]:
         try:
-            importlib.import_module(name)
+            # OpenVINO and NNCF without their telemetry (see atrous.deploy.openvino).
+            import_openvino(name)
         except ImportError as error:
             raise ImportError(
                 f"INT8 quantization for {backend} needs the {name!r} package, which is not "
@@ -310,12 +311,11 @@ def _quantize_openvino(
     preset: str,
     metadata: Mapping[str, str],
 ) -> dict[str, Any]:
-    import nncf
-    import openvino as ov
+    from .openvino import import_openvino, save_openvino_model, telemetry_off
 
-    from .openvino import save_openvino_model
-
-    ov_model = ov.convert_model(str(onnx_path))
+    nncf, ov = import_openvino("nncf"), import_openvino("openvino")
+    with telemetry_off():
+        ov_model = ov.convert_model(str(onnx_path))
     # OpenVINO keeps the ONNX node names; a node with a bias becomes the named op plus helpers
     # named "<name>/...", which belong to it as well.
     wanted = set(float_nodes)
@@ -328,14 +328,15 @@ def _quantize_openvino(
     count = len(images)
     if count == 0:
         raise ValueError("the calibration set is empty: give at least one image")
-    quantized = nncf.quantize(
-        ov_model,
-        nncf.Dataset(images),
-        preset=nncf.QuantizationPreset(preset),
-        subset_size=count,
-        fast_bias_correction=True,
-        ignored_scope=nncf.IgnoredScope(names=names, validate=False) if names else None,
-    )
+    with telemetry_off():
+        quantized = nncf.quantize(
+            ov_model,
+            nncf.Dataset(images),
+            preset=nncf.QuantizationPreset(preset),
+            subset_size=count,
+            fast_bias_correction=True,
+            ignored_scope=nncf.IgnoredScope(names=names, validate=False) if names else None,
+        )
     save_openvino_model(quantized, output, metadata=metadata)
     return {"preset": preset, "subset_size": count, "fast_bias_correction": True}
 

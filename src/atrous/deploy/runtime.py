@@ -90,7 +90,10 @@ def _import_runtime(backend: str, path: Path) -> Any:
         if backend == "onnxruntime":
             import onnxruntime as module
         else:
-            import openvino as module
+            from .openvino import import_openvino
+
+            # Without OpenVINO's telemetry (see atrous.deploy.openvino).
+            module = import_openvino("openvino")
     except ImportError as error:
         raise MissingRuntimeError(
             f"running {path.name} needs {backend}, which is not installed: "
