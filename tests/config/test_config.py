@@ -225,3 +225,11 @@ def test_binary_config_and_huge_values_give_short_messages(tmp_path):
     with pytest.raises(ConfigError) as info:
         get_cfg().merge_from_file(_write(tmp_path / "big.yaml", text))
     assert "SEED" in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_a_flag_after_the_overrides_is_named_even_when_the_count_is_odd():
+    # `atrous benchmark ... SOLVER.BASE_LR 0.1 --fold-bn`: three items, a flag among them.
+    with pytest.raises(ConfigError, match=r"--fold-bn comes after the KEY VALUE overrides"):
+        get_cfg().merge_from_list(["SOLVER.BASE_LR", "0.1", "--fold-bn"])
+    with pytest.raises(ConfigError, match="odd number of items"):
+        get_cfg().merge_from_list(["SOLVER.BASE_LR", "0.1", "SEED"])

@@ -105,6 +105,14 @@ class CfgNode(_FvcoreCfgNode):
 
     def merge_from_list(self, cfg_list: Sequence[Any]) -> CfgNode:
         """Merge ``["KEY", "VALUE", ...]`` overrides (values parsed as YAML literals)."""
+        options = [x for x in cfg_list if isinstance(x, str) and x.startswith("--")]
+        if options and len(cfg_list) % 2 != 0:
+            # argparse hands everything after the first KEY VALUE pair to the overrides, so a
+            # flag typed there (`... SOLVER.BASE_LR 0.1 --fold-bn`) arrives here.
+            raise ConfigError(
+                f"{_clip(options[0])} comes after the KEY VALUE overrides, where it reads as a "
+                "config key: put the command's options before the overrides."
+            )
         if len(cfg_list) % 2 != 0:
             raise ConfigError(
                 f"Overrides must come in KEY VALUE pairs, got an odd number of items: "
