@@ -243,3 +243,23 @@ def test_checker_sees_violations(tmp_path, files, expect_up, expect_cycle):
     graph = import_graph(tmp_path)
     assert bool(upward_imports(graph)) is expect_up
     assert bool(cycles(graph)) is expect_cycle
+
+
+def test_commands_share_their_flag_declarations() -> None:
+    # The trailing overrides and --device are declared once, in cli/common.py; a command that
+    # declares its own drifts (defaults, choices, help) from the others.
+    shared = {"opts": "add_overrides_argument", "--device": "add_device_flag"}
+    for path in sorted((SRC / "atrous" / "cli").glob("*.py")):
+        if path.name == "common.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value in shared
+            ):
+                flag = node.args[0].value
+                raise AssertionError(f"{path.name} declares {flag!r}: use common.{shared[flag]}")

@@ -44,6 +44,7 @@ from atrous.cli.common import (
     add_allow_partial_flag,
     add_device_flag,
     add_model_source_flags,
+    add_overrides_argument,
     parse_size,
     setup_logging,
 )
@@ -110,9 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", default=None, metavar="OUT", help="also write results here")
     add_allow_partial_flag(parser)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
-    )
+    add_overrides_argument(parser, example="MODEL.RESNETS.DEPTH 50")
 
 
 def _setup_cfg(args: argparse.Namespace):

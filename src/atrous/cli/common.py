@@ -17,6 +17,7 @@ __all__ = [
     "add_allow_partial_flag",
     "add_device_flag",
     "add_model_source_flags",
+    "add_overrides_argument",
     "add_precision_flag",
     "build_model_and_load",
     "build_run_model",
@@ -96,6 +97,24 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
         metavar="DEVICE",
         help="auto, cpu, cuda or cuda:N; overrides MODEL.DEVICE (default auto: a GPU where one "
         "is visible, else the CPU)",
+    )
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """The trailing ``KEY VALUE`` config overrides (``args.opts``, a list), as detectron2's.
+
+    Everything after the first override belongs to it, options included: a flag typed there is
+    refused by the config with a message saying to move it (`CfgNode.merge_from_list`).
+
+    Args:
+        example: an override shown in ``--help``, e.g. ``"MODEL.WEIGHTS model.pth"``.
+    """
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help=f"config overrides as KEY VALUE pairs at the end, e.g. {example}",
     )
 
 

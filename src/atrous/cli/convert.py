@@ -20,6 +20,8 @@ import argparse
 import logging
 import sys
 
+from atrous.cli.common import add_overrides_argument
+
 __all__ = ["add_arguments", "run"]
 
 logger = logging.getLogger("atrous.convert")
@@ -40,9 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="IN", help=".pkl, .pth or .safetensors file (or URL)")
     parser.add_argument("output", metavar="OUT", help="file to write: .safetensors or .pth")
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
-    )
+    add_overrides_argument(parser, example="MODEL.DEVICE cpu")
 
 
 def run(args: argparse.Namespace) -> int:

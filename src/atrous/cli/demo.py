@@ -30,6 +30,7 @@ from atrous.cli.common import (
     add_allow_partial_flag,
     add_device_flag,
     add_model_source_flags,
+    add_overrides_argument,
     build_model_and_load,
     config_or_bundle,
     setup_logging,
@@ -70,12 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest upload the demo accepts, in MB (default 50)",
     )
     add_allow_partial_flag(parser)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        default=None,
-        help="config overrides as KEY VALUE pairs at the end, e.g. MODEL.WEIGHTS model.pth",
-    )
+    add_overrides_argument(parser, example="MODEL.WEIGHTS model.pth")
 
 
 def example_images(cfg: Any, limit: int) -> list[str]:

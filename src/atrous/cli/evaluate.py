@@ -42,6 +42,7 @@ from atrous.cli.common import (
     add_allow_partial_flag,
     add_device_flag,
     add_model_source_flags,
+    add_overrides_argument,
     add_precision_flag,
     build_run_model,
     load_model_source,
@@ -75,12 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_precision_flag(parser)
     add_allow_partial_flag(parser)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        default=None,
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth",
-    )
+    add_overrides_argument(parser, example="MODEL.WEIGHTS model.pth")
 
 
 def _format(results: dict) -> str:

@@ -21,6 +21,7 @@ import functools
 from atrous.cli.common import (
     add_allow_partial_flag,
     add_model_source_flags,
+    add_overrides_argument,
     build_model_and_load,
     parse_size,
     setup_logging,
@@ -98,9 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HxW of the example input used for tracing (default: just above the minimum)",
     )
     add_allow_partial_flag(parser)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
-    )
+    add_overrides_argument(parser, example="MODEL.WEIGHTS model.pth")
 
 
 def run(args: argparse.Namespace) -> int:

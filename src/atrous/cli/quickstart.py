@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atrous.cli.common import build_model_and_load, parse_size
+from atrous.cli.common import add_overrides_argument, build_model_and_load, parse_size
 
 __all__ = ["add_arguments", "find_config", "run"]
 
@@ -51,11 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-gpus", type=int, default=1, help="training processes (GPUs; CPU processes on CPU)"
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, e.g. SOLVER.MAX_ITER 300 MODEL.DEVICE cuda",
-    )
+    add_overrides_argument(parser, example="SOLVER.MAX_ITER 300 MODEL.DEVICE cuda")
 
 
 def _train_args(config_file: str, num_gpus: int, opts: list[str]) -> argparse.Namespace:
