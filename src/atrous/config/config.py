@@ -131,6 +131,17 @@ class CfgNode(_FvcoreCfgNode):
             raise self._unknown_key_error(error, "the command-line overrides") from None
         return self
 
+    def value_at(self, full_key: str) -> Any:
+        """The value at dotted `full_key` (``"SOLVER.BASE_LR"``).
+
+        Raises:
+            KeyError: no such key.
+        """
+        node: Any = self
+        for part in full_key.split("."):
+            node = node[part]
+        return node
+
     def _leaf(self, full_key: str) -> Any:
         """The current value at dotted `full_key`, or None where there is none."""
         node: Any = self

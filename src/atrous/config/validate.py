@@ -69,13 +69,6 @@ _MIN_FLOAT_TRAINING: dict[str, float] = {
 _POSITIVE_INT_LISTS = ("INPUT.MIN_SIZE_TRAIN", "TEST.AUG.MIN_SIZES")
 
 
-def _get(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -169,7 +162,7 @@ def _check_class_weights(head: Any) -> None:
 
 def _check_pairs(cfg: Any, keys: Iterable[str]) -> None:
     for key in keys:
-        value = _get(cfg, key)
+        value = cfg.value_at(key)
         if (
             not isinstance(value, (list, tuple))
             or len(value) != 2
@@ -203,23 +196,23 @@ def validate_config(
         ConfigError: the message names the key, the value and what to set instead.
     """
     for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
+        value = cfg.value_at(key)
         if value not in choices:
             shown = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{key} is {value!r}; it must be one of {shown}.")
     minimums = dict(_MIN_INT, **(_MIN_INT_TRAINING if training else {}))
     for key, low in minimums.items():
-        value = _get(cfg, key)
+        value = cfg.value_at(key)
         if not _is_int(value) or value < low:
             what = "a positive whole number" if low == 1 else f"a whole number >= {low}"
             raise ConfigError(f"{key} must be {what}, got {value!r}.")
     if training:
         for key, low in _MIN_FLOAT_TRAINING.items():
-            value = _get(cfg, key)
+            value = cfg.value_at(key)
             if not _is_number(value) or not math.isfinite(value) or value < low:
                 raise ConfigError(f"{key} must be a finite number >= {low}, got {value!r}.")
     for key in _POSITIVE_INT_LISTS:
-        _positive_ints(key, _get(cfg, key))
+        _positive_ints(key, cfg.value_at(key))
     top_k = cfg.MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS
     if not _is_number(top_k) or not 0 < top_k <= 1:
         raise ConfigError(
@@ -239,7 +232,7 @@ def validate_config(
             "Set OUTPUT_DIR to a folder, e.g. OUTPUT_DIR output/run1."
         )
     for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
-        value = _get(cfg, key)
+        value = cfg.value_at(key)
         if not isinstance(value, (list, tuple)) or len(value) != 3:
             raise ConfigError(f"{key} needs three values (one per channel), got {value!r}.")
     if any(s == 0 for s in cfg.MODEL.PIXEL_STD):

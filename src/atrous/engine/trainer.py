@@ -410,7 +410,7 @@ class Trainer:
                 "does), so these config values are not used: %s. config.yaml records the values "
                 "in use; to change them, start a new run from the checkpoint's weights "
                 "(MODEL.WEIGHTS, without --resume).",
-                ", ".join(f"{k} {_cfg_value(self.cfg, k)!r} -> {v!r}" for k, v in in_use.items()),
+                ", ".join(f"{k} {self.cfg.value_at(k)!r} -> {v!r}" for k, v in in_use.items()),
             )
         return in_use
 
@@ -422,12 +422,7 @@ class Trainer:
 
         cfg = self.cfg.clone()
         cfg.defrost()
-        for key, value in in_use.items():
-            node = cfg
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
+        cfg.merge_from_list([item for pair in in_use.items() for item in pair])
         cfg.freeze()
         path = os.path.join(self.cfg.OUTPUT_DIR, "config.yaml")
         atomic_write_text(path, cfg.dump())
@@ -653,13 +648,6 @@ def grad_scaler_for(amp_dtype: torch.dtype | None, device: torch.device) -> Any:
     if amp_dtype != torch.float16:
         return None
     return torch.amp.GradScaler(device.type)
-
-
-def _cfg_value(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _check_resume_records(ranks: Any) -> str:
