@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from atrous.cli.main import EXIT_FAILURE, EXIT_USAGE, dispatch
+from atrous.utils.devices import DeviceError
 from tests.cli.test_train import QUICKSTART, TINY
 from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
@@ -382,6 +383,8 @@ def test_benchmark_onnx_below_the_crop_size_is_a_usage_error() -> None:
          "error: Loss became infinite or NaN at iteration=3!"),
         (FileNotFoundError("Config file 'x.yaml' does not exist."), EXIT_USAGE,
          "error: Config file 'x.yaml' does not exist."),
+        (DeviceError("--num-gpus 8 asks for one GPU per process, but only 2 are visible"),
+         EXIT_USAGE, "error: --num-gpus 8 asks for one GPU per process, but only 2 are visible"),
     ],
 )  # fmt: skip
 def test_error_types_map_to_exit_codes_and_lines(capsys, error, code, line) -> None:

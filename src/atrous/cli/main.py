@@ -74,12 +74,16 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
     from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError
     from atrous.data.image_io import DatasetError
+    from atrous.utils.devices import DeviceError
     from atrous.utils.output_dir import OutputDirError
 
     table: list[tuple[type[BaseException], int]] = [
         (CheckpointError, EXIT_FAILURE),  # before FileNotFoundError: a missing checkpoint too
         (ConfigError, EXIT_USAGE),
         (DatasetError, EXIT_FAILURE),
+        # More processes than GPUs, a launcher without LOCAL_RANK: raised by `engine.launch` in
+        # the parent before spawning, or by a torchrun/srun process about its own GPU.
+        (DeviceError, EXIT_USAGE),
         (FileNotFoundError, EXIT_USAGE),  # a config file, an input named on the command line
         (FloatingPointError, EXIT_FAILURE),  # the trainer's NaN / infinite loss
         (OutputDirError, EXIT_FAILURE),  # in use by another run, unwritable, full

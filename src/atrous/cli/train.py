@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
@@ -76,22 +75,7 @@ def load_config(args: argparse.Namespace) -> CfgNode:
         processes_per_machine=per_machine,
         training=not args.eval_only,
     )
-    _check_gpus_for_processes(cfg, per_machine)
     return cfg
-
-
-def _check_gpus_for_processes(cfg: CfgNode, per_machine: int) -> None:
-    """Refuse more processes per machine than visible GPUs on CUDA, before any is started."""
-    from atrous.utils.devices import DeviceError, check_num_gpus, choose_device, visible_gpu_count
-
-    visible = visible_gpu_count()
-    device = choose_device(cfg.MODEL.DEVICE, cuda_count=visible, processes_per_machine=per_machine)
-    if "RANK" in os.environ or "SLURM_STEP_ID" in os.environ:
-        return  # already started: each process checks its own GPU (`engine.launch`)
-    try:
-        check_num_gpus(per_machine, device=device, cuda_count=visible)
-    except DeviceError as error:
-        raise ConfigError(str(error)) from None
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
