@@ -26,6 +26,8 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import spoil_last_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
 
@@ -916,14 +918,7 @@ def test_resume_without_a_usable_last_checkpoint_never_wipes_the_finished_run(
 ) -> None:
     out = tmp_path / "run"
     shutil.copytree(trained, out)
-    last = out / "last_checkpoint"
-    last.unlink()
-    if record == "empty":
-        last.write_text("")
-    elif record == "fifo":
-        os.mkfifo(last)
-    elif record == "folder":
-        last.mkdir()
+    spoil_last_checkpoint(out, record)
     checkpoints = {p.name: p.read_bytes() for p in out.glob("*.pth")}
     lines = (out / "metrics.json").read_text().splitlines()
     proc = _train(datasets_dir, out, "--resume",

@@ -22,7 +22,6 @@ from atrous.engine import (
 )
 from atrous.engine.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from atrous.solver import GradientClipper, WarmupPolyLR
-from tests.cli.test_train import QUICKSTART, TINY
 
 
 class _Toy(nn.Module):
@@ -163,24 +162,6 @@ def test_amp_steps(tmp_path: Path, dtype: torch.dtype) -> None:
 # ---------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-# The CLI tests' quickstart shrunk to seconds, without test datasets (no evaluation).
-_TINY = [*TINY, "DATASETS.TEST", "()"]
-
-
-@pytest.fixture
-def tiny_run_cfg(synthetic_cityscapes_root, monkeypatch):
-    """Factory: the quickstart config shrunk to a few seconds, writing into `out`."""
-    from atrous.config import get_cfg
-
-    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
-
-    def make(out: Path):
-        cfg = get_cfg()
-        cfg.merge_from_file(str(QUICKSTART))
-        cfg.merge_from_list([*_TINY, "OUTPUT_DIR", str(out)])
-        return cfg
-
-    return make
 
 
 def _readme_python_block(heading: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,7 @@ import yaml
 
 from atrous.checkpoint.errors import CheckpointNotFoundError, CorruptCheckpointError
 from atrous.config import ConfigError
-from tests.cli.test_train import QUICKSTART, TINY
-
-
-@pytest.fixture
-def tiny_run_cfg(synthetic_cityscapes_root, monkeypatch):
-    """Factory: the quickstart config shrunk to seconds, no evaluation, writing into `out`."""
-    from atrous.config import get_cfg
-
-    monkeypatch.setenv("ATROUS_DATASETS", str(synthetic_cityscapes_root.parent))
-
-    def make(out: Path):
-        cfg = get_cfg()
-        cfg.merge_from_file(str(QUICKSTART))
-        cfg.merge_from_list([*TINY, "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])
-        return cfg
-
-    return make
+from tests.helpers import UNUSABLE_LAST_CHECKPOINT, spoil_last_checkpoint
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -64,25 +47,14 @@ def _resume(cfg):
     return trainer
 
 
-@pytest.mark.parametrize("record", ["missing", "empty", "fifo", "folder", "passwd", "huge"])
+@pytest.mark.parametrize("record", UNUSABLE_LAST_CHECKPOINT)
 def test_unusable_last_checkpoint_resumes_the_newest_checkpoint_not_iteration_0(
     finished: Path,
     tiny_run_cfg,
     record: str,
     caplog,
 ) -> None:
-    last = finished / "last_checkpoint"
-    last.unlink()
-    if record == "empty":
-        last.write_text("")
-    elif record == "fifo":
-        os.mkfifo(last)
-    elif record == "folder":
-        last.mkdir()
-    elif record == "passwd":
-        last.symlink_to("/etc/passwd")
-    elif record == "huge":
-        last.write_text("model_final.pth" + " " * 5000 + "x" * 100_000)
+    spoil_last_checkpoint(finished, record)
     before = _snapshot(finished)
     with caplog.at_level(logging.WARNING, logger="atrous"):
         trainer = _resume(tiny_run_cfg(finished))
