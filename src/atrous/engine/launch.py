@@ -124,14 +124,27 @@ def process_counts(
     flags are ignored, as in `launch`), else ``--num-gpus`` x ``--num-machines``. An unknown
     per-machine count (a launcher that does not say) is taken as 1.
     """
+    _, place = _started_by(environ)
+    if place is not None:
+        return place["world_size"], place["local_world_size"] or 1
+    return num_gpus_per_machine * num_machines, num_gpus_per_machine
+
+
+def _started_by(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    """``("torchrun", _torchrun_env())`` or ``("slurm", _slurm_env())`` for a process such a
+    launcher started as part of a group, else ``(None, None)``: then the flags decide.
+
+    torchrun's variables win over SLURM's (torchrun inside an srun step); a torchrun world of
+    one process is no group, and then SLURM's are not read either.
+    """
     env = os.environ if environ is None else environ
     torchrun = _torchrun_env(env)
-    if torchrun is not None and torchrun["world_size"] > 1:
-        return torchrun["world_size"], torchrun["local_world_size"] or 1
-    slurm = _slurm_env(env) if torchrun is None else None
-    if slurm is not None:
-        return slurm["world_size"], slurm["local_world_size"] or 1
-    return num_gpus_per_machine * num_machines, num_gpus_per_machine
+    if torchrun is not None:
+        return ("torchrun", torchrun) if torchrun["world_size"] > 1 else (None, None)
+    slurm = _slurm_env(env)
+    return ("slurm", slurm) if slurm is not None else (None, None)
 
 
 def parse_slurm_nodelist(nodelist: str) -> list[str]:
@@ -296,12 +309,11 @@ def launch(
     """
     timeout = _timeout_from_env(timeout)
     backend = backend or default_backend()
-    env = _torchrun_env()
-    if env is not None and env["world_size"] > 1:
-        return _launch_torchrun(main_fn, args, env, timeout=timeout, backend=backend)
-    slurm = _slurm_env() if env is None else None
-    if slurm is not None:
-        return _launch_slurm(main_fn, args, slurm, timeout=timeout, backend=backend)
+    launcher, place = _started_by()
+    if launcher == "torchrun":
+        return _launch_torchrun(main_fn, args, place, timeout=timeout, backend=backend)
+    if launcher == "slurm":
+        return _launch_slurm(main_fn, args, place, timeout=timeout, backend=backend)
 
     world_size = _world_size_from_flags(num_gpus_per_machine, num_machines, machine_rank)
     if world_size == 1:
