@@ -115,15 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_cfg(args: argparse.Namespace):
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import load_model_source
-    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
-    try:
-        source = load_model_source(args, weights=False)
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    source = load_model_source(args, weights=False)
     cfg = source.cfg
     _set_backend(args, source.exported)
     # Random weights: speed does not depend on them and a benchmark must not download.
@@ -240,15 +235,12 @@ def _exported_step(args, cfg, model, inputs):
     precision = _runtime_precision(args)
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as tmp:
         path = args.exported or _export_graph(args, model, inputs, Path(tmp))
-        try:
-            runner = load_exported_model(
-                path,
-                threads=torch.get_num_threads(),
-                precision=precision,
-                pixel_mean=cfg.MODEL.PIXEL_MEAN,
-            )
-        except ImportError as error:
-            raise SystemExit(str(error)) from error
+        runner = load_exported_model(
+            path,
+            threads=torch.get_num_threads(),
+            precision=precision,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        )
     return lambda: runner(inputs), f"{runner.runtime} ({runner.precision})"
 
 
@@ -319,16 +311,11 @@ def _run_data(args, cfg) -> int:
 
 def _run_accuracy(args: argparse.Namespace) -> int:
     """``--mode accuracy``: `compare_fast_path` of MODEL.WEIGHTS (or the bundle's weights)."""
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import build_model_and_load, config_or_bundle
-    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
     from atrous.deploy.accuracy import compare_fast_path
 
-    try:
-        cfg, bundle = config_or_bundle(args, device=args.device)
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    cfg, bundle = config_or_bundle(args, device=args.device)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
@@ -338,10 +325,7 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     validate_config(cfg)
     model = bundle.model if bundle is not None else None
     if model is None:
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            raise SystemExit(str(error)) from error
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
     result = compare_fast_path(cfg, dataset, model=model)
     print(json.dumps(result, indent=2))
     if args.json:
@@ -391,7 +375,7 @@ def _speed_device(args: argparse.Namespace, cfg) -> torch.device:
     try:
         return resolve_device(requested)
     except DeviceError as error:
-        raise SystemExit(f"--device: {error}") from None
+        raise DeviceError(f"--device: {error}") from None
 
 
 def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int | None:

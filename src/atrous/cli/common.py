@@ -336,16 +336,12 @@ def build_run_model(source: ModelSource, *, allow_partial: bool, precision: str 
             f"--precision {precision} applies to OpenVINO .xml models; ONNX Runtime runs "
             f"{source.exported.name} as it is stored."
         )
-    try:
-        return build_exported_model(
-            source.cfg,
-            source.exported,
-            threads=torch.get_num_threads(),
-            precision=precision or "fp32",
-        )
-    except ImportError as error:
-        # The message names the extra to install; a traceback would add nothing.
-        raise SystemExit(str(error)) from error
+    return build_exported_model(
+        source.cfg,
+        source.exported,
+        threads=torch.get_num_threads(),
+        precision=precision or "fp32",
+    )
 
 
 def config_or_bundle(

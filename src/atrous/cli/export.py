@@ -65,18 +65,13 @@ def _check_openvino(output: str) -> None:
     """Before the model is loaded: the extra is installed and the output is a .xml path."""
     from atrous.deploy.openvino import require_openvino
 
-    try:
-        require_openvino("openvino", "onnx", "onnxscript")
-    except ImportError as error:
-        raise SystemExit(str(error)) from error
+    require_openvino("openvino", "onnx", "onnxscript")
     if not output.lower().endswith(".xml"):
         raise SystemExit(f"--format openvino writes a .xml file (and its .bin), got {output!r}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import config_or_bundle
-    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
@@ -89,19 +84,12 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "openvino":
         _check_openvino(args.output)
     # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
-    try:
-        cfg, bundle = config_or_bundle(args, device="cpu")
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    cfg, bundle = config_or_bundle(args, device="cpu")
     if bundle is None:
         cfg.MODEL.DEVICE = "cpu"
         cfg.freeze()
         validate_config(cfg)  # before the model is built and its weights are read
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            # The message already says what to do (local path, mirror); a traceback adds nothing.
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
         bundle_metrics = None
     else:
         cfg.freeze()
@@ -111,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "bundle":
         from atrous.deploy.bundle import write_bundle
 
-        try:
-            path = write_bundle(args.output, cfg=cfg, model=model, metrics=bundle_metrics)
-        except FileExistsError as error:
-            raise SystemExit(str(error)) from None
+        path = write_bundle(args.output, cfg=cfg, model=model, metrics=bundle_metrics)
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
         return 0
     graph_kwargs = _end_to_end_kwargs(cfg, bundle) if args.end_to_end else {}
@@ -123,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
             import onnx  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError as error:
-            raise SystemExit(
-                f"ONNX export needs {error.name}: pip install 'atrous[export]'."
+            from atrous.utils.extras import MissingExtraError
+
+            raise MissingExtraError(
+                f"ONNX export needs {error.name}: pip install 'atrous[export]'.", name=error.name
             ) from error
         path = export_onnx(
             model,

@@ -75,6 +75,7 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
     from atrous.config import ConfigError
     from atrous.data.image_io import DatasetError
     from atrous.utils.devices import DeviceError
+    from atrous.utils.extras import MissingExtraError
     from atrous.utils.output_dir import OutputDirError
 
     table: list[tuple[type[BaseException], int]] = [
@@ -86,6 +87,7 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
         (DeviceError, EXIT_USAGE),
         (FileNotFoundError, EXIT_USAGE),  # a config file, an input named on the command line
         (FloatingPointError, EXIT_FAILURE),  # the trainer's NaN / infinite loss
+        (MissingExtraError, EXIT_USAGE),  # an optional package: the message says what to install
         (OutputDirError, EXIT_FAILURE),  # in use by another run, unwritable, full
         (OSError, EXIT_FAILURE),  # disk full, read-only, permissions, network
     ]

@@ -103,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import config_or_bundle
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
@@ -117,18 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     # What can fail in a second fails before minutes of loading and quantizing.
-    try:
-        require_backend(args.backend)
-    except ImportError as error:
-        raise SystemExit(str(error)) from error
-    try:
-        check_output_folder(args.output)
-    except FileExistsError as error:
-        raise SystemExit(str(error)) from error  # exit 1, as for `atrous export --format bundle`
-    try:
-        cfg, bundle = config_or_bundle(args, device="cpu")
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    require_backend(args.backend)
+    check_output_folder(args.output)
+    cfg, bundle = config_or_bundle(args, device="cpu")
     if bundle is None:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -137,10 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("DATASETS.TRAIN is empty: name a calibration dataset (--calib-dataset).")
     if bundle is None:
         validate_config(cfg)
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
     else:
         model = bundle.model
     model.eval()

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..utils.extras import MissingExtraError
 from ..utils.file_io import staging_dir
 from .export import export_metadata, export_onnx, min_input_size
 
@@ -91,7 +92,7 @@ def require_backend(backend: str) -> None:
 
     Raises:
         ValueError: not one of `BACKENDS`.
-        ImportError: a package is missing; the message names the extra to install.
+        MissingExtraError: a package is missing; the message names the extra to install.
     """
     from .openvino import import_openvino
 
@@ -102,7 +103,7 @@ def require_backend(backend: str) -> None:
             # OpenVINO and NNCF without their telemetry (see atrous.deploy.openvino).
             import_openvino(name)
         except ImportError as error:
-            raise ImportError(
+            raise MissingExtraError(
                 f"INT8 quantization for {backend} needs the {name!r} package, which is not "
                 f"installed: pip install '{_EXTRA[backend]}'.",
                 name=name,
@@ -424,7 +425,7 @@ def quantize_model(
         A `QuantizationResult`.
 
     Raises:
-        ImportError: the backend's packages are missing (the message names the extra).
+        MissingExtraError: the backend's packages are missing (the message names the extra).
         ValueError: an empty calibration set, a bad backend / preset / keep_float entry.
         DatasetError: a calibration image cannot be read (named).
     """
