@@ -24,14 +24,13 @@ see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--conf
 from __future__ import annotations
 
 import argparse
-import functools
 
 from atrous.cli.common import (
     add_allow_partial_flag,
     add_model_source_flags,
     add_overrides_argument,
-    build_model_and_load,
-    parse_size,
+    add_sample_size_flag,
+    load_cpu_model,
     setup_logging,
 )
 
@@ -44,12 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
     )
-    parser.add_argument(
-        "--sample-size",
-        type=functools.partial(parse_size, flag="--sample-size"),
-        default=None,
-        help="HxW of the example input used for tracing (default: just above the minimum)",
-    )
+    add_sample_size_flag(parser)
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     parser.add_argument(
         "--end-to-end",
@@ -71,8 +65,6 @@ def _check_openvino(output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.cli.common import config_or_bundle
-    from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
     setup_logging()
@@ -83,23 +75,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format == "openvino":
         _check_openvino(args.output)
-    # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
-    cfg, bundle = config_or_bundle(args, device="cpu")
-    if bundle is None:
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.freeze()
-        validate_config(cfg)  # before the model is built and its weights are read
-        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        bundle_metrics = None
-    else:
-        cfg.freeze()
-        model, bundle_metrics = bundle.model, bundle.metadata.metrics
-    model.eval()
-
+    cfg, model, bundle = load_cpu_model(args)
     if args.format == "bundle":
         from atrous.deploy.bundle import write_bundle
 
-        path = write_bundle(args.output, cfg=cfg, model=model, metrics=bundle_metrics)
+        metrics = bundle.metadata.metrics if bundle is not None else None
+        path = write_bundle(args.output, cfg=cfg, model=model, metrics=metrics)
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
         return 0
     graph_kwargs = _end_to_end_kwargs(cfg, bundle) if args.end_to_end else {}
