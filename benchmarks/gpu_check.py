@@ -58,7 +58,12 @@ from torch import nn
 
 from atrous.config import get_config_file
 from atrous.deploy import count_model_flops, optimize_for_inference
-from atrous.deploy.benchmark import (
+from atrous.engine.launch import find_free_port
+from atrous.engine.trainer import SimpleTrainer
+from atrous.layers import convert_sync_batchnorm
+from atrous.modeling import build_model
+from atrous.solver import build_optimizer, check_optimizer_covers
+from atrous.utils.timing import (
     BenchmarkResult,
     hardware_name,
     peak_memory,
@@ -67,11 +72,6 @@ from atrous.deploy.benchmark import (
     time_iterations,
     write_json,
 )
-from atrous.engine.launch import find_free_port
-from atrous.engine.trainer import SimpleTrainer
-from atrous.layers import convert_sync_batchnorm
-from atrous.modeling import build_model
-from atrous.solver import build_optimizer, check_optimizer_covers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R103_CONFIG = "Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"

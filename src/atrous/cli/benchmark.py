@@ -300,7 +300,7 @@ def _run_data(args, cfg) -> int:
     )
     print(format_report(result))
     if args.json:
-        from atrous.deploy.benchmark import write_json
+        from atrous.utils.timing import write_json
 
         write_json(
             {"mode": "data", "config_file": args.config_file or args.model, **result}, args.json
@@ -329,7 +329,7 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     result = compare_fast_path(cfg, dataset, model=model)
     print(json.dumps(result, indent=2))
     if args.json:
-        from atrous.deploy.benchmark import write_json
+        from atrous.utils.timing import write_json
 
         write_json({"mode": "accuracy", **result}, args.json)
         print(f"wrote {args.json}")
@@ -391,7 +391,8 @@ def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int |
 
 def _run_speed(args: argparse.Namespace, cfg) -> int:
     """``--mode infer`` and ``--mode train``: time steps on a random batch, print and save."""
-    from atrous.deploy.benchmark import (
+    from atrous.modeling import build_model
+    from atrous.utils.timing import (
         BenchmarkResult,
         hardware_name,
         peak_memory,
@@ -400,7 +401,6 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         time_iterations,
         write_json,
     )
-    from atrous.modeling import build_model
 
     args.size = args.size or (512, 1024)
     device = _speed_device(args, cfg)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from atrous.deploy.benchmark import (
+from atrous.utils.timing import (
     BenchmarkResult,
     percentile,
     time_iterations,
@@ -37,7 +37,7 @@ def test_time_iterations_runs_warmup_then_timed_steps():
 
 _PEAK_RSS_WINDOW = """
 import torch
-from atrous.deploy.benchmark import peak_memory, reset_peak_memory
+from atrous.utils.timing import peak_memory, reset_peak_memory
 
 cpu = torch.device("cpu")
 reset_peak_memory(cpu)
