@@ -81,3 +81,11 @@ def test_result_summary_and_atomic_json(tmp_path):
     assert json.loads(path.read_text())["size"] == [64, 128]
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
     assert stat.S_IMODE(path.stat().st_mode) & 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_the_machine_is_named_in_one_place():
+    from atrous.utils.timing import cpu_name, hardware_name
+
+    name = cpu_name()
+    assert name and "\n" not in name
+    assert hardware_name(torch.device("cpu")) == f"{name} ({torch.get_num_threads()} threads)"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import tempfile
@@ -261,35 +262,29 @@ def _check_onnx_size(size: tuple[int, int], model) -> None:
 
 
 def _train_step(args, cfg, model, inputs, device):
+    """`SimpleTrainer.run_step` on one batch, over and over: the step `atrous train` takes
+    (forward under autocast, backward, gradient clipping as configured, optimizer step)."""
     from atrous.deploy.fast import parse_dtype
+    from atrous.engine.trainer import SimpleTrainer
+    from atrous.solver import build_gradient_clipper, build_optimizer
 
     dtype = parse_dtype(_DTYPE_NAMES[args.dtype])
-    model.train()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
         model.backbone.register_forward_pre_hook(_to_channels_last_hook)
     if args.compile:
         model.backbone.compile()
         model.sem_seg_head.compile()
-    try:
-        from atrous.solver import build_optimizer
-
-        optimizer = build_optimizer(cfg, model)
-    except ImportError:
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            losses = model(inputs)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return step, "pytorch"
+    trainer = SimpleTrainer(
+        model=model,
+        data_loader=itertools.repeat(inputs),
+        optimizer=build_optimizer(cfg, model),
+        grad_clipper=build_gradient_clipper(cfg),
+        amp_dtype=None if dtype == torch.float32 else dtype,
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        grad_scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+    )
+    return trainer.run_step, "pytorch"
 
 
 def _run_data(args, cfg) -> int:
