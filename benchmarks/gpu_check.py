@@ -526,7 +526,7 @@ class TrainingCommand:
     """Runs ``python -m atrous.cli.train`` (what train_net.py runs) on a small synthetic set."""
 
     def __init__(self, run: Run, workdir: Path) -> None:
-        from atrous.data.synthetic import generate_dataset
+        from atrous.data.datasets.synthetic import generate_dataset
 
         self.run = run
         self.workdir = workdir

@@ -91,7 +91,7 @@ def synthetic_cityscapes_root(tmp_path_factory) -> Path:
     setting ATROUS_DATASETS to its parent makes synthetic_sem_seg_{train,val} resolve to it.
     Read-only: tests that modify files must copy it first.
     """
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("datasets") / "synthetic"
     return generate_dataset(root, num_train=8, num_val=4, size=(128, 256), seed=0)

@@ -74,7 +74,7 @@ def _assert_error_line(
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("datasets")
     generate_dataset(base / "synthetic", num_train=4, num_val=2, size=(64, 128), seed=3)

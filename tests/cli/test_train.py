@@ -58,7 +58,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with ``synthetic/`` (Cityscapes layout, 64x128) for $ATROUS_DATASETS."""
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("datasets")
     generate_dataset(base / "synthetic", num_train=8, num_val=2, size=(64, 128), seed=3)

@@ -24,7 +24,7 @@ from atrous.data import (
     read_label,
     register_dataset,
 )
-from atrous.data.custom import load_dataset_yaml
+from atrous.data.datasets.custom import load_dataset_yaml
 
 COLORS = [(0, 0, 0), (255, 0, 0), (0, 200, 0)]
 IGNORE = (255, 255, 255)

@@ -34,7 +34,7 @@ OVERRIDES = [*SMALL_REFERENCE_OVERRIDES, "INPUT.MIN_SIZE_TEST", "0"]
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """$ATROUS_DATASETS with a 4 + 2 image synthetic dataset of 64x128 street scenes."""
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     generate_dataset(root / "synthetic", num_train=4, num_val=2, size=(64, 128), seed=0)

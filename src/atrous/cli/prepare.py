@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise DatasetError(str(error)) from error
         print(f"wrote {n} *_gtFine_labelTrainIds.png files under {root / 'gtFine'}")
         return 0
-    from ..data.synthetic import generate_dataset
+    from ..data.datasets.synthetic import generate_dataset
 
     output = Path(args.output) if args.output else dataset_root() / "synthetic"
     size = args.size

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.cli.train import load_config
     from atrous.cli.train import main as train_main
     from atrous.data.catalog import dataset_root
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
     from atrous.engine.launch import default_backend, launch
     from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from ..utils.timing import cpu_name
 from .catalog import DatasetError
-from .cityscapes import load_cityscapes_semantic
+from .datasets.cityscapes import load_cityscapes_semantic
 from .loader import sample_rng
 from .mapper import DatasetMapper, check_label_values
 from .transforms import (
@@ -175,7 +175,7 @@ def benchmark_train_pipeline(
     augs = augmentations if augmentations is not None else cityscapes_train_augmentations()
     tmp = None
     if root is None:
-        from .synthetic import generate_dataset
+        from .datasets.synthetic import generate_dataset
 
         tmp = tempfile.TemporaryDirectory(prefix="atrous-bench-")
         root = generate_dataset(

@@ -8,7 +8,7 @@ ignore label and evaluator type.
 
 Names resolve, in order, to: datasets registered with `register_dataset`, builtin datasets
 (Cityscapes, ADE20K, Pascal VOC, synthetic) under the dataset root, and dataset YAML files
-(``path/to/data.yaml`` or ``path/to/data.yaml:split``, see `atrous.data.custom`).
+(``path/to/data.yaml`` or ``path/to/data.yaml:split``, see `atrous.data.datasets.custom`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def register_dataset(
         overwrite: replace an existing registration instead of failing.
         mask_format: "ids" (the label files hold class indices, palette PNGs their indices)
             or "rgb" (colour-coded masks: each pixel's colour is looked up in `stuff_colors`,
-            which is then required; see `atrous.data.custom` for the details).
+            which is then required; see `atrous.data.datasets.custom` for the details).
         ignore_colors: with "rgb", the colours of unlabelled pixels.
         unknown_colors: with "rgb", "error" (a colour not listed stops with the file, the
             colour and its pixel count) or "ignore" (such pixels are unlabelled).
@@ -170,7 +170,7 @@ def _lookup(name: str) -> DatasetEntry:
     if name in _BUILTIN:
         return _BUILTIN[name]
     if _is_yaml_name(name):
-        from .custom import yaml_dataset_entry
+        from .datasets.custom import yaml_dataset_entry
 
         return yaml_dataset_entry(name)
     known = ", ".join(sorted(list(_BUILTIN) + list(_REGISTERED)))
@@ -272,7 +272,7 @@ def _ensure_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import ade20k, cityscapes, voc
+    from .datasets import ade20k, cityscapes, voc
 
     cityscapes.register_builtin(_register_builtin)
     ade20k.register_builtin(_register_builtin)

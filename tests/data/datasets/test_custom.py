@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from atrous.data import DatasetError, get_dataset_records
-from atrous.data.custom import load_dataset_yaml, pair_list
+from atrous.data.datasets.custom import load_dataset_yaml, pair_list
 
 
 def _pair(root, image: str, mask: str) -> None:
