@@ -11,7 +11,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 import atrous
-from atrous.data.image_io import DatasetError
+from atrous.data.errors import DatasetError
 from atrous.deploy.openvino import import_openvino, read_openvino_metadata
 from atrous.deploy.quantize import (
     CalibrationImages,

@@ -73,7 +73,7 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
     """(exception type, exit code), most specific first; imported lazily to keep startup fast."""
     from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError
-    from atrous.data.image_io import DatasetError
+    from atrous.data.errors import DatasetError
     from atrous.utils.devices import DeviceError
     from atrous.utils.extras import MissingExtraError
     from atrous.utils.output_dir import OutputDirError

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..data.catalog import dataset_root
-from ..data.image_io import DatasetError
+from ..data.errors import DatasetError
 from .common import parse_size
 
 __all__ = ["add_arguments", "convert_cityscapes", "run"]

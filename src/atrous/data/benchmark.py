@@ -27,8 +27,8 @@ import torch
 from PIL import Image, ImageOps
 
 from ..utils.timing import cpu_name
-from .catalog import DatasetError
 from .datasets.cityscapes import load_cityscapes_semantic
+from .errors import DatasetError
 from .loader import sample_rng
 from .mapper import DatasetMapper, check_label_values
 from .transforms import (

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .image_io import ColorCoding, DatasetError
+from .errors import DatasetError
+from .image_io import ColorCoding
 from .metadata import DatasetEntry, Metadata, check_colors, dataset_root, default_colors
 
 __all__ = [

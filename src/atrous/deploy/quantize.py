@@ -138,7 +138,7 @@ class CalibrationImages:
         min_size: tuple[int, int] = (1, 1),
     ) -> None:
         from atrous.data import get_dataset_records
-        from atrous.data.image_io import DatasetError
+        from atrous.data.errors import DatasetError
         from atrous.data.mapper import build_mapper
 
         if int(count) < 1:
@@ -172,7 +172,7 @@ class CalibrationImages:
         Raises:
             DatasetError: the file cannot be read, or it is smaller than the graph accepts.
         """
-        from atrous.data.image_io import DatasetError
+        from atrous.data.errors import DatasetError
 
         try:
             mapped = self._mapper({"file_name": file_name})

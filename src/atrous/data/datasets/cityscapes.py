@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
-from ..image_io import DatasetError
+from ..errors import DatasetError
 from ..metadata import Metadata, dataset_root
 
 __all__ = [
