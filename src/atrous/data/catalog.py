@@ -51,9 +51,7 @@ def register_dataset(
     image_root: str | None = None,
     gt_root: str | None = None,
     overwrite: bool = False,
-    mask_format: str = "ids",
-    ignore_colors: Sequence[Sequence[int]] = (),
-    unknown_colors: str = "error",
+    color_coding: ColorCoding | None = None,
     **extra: Any,
 ) -> None:
     """Make a dataset available by name (in `DATASETS.TRAIN` / `DATASETS.TEST`).
@@ -72,12 +70,11 @@ def register_dataset(
         image_root: folder of the images, for tools that want it.
         gt_root: folder of the label files, for tools that want it.
         overwrite: replace an existing registration instead of failing.
-        mask_format: "ids" (the label files hold class indices, palette PNGs their indices)
-            or "rgb" (colour-coded masks: each pixel's colour is looked up in `stuff_colors`,
-            which is then required; see `atrous.data.datasets.custom` for the details).
-        ignore_colors: with "rgb", the colours of unlabelled pixels.
-        unknown_colors: with "rgb", "error" (a colour not listed stops with the file, the
-            colour and its pixel count) or "ignore" (such pixels are unlabelled).
+        color_coding: for colour-coded masks, how their colours map to classes (its class
+            colours, the colours of unlabelled pixels and what an unlisted colour means); its
+            colours are the class colours unless `stuff_colors` repeats them. None (default):
+            the label files hold class indices (palette PNGs their indices). See
+            `atrous.data.datasets.custom` for the YAML form.
         **extra: further metadata attributes.
 
     Raises:
@@ -90,41 +87,27 @@ def register_dataset(
     classes = tuple(str(c) for c in stuff_classes)
     if not classes:
         raise DatasetError(f"dataset {name!r}: stuff_classes is empty")
-    if mask_format not in ("ids", "rgb"):
-        raise DatasetError(
-            f"dataset {name!r}: mask_format {mask_format!r}; use 'ids' or 'rgb' (colour-coded)"
-        )
-    if mask_format == "rgb" and stuff_colors is None:
-        raise DatasetError(
-            f"dataset {name!r}: mask_format='rgb' needs stuff_colors, the colour of each class "
-            "in the masks"
-        )
-    if mask_format == "ids" and (ignore_colors or unknown_colors != "error"):
-        raise DatasetError(
-            f"dataset {name!r}: ignore_colors / unknown_colors apply to colour-coded masks; "
-            "pass mask_format='rgb'"
-        )
-    colors = default_colors(len(classes)) if stuff_colors is None else check_colors(stuff_colors)
+    coding = color_coding
+    if stuff_colors is not None:
+        colors = check_colors(stuff_colors)
+    else:
+        colors = default_colors(len(classes)) if coding is None else coding.colors
     if len(colors) != len(classes):
         raise DatasetError(
             f"dataset {name!r}: {len(colors)} colours for {len(classes)} classes; give one "
             "colour per class"
         )
-    coding = None
-    if mask_format == "rgb":
+    if coding is not None:
+        if coding.colors != colors:
+            raise DatasetError(
+                f"dataset {name!r}: stuff_colors differ from the colours of color_coding; the "
+                "masks paint each class in its colour, so give them once (in color_coding)"
+            )
         if int(ignore_label) != 255:
             raise DatasetError(
-                f"dataset {name!r}: with mask_format='rgb' unlabelled pixels are given by "
+                f"dataset {name!r}: with a color_coding unlabelled pixels are given by its "
                 "ignore_colors and become 255; leave ignore_label at 255"
             )
-        try:
-            coding = ColorCoding(
-                colors=colors,
-                ignore_colors=check_colors(ignore_colors),
-                unknown_colors=unknown_colors,
-            )
-        except DatasetError as e:
-            raise DatasetError(f"dataset {name!r}: {e}") from e
     meta = Metadata(
         name=name,
         stuff_classes=classes,
