@@ -98,7 +98,7 @@ def synthetic_cityscapes_root(tmp_path_factory) -> Path:
 
 
 _HOLD_LOCK = (
-    "import sys; from atrous.utils.output_dir import OutputDirLock; "
+    "import sys; from atrous.utils.folders import OutputDirLock; "
     "lock = OutputDirLock(sys.argv[1], command=sys.argv[2]); lock.acquire(); "
     "print('locked', flush=True); sys.stdin.read(); lock.release()"
 )
@@ -167,7 +167,7 @@ def reference_bundle(tmp_path_factory, reference_dir) -> Path:
     """A model bundle of the reference model (`reference_bundle_overrides`); read-only: tests
     that change files work on a copy."""
     from atrous.checkpoint import Checkpointer
-    from atrous.deploy.bundle import write_bundle
+    from atrous.deploy.bundle_writer import write_bundle
     from atrous.modeling import build_model
 
     cfg = load_config(V3PLUS_CONFIG, reference_bundle_overrides(reference_dir))

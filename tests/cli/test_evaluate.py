@@ -192,7 +192,7 @@ def test_evaluate_a_model_without_output_never_writes_where_its_config_points(
     tmp_path, reference_dir, synthetic_cityscapes_root, monkeypatch
 ):
     from atrous.checkpoint import Checkpointer
-    from atrous.deploy.bundle import write_bundle
+    from atrous.deploy.bundle_writer import write_bundle
     from atrous.modeling import build_model
     from tests.conftest import load_config
 

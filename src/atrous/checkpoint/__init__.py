@@ -7,7 +7,7 @@ Public entry points::
     report = Checkpointer(model).load("DeepLabV3+_R103")   # name, path or URL -> LoadReport
 """
 
-from .bundle import BundleMetadata, LoadedBundle, is_bundle, load_bundle
+from .bundle_reader import BundleMetadata, LoadedBundle, is_bundle, load_bundle
 from .checkpointer import Checkpointer, LoadReport
 from .detectron2 import MatchReport, align_and_update_state_dicts, convert_basic_c2_names
 from .download import cache_dir, cached_file_path, download, expected_sha256_prefix

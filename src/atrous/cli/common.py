@@ -285,7 +285,7 @@ def exported_model_file(model: str | os.PathLike[str] | None) -> Path | None:
     Raises:
         ConfigError: such a folder holds several graph files (name one) or none.
     """
-    from atrous.checkpoint.bundle import CONFIG_FILE, is_bundle
+    from atrous.checkpoint.bundle_reader import CONFIG_FILE, is_bundle
     from atrous.config import ConfigError
     from atrous.deploy.runtime import EXPORTED_SUFFIXES
 
@@ -311,7 +311,7 @@ def exported_model_file(model: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _exported_source(args: argparse.Namespace, graph: Path, opts: list[str]) -> ModelSource:
-    from atrous.checkpoint.bundle import CONFIG_FILE
+    from atrous.checkpoint.bundle_reader import CONFIG_FILE
     from atrous.config import ConfigError
 
     if any(key == "MODEL.WEIGHTS" and value for key, value in zip(opts[::2], opts[1::2])):
@@ -453,7 +453,7 @@ def _config_or_bundle(
         raise ConfigError("Give either --config-file or --model DIR.")
     if not args.model:
         return load_config(args.config_file, opts), None
-    from atrous.checkpoint.bundle import bundle_config, load_bundle
+    from atrous.checkpoint.bundle_reader import bundle_config, load_bundle
     from atrous.config.validate import check_device_available
 
     if not weights:

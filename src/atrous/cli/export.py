@@ -14,9 +14,10 @@ Example::
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
 to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
 with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
-`atrous.deploy.bundle`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra ``atrous[openvino]``);
-see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
-``--end-to-end`` exports the one-file deployment graph instead (ONNX, OpenVINO or TorchScript):
+`atrous.deploy.bundle_writer`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra
+``atrous[openvino]``); see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of
+``--config-file`` + weights. ``--end-to-end`` exports the one-file deployment graph instead (ONNX,
+OpenVINO or TorchScript):
 ``image`` uint8 (N, H, W, 3) RGB -> ``labels`` int64 (N, H, W) and ``confidence`` float32
 (N, H, W), with the class names and colours in its metadata.
 """
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         _check_openvino(args.output)
     cfg, model, bundle = load_cpu_model(args)
     if args.format == "bundle":
-        from atrous.deploy.bundle import write_bundle
+        from atrous.deploy.bundle_writer import write_bundle
 
         metrics = bundle.metadata.metrics if bundle is not None else None
         path = write_bundle(args.output, cfg=cfg, model=model, metrics=metrics)

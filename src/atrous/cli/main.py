@@ -76,7 +76,7 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
     from atrous.data.errors import DatasetError
     from atrous.utils.devices import DeviceError
     from atrous.utils.extras import MissingExtraError
-    from atrous.utils.output_dir import OutputDirError
+    from atrous.utils.folders import OutputDirError
 
     table: list[tuple[type[BaseException], int]] = [
         (CheckpointError, EXIT_FAILURE),  # before FileNotFoundError: a missing checkpoint too

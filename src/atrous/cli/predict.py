@@ -223,7 +223,7 @@ def _write_outputs(
     from PIL import Image
 
     from atrous.inference.confidence import save_png16
-    from atrous.inference.visualize import draw_legend, heatmap, overlay, save_palette_png
+    from atrous.utils.visualize import draw_legend, heatmap, overlay, save_palette_png
 
     base = out_dir / name
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     items = [(path, _fit_name(name)) for path, name in items]
     cfg.freeze()
 
-    from atrous.utils.output_dir import OutputDirLock, check_writable
+    from atrous.utils.folders import OutputDirLock, check_writable
 
     check_writable(args.output, label="--output")
     lock = OutputDirLock(args.output)

@@ -79,7 +79,7 @@ def write_pictures(
 
     from atrous.data import get_dataset_records, get_metadata, load_sem_seg, read_image
     from atrous.inference import Predictor
-    from atrous.inference.visualize import colorize, overlay
+    from atrous.utils.visualize import colorize, overlay
 
     cfg = cfg.clone()
     cfg.defrost()

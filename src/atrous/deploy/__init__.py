@@ -3,7 +3,7 @@ INT8 quantization, bundles, exported-graph runtimes and benchmarking.
 
 The optional runtimes (onnx, onnxruntime, openvino, nncf) are imported only when used."""
 
-from .bundle import write_bundle
+from .bundle_writer import write_bundle
 from .export import ExportableSegmentor, export_onnx, export_torchscript
 from .fast import FastInferenceModel, fast_path_supported, optimize_for_inference
 from .flops import count_flops, count_model_flops

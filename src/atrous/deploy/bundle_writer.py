@@ -1,6 +1,6 @@
 """Write a model bundle: config, safetensors weights, ``bundle.json`` and a README model card.
 
-The layout and the reader are in `atrous.checkpoint.bundle`; this module gathers what the
+The layout and the reader are in `atrous.checkpoint.bundle_reader`; this module gathers what the
 folder records (class names and colours from the dataset metadata, normalisation, test sizes,
 final metrics found next to the weights, parameter and FLOP counts) and writes it. The folder
 appears complete or not at all: it is assembled under a temporary name and renamed into place.
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint.bundle import (
+from ..checkpoint.bundle_reader import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
     CONFIG_FILE,

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 import atrous
 from atrous.checkpoint import Checkpointer, load_bundle
-from atrous.deploy.bundle import find_final_metrics, flops_input_size, write_bundle
+from atrous.deploy.bundle_writer import find_final_metrics, flops_input_size, write_bundle
 from atrous.deploy.flops import count_model_flops
 from atrous.modeling import build_model
 from atrous.utils.file_io import sha256_file
