@@ -17,8 +17,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from .errors import DatasetError
 from .image_io import ColorCoding
 from .metadata import DatasetEntry, Metadata, check_colors, dataset_root, default_colors
@@ -242,10 +240,6 @@ def list_datasets() -> list[str]:
     """Names of the builtin and registered datasets."""
     _ensure_builtins()
     return sorted(set(_BUILTIN) | set(_REGISTERED))
-
-
-def identity_lut() -> np.ndarray:
-    return np.arange(256, dtype=np.uint8)
 
 
 _BUILTINS_LOADED = False

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +52,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..checkpoint.bundle_reader import CONFIG_FILE
 from ..utils.extras import MissingExtraError
-from ..utils.file_io import staging_dir
+from ..utils.file_io import publish_folder, staging_dir
 from .export import export_metadata, export_onnx, min_input_size
 
 __all__ = [
@@ -81,7 +80,6 @@ DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("predictor",)
 DEFAULT_CALIBRATION_IMAGES = 100
 # What `write_quantized_folder` writes.
 MODEL_FILES = {"openvino": "model_int8.xml", "onnxruntime": "model_int8.onnx"}
-CONFIG_FILE = "config.yaml"
 INFO_FILE = "quantization.json"
 _EXTRA = {"openvino": "atrous[openvino]", "onnxruntime": "atrous[export]"}
 _MODULES = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnx", "onnxruntime")}
@@ -499,21 +497,6 @@ def check_output_folder(output: str | os.PathLike) -> None:
         )
 
 
-def _replace_folder(staging: Path, output: Path) -> None:
-    """Move `staging` to `output`; an existing INT8 folder (or an empty one) is replaced."""
-    from atrous.utils.file_io import fsync_dir
-
-    check_output_folder(output)
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
-    fsync_dir(output.parent)
-
-
 def write_quantized_folder(
     output: str | os.PathLike,
     *,
@@ -553,9 +536,7 @@ def write_quantized_folder(
     output = Path(output)
     check_output_folder(output)
     require_backend(backend)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output.parent, prefix=f".{output.name}.") as staging:
         model_file = MODEL_FILES[backend]
         result = quantize_model(
             model,
@@ -601,15 +582,7 @@ def write_quantized_folder(
             "versions": _versions(backend),
         }
         atomic_write_json(staging / INFO_FILE, info)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
-        _replace_folder(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        check_output_folder(output)  # again: it may have changed while quantizing
+        publish_folder(staging, output)
     logger.info("Wrote INT8 %s model folder %s", backend, output)
     return output
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
