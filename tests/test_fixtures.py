@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .conftest import FIXTURE_REFERENCE_DIR
+from tests.helpers import FIXTURE_REFERENCE_DIR
 
 
 def test_reference_fixtures_match_their_checksums():

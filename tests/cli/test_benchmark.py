@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from atrous.cli.main import main
 from atrous.modeling import build_model
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 HEAD = ["benchmark", "--config-file", str(V3PLUS_CONFIG), "--size", "64x128", "--warmup", "1"]
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from atrous.checkpoint import Checkpointer
 from atrous.cli.main import main
 from atrous.modeling import build_model
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 CROP_OVERRIDES = ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.SIZE", "(64, 128)"]
 

@@ -22,8 +22,7 @@ from PIL import Image
 
 from atrous.cli.main import EXIT_FAILURE, EXIT_USAGE, dispatch
 from atrous.utils.devices import DeviceError
-from tests.cli.test_train import QUICKSTART, TINY
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import QUICKSTART, SMALL_REFERENCE_OVERRIDES, TINY, V3PLUS_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 

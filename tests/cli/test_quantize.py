@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from atrous.cli.main import main
-from tests.conftest import V3PLUS_CONFIG, reference_bundle_overrides, run_cli_without
+from tests.helpers import V3PLUS_CONFIG, reference_bundle_overrides, run_cli_without
 
 # OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
 pytestmark = pytest.mark.isolated

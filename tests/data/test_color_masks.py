@@ -219,7 +219,7 @@ def test_rgb_dataset_trains_and_evaluates_exactly_like_its_id_masks(tmp_path, mo
     """A short training plus evaluation on each form of the same labels: identical numbers."""
     from atrous.config import get_cfg
     from atrous.engine import Trainer
-    from tests.cli.test_train import QUICKSTART, TINY
+    from tests.helpers import QUICKSTART, TINY
 
     _write_pair_sets(tmp_path, n=4)
     results = {}

@@ -14,7 +14,7 @@ from atrous.deploy.bundle_writer import find_final_metrics, flops_input_size, wr
 from atrous.deploy.flops import count_model_flops
 from atrous.modeling import build_model
 from atrous.utils.file_io import sha256_file
-from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_overrides
+from tests.helpers import V3PLUS_CONFIG, load_config, reference_bundle_overrides
 
 
 @pytest.fixture

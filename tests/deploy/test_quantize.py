@@ -19,7 +19,7 @@ from atrous.deploy.quantize import (
     onnx_nodes_of_modules,
     quantize_model,
 )
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 # OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
 pytestmark = pytest.mark.isolated

@@ -108,7 +108,7 @@ def test_a_dataset_yaml_with_a_quoted_list_trains_from_records(tmp_path):
 
 
 def test_dataset_yaml_alias_bomb_and_huge_class_names_are_refused(tmp_path):
-    from tests.utils.test_safe_yaml import alias_bomb
+    from tests.helpers import alias_bomb
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(alias_bomb("classes"))
