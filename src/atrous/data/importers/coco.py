@@ -167,15 +167,16 @@ def coco_split_name(path: Path) -> str | None:
     return split_name(path.name.removesuffix(".json"))
 
 
-def image_folders(json_path: Path, split: str | None, images: Path | None) -> list[Path]:
+def image_folders(json_path: Path, images: Path | None) -> list[Path]:
     """Where a COCO file's images may be: --images, beside the JSON, ``images/`` there, and the
-    same one level up (``annotations/instances_val2017.json`` with ``val2017/``, CVAT's
-    ``images/<subset>/``)."""
+    same one level up, each also with the file's subset name (``instances_val2017.json``:
+    ``val2017/``, CVAT's ``instances_default.json``: ``images/default/``)."""
+    subset = json_path.name.removesuffix(".json").removeprefix("instances_")
     folders = [images] if images is not None else []
     for base in (json_path.parent, json_path.parent.parent):
         folders += [base, base / "images"]
-        if split:
-            folders += [base / split, base / "images" / split]
+        if subset:
+            folders += [base / subset, base / "images" / subset]
     return folders
 
 
@@ -191,7 +192,8 @@ def read_coco(
         json_files: ``instances_<split>.json`` files (one file: its split name if its name has
             one, else "train").
         images: folder holding the images, if not beside the JSON files.
-        background: name of a class for the pixels no annotation covers (else: ignored).
+        background: name of the class of the pixels no annotation covers, added as class 0
+            (or, when a category has that name, that category); default: they are ignored.
 
     Raises:
         AnnotationError: unreadable file, categories that differ between files, duplicate
@@ -242,7 +244,7 @@ def read_coco(
                     f"(ids {sorted(categories)})"
                 )
             by_image[ann["image_id"]].append(ann)
-        folders = image_folders(path, split, images)
+        folders = image_folders(path, images)
         for img in data["images"]:
             where = f"{path}: image id {img.get('id')}"
             file_name = str(img.get("file_name", ""))

@@ -123,7 +123,8 @@ def assign_val_split(samples: list[Sample], fraction: float, seed: int) -> None:
 
 @contextlib.contextmanager
 def open_source(path: Path) -> Iterator[Path]:
-    """`path` itself, or a zip archive extracted into a temporary folder (removed afterwards).
+    """`path` itself, or a zip archive extracted into a temporary folder (removed afterwards);
+    a zip holding one folder yields that folder.
 
     Raises:
         AnnotationError: `path` does not exist or is a damaged zip file.
@@ -140,7 +141,11 @@ def open_source(path: Path) -> Iterator[Path]:
                 archive.extractall(tmp)
         except (zipfile.BadZipFile, OSError) as e:
             raise AnnotationError(f"{path}: cannot extract the zip file ({e})") from None
-        yield Path(tmp)
+        root = Path(tmp)
+        # a zip of a folder: its content is the export
+        while len(entries := list(root.iterdir())) == 1 and entries[0].is_dir():
+            root = entries[0]
+        yield root
 
 
 def find_image(name: str, folders: list[Path], *, where: str) -> Path:
