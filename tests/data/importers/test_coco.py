@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,42 @@ def test_rle_string_total_matches_pycocotools_encoder():
     for h, w in ((1, 1), (7, 9), (64, 33)):
         m = np.asfortranarray((rng.random((h, w)) < 0.3).astype(np.uint8))
         assert rle_string_total(mask_utils.encode(m)["counts"].decode()) == h * w
+
+
+@pytest.mark.parametrize("order", ["car_last", "road_last"])
+def test_overlap_rule_later_annotation_on_top(tmp_path, order):
+    """Two squares overlapping in [10, 20) x [10, 20): the later one in the file wins there."""
+    road = {"category_id": 3, "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]]}
+    car = {"category_id": 7, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}
+    anns = [road, car] if order == "car_last" else [car, road]
+    _image(tmp_path / "images", "a.png", 32, 32, 0)
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+        "annotations": [{"id": i, "image_id": 1, "iscrowd": 0, **a} for i, a in enumerate(anns)],
+        "categories": CATEGORIES,
+    }
+    (tmp_path / "instances_train.json").write_text(json.dumps(data))
+    # zipped, as the tools hand out their exports
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as z:
+        z.write(tmp_path / "instances_train.json", "export/instances_train.json")
+        z.write(tmp_path / "images" / "a.png", "export/images/a.png")
+    import_export("coco", [tmp_path / "export.zip"], tmp_path / "out", progress=False)
+    got = _read(tmp_path / "out" / "masks" / "train" / "a.png")
+    assert got[15, 15] == (1 if order == "car_last" else 0)  # car is class 1, road class 0
+    assert got[5, 5] == 0 and got[25, 25] == 1 and got[25, 5] == 255
+
+
+def test_an_exif_rotated_image_annotated_unturned_is_explained(tmp_path):
+    (tmp_path / "images").mkdir()
+    image = Image.new("RGB", (32, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored sideways: read upright as 20 wide, 32 high
+    image.save(tmp_path / "images" / "a.jpg", exif=exif)
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 32}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "instances_train.json").write_text(json.dumps(data))
+    with pytest.raises(AnnotationError, match=r"is 20x32 .*EXIF orientation turns it upright"):
+        import_export("coco", [tmp_path / "instances_train.json"], tmp_path / "o", progress=False)

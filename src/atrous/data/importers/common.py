@@ -5,7 +5,7 @@ mask is rasterised only when the writer asks for it (so a large export is never 
 at once). `write_dataset` then writes the layout `load_dataset_yaml` reads::
 
     DIR/dataset.yaml
-    DIR/images/<split>/<name>.<ext>     the image, copied (or hard-linked) as it was
+    DIR/images/<split>/<name>.<ext>     the image, copied as it was
     DIR/masks/<split>/<name>.png        uint8 class ids, IGNORE_VALUE for unlabelled pixels
 
 into a fresh hidden folder beside DIR that is renamed to DIR only when everything is written, so
@@ -79,6 +79,7 @@ class Export:
         samples: every image.
         colors: one RGB colour per class when the tool defines them (CVAT), else None.
         has_splits: the export itself names the splits (then ``--val-fraction`` is refused).
+        notes: what the user should know but is no error (e.g. shapes left out).
     """
 
     classes: list[str]
@@ -174,12 +175,17 @@ def check_size(where: str, image: Path, expected: tuple[int, int]) -> None:
     Raises:
         AnnotationError: naming the annotation file and the image.
     """
-    actual = image_size(image)
-    if tuple(actual) != tuple(expected):
+    actual = tuple(image_size(image))
+    if actual != tuple(expected):
+        why = (
+            "its EXIF orientation turns it upright, as atrous reads it; annotate the upright "
+            "image or remove the orientation tag"
+            if actual == tuple(expected)[::-1]
+            else "was the image resized or replaced after annotation?"
+        )
         raise AnnotationError(
             f"{where}: the annotation is for a {expected[1]}x{expected[0]} image but {image} is "
-            f"{actual[1]}x{actual[0]} (width x height); was the image resized or replaced after "
-            "annotation?"
+            f"{actual[1]}x{actual[0]} (width x height); {why}"
         )
 
 
@@ -192,13 +198,11 @@ def _check_output(output: Path) -> None:
 
 
 def _place_image(image: Path | bytes, dest: Path) -> None:
+    # A copy, not a link: editing the prepared dataset must not change the export.
     dest.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, bytes):
         dest.write_bytes(image)
-        return
-    try:  # a hard link costs no space; across file systems, a copy
-        os.link(image, dest)
-    except OSError:
+    else:
         shutil.copyfile(image, dest)
 
 
