@@ -147,25 +147,22 @@ def convert_cityscapes(
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from ..data.importers import AnnotationError, import_export, read_classes
+    # Bad input raises a DatasetError naming the file and annotation; the dispatcher prints it.
+    from ..data.importers import import_export, read_classes
     from . import check_dataset
 
-    try:
-        classes = read_classes(args.classes) if getattr(args, "classes", None) else None
-        result = import_export(
-            args.dataset,
-            args.src if isinstance(args.src, list) else [args.src],
-            args.output,
-            images=args.images,
-            classes=classes,
-            background=getattr(args, "background", None),
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
-    except AnnotationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    classes = read_classes(args.classes) if getattr(args, "classes", None) else None
+    result = import_export(
+        args.dataset,
+        args.src if isinstance(args.src, list) else [args.src],
+        args.output,
+        images=args.images,
+        classes=classes,
+        background=getattr(args, "background", None),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     splits = ", ".join(f"{n} {name}" for name, n in result.splits.items())
     print(f"wrote {result.yaml_path}: {len(result.classes)} classes, {splits} images")
     for note in result.notes:

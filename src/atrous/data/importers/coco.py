@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..image_io import image_size
 from .common import IGNORE_VALUE, AnnotationError, Export, Sample, check_size, find_image
 
 __all__ = ["coco_split_name", "read_coco", "rle_string_total"]
@@ -249,8 +250,11 @@ def read_coco(
             where = f"{path}: image id {img.get('id')}"
             file_name = str(img.get("file_name", ""))
             image_path = find_image(file_name, folders, where=where)
-            hw = (int(img.get("height", 0)), int(img.get("width", 0)))
-            check_size(where, image_path, hw)
+            if img.get("height") and img.get("width"):
+                hw = (int(img["height"]), int(img["width"]))
+                check_size(where, image_path, hw)
+            else:  # optional in some writers: the file says
+                hw = image_size(image_path)
             samples.append(
                 Sample(
                     split=split,
