@@ -12,8 +12,12 @@ from labelme.utils import shapes_to_label
 from PIL import Image
 
 from atrous.data.custom import load_dataset_yaml
+from atrous.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from atrous.data.importers import AnnotationError, import_export, read_classes
 
+# Importing labelme switches Pillow's decompression-bomb limit off for the whole process
+# (PIL.Image.MAX_IMAGE_PIXELS = None); the rest of the suite runs with Pillow's default.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 H, W = 48, 64
 
 
