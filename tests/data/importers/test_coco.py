@@ -211,6 +211,7 @@ def _one(tmp_path: Path, ann: dict, *, size=(10, 12), file_size=None) -> Path:
         ({"segmentation": {"counts": [120], "size": [12, 10]}}, r"annotation 42 .*RLE size 10x12"),
         ({"segmentation": {"counts": [100], "size": [10, 12]}}, r"42 .*add up to 100 pixels"),
         ({"segmentation": {"counts": "0`0", "size": [10, 12]}}, r"42 .*add up to"),
+        ({"segmentation": {"counts": [130, -10], "size": [10, 12]}}, r"42 .*whole numbers"),
         ({"segmentation": []}, r"annotation 42 .*no 'segmentation'"),
     ],
 )

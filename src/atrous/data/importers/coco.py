@@ -121,7 +121,9 @@ def _rle(seg: dict, h: int, w: int, where: str):
         )
     mask = _mask_utils()
     if isinstance(counts, list):
-        total = sum(int(c) for c in counts)
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            raise AnnotationError(f"{where}: RLE counts must be whole numbers of 0 or more")
+        total = sum(counts)
         rle = mask.frPyObjects(seg, h, w)
     else:
         try:
