@@ -180,3 +180,30 @@ def test_not_a_cvat_export(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(AnnotationError, match=r"neither annotations\.xml"):
         import_export("cvat", [tmp_path / "x"], tmp_path / "out", progress=False)
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "cvat"
+
+
+def test_both_cvat_formats_written_by_datumaro_give_the_same_masks(tmp_path):
+    """The same annotations exported as CVAT does it (datumaro, tests/fixtures/cvat): the
+    colour PNGs CVAT's own pipeline rasterised and the XML polygons atrous rasterises agree
+    pixel for pixel, overlaps and z_order included."""
+    masks = import_export("cvat", [FIXTURES / "segmentation_mask_1.1"], tmp_path / "m",
+                          progress=False)  # fmt: skip
+    xml = import_export("cvat", [FIXTURES / "cvat_for_images_1.1"], tmp_path / "x",
+                        background="background", progress=False)  # fmt: skip
+    assert masks.classes == ["background", "car", "road", "tree"]  # labelmap.txt's order
+    assert xml.classes == ["background", "car", "tree", "road"]  # <meta>'s order
+    assert masks.splits == xml.splits == {"train": 2, "val": 1}
+
+    def names(result, ids: np.ndarray) -> np.ndarray:
+        """Class names of a mask's ids (the two files number the classes differently)."""
+        lut = [*result.classes, *["?"] * (255 - len(result.classes)), "ignore"]
+        return np.array(lut, dtype=object)[ids]
+
+    for split, name in (("train", "img_0"), ("train", "img_1"), ("val", "img_2")):
+        m = np.asarray(Image.open(tmp_path / "m" / "masks" / split / f"{name}.png"))
+        x = np.asarray(Image.open(tmp_path / "x" / "masks" / split / f"{name}.png"))
+        np.testing.assert_array_equal(names(masks, m), names(xml, x))
+        assert set(names(masks, m).ravel()) == {"background", "car", "road", "tree"}

@@ -11,7 +11,8 @@ The colour PNGs are decoded with atrous' colour-coded mask support (`ColorCoding
 ``mask_format: rgb`` reads them): classes and colours in labelmap order, and a colour that is not
 in labelmap.txt is an error naming the file, the colour and its pixel count.
 
-**CVAT for images 1.1** (``annotations.xml`` with the images under ``images/``): classes are the
+**CVAT for images 1.1** (``annotations.xml`` with the images under ``images/``; datumaro's
+variant has one ``<subset>.xml`` a subset): classes are the
 labels in ``<meta>`` order; ``<polygon>`` and ``<box>`` shapes are rasterised with pycocotools
 (as CVAT's own mask export does through datumaro), ``<mask>`` shapes decoded from CVAT's RLE
 (alternating background/foreground runs over the mask's box, row by row). Shapes are painted in
@@ -52,11 +53,15 @@ def read_cvat(root: Path, *, images: Path | None = None, background: str | None 
     """Read a CVAT export folder of either format (told apart by its files).
 
     Raises:
-        AnnotationError: neither ``annotations.xml`` nor ``labelmap.txt`` in `root`.
+        AnnotationError: neither ``annotations.xml`` (or datumaro's ``<subset>.xml`` files)
+            nor ``labelmap.txt`` in `root`.
     """
-    xml = sorted(root.rglob("annotations.xml"))
+    xml = sorted(root.rglob("annotations.xml")) or [
+        p for p in sorted(root.glob("*.xml")) if _starts_with_annotations(p)
+    ]
     if xml:
-        return read_cvat_xml(xml[0], images=images, background=background)
+        return read_cvat_xml(xml[:1] if xml[0].name == "annotations.xml" else xml,
+                             images=images, background=background)  # fmt: skip
     labelmap = sorted(root.rglob("labelmap.txt"))
     if labelmap:
         if background is not None:
@@ -69,6 +74,12 @@ def read_cvat(root: Path, *, images: Path | None = None, background: str | None 
         f"{root}: neither annotations.xml (CVAT for images 1.1) nor labelmap.txt (Segmentation "
         "mask 1.1); for a COCO export use `atrous prepare coco`"
     )
+
+
+def _starts_with_annotations(path: Path) -> bool:
+    """Whether an XML file's root element is <annotations> (datumaro's <subset>.xml files)."""
+    with open(path, "rb") as f:
+        return b"<annotations>" in f.read(512)
 
 
 def _read_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -172,15 +183,7 @@ def _xml_labels(root: ElementTree.Element, path: Path) -> list[str]:
     return names
 
 
-def read_cvat_xml(
-    path: Path, *, images: Path | None = None, background: str | None = None
-) -> Export:
-    """Read a "CVAT for images 1.1" ``annotations.xml`` (images under ``images/`` beside it).
-
-    Raises:
-        AnnotationError: not CVAT XML, a video (track) export, an unknown label, a bad polygon,
-            box or mask, a missing image or one whose size is not the XML's.
-    """
+def _parse_xml(path: Path) -> ElementTree.Element:
     try:
         root = ElementTree.parse(path).getroot()
     except (ElementTree.ParseError, OSError) as e:
@@ -191,48 +194,70 @@ def read_cvat_xml(
         raise AnnotationError(
             f"{path}: a 'CVAT for video' export (tracks); export as 'CVAT for images 1.1'"
         )
-    classes = _xml_labels(root, path)
+    return root
+
+
+def read_cvat_xml(
+    paths: list[Path], *, images: Path | None = None, background: str | None = None
+) -> Export:
+    """Read "CVAT for images 1.1" XML: CVAT's ``annotations.xml``, or datumaro's one
+    ``<subset>.xml`` a subset; the images under ``images/`` (or ``images/<subset>/``) beside.
+
+    An image's split is its ``subset`` attribute, else (several files) the file's name.
+
+    Raises:
+        AnnotationError: not CVAT XML, a video (track) export, files whose labels differ, an
+            unknown label, a bad polygon, box or mask, a missing image or one whose size is not
+            the XML's.
+    """
+    roots = [(p, _parse_xml(p)) for p in paths]
+    classes = _xml_labels(roots[0][1], roots[0][0])
+    for p, root in roots[1:]:
+        if _xml_labels(root, p) != classes:
+            raise AnnotationError(f"{p}: its labels are not those of {roots[0][0]}")
     unlabelled = IGNORE_VALUE
     if background is not None:
         if background not in classes:
             classes.insert(0, background)
         unlabelled = classes.index(background)
     samples, skipped = [], 0
-    for img in root.findall("image"):
-        name = img.get("name", "")
-        where = f"{path}: image id {img.get('id')} '{name}'"
-        split = _split(img.get("subset"))
-        folders = [f for f in (images,) if f is not None]
-        folders += [path.parent / "images" / (img.get("subset") or "default"),
-                    path.parent / "images", path.parent]  # fmt: skip
-        image = find_image(name, folders, where=where)
-        hw = (int(img.get("height", 0)), int(img.get("width", 0)))
-        check_size(where, image, hw)
-        shapes = []
-        for k, el in enumerate(img):
-            if el.tag in _NOT_AREAS:
-                skipped += 1
-                continue
-            if el.tag not in _AREAS:
-                continue
-            if el.get("label") not in classes:
-                raise AnnotationError(
-                    f"{where}: <{el.tag}> {k} has label '{el.get('label')}', which is not in "
-                    f"<meta>'s labels ({', '.join(classes)})"
+    for path, root in roots:
+        for img in root.findall("image"):
+            name = img.get("name", "")
+            where = f"{path}: image id {img.get('id')} '{name}'"
+            subset = img.get("subset") or (path.stem if len(roots) > 1 else None)
+            folders = [f for f in (images,) if f is not None]
+            folders += [path.parent / "images" / (subset or "default"),
+                        path.parent / "images", path.parent]  # fmt: skip
+            image = find_image(name, folders, where=where)
+            hw = (int(img.get("height", 0)), int(img.get("width", 0)))
+            check_size(where, image, hw)
+            shapes = []
+            for k, el in enumerate(img):
+                if el.tag in _NOT_AREAS:
+                    skipped += 1
+                    continue
+                if el.tag not in _AREAS:
+                    continue
+                if el.get("label") not in classes:
+                    raise AnnotationError(
+                        f"{where}: <{el.tag}> {k} has label '{el.get('label')}', which is not "
+                        f"in <meta>'s labels ({', '.join(classes)})"
+                    )
+                shapes.append((int(el.get("z_order", 0) or 0), k, el))
+            shapes.sort(key=lambda s: (s[0], s[1]))
+            painter = _xml_painter(where, [(k, el) for _, k, el in shapes], hw, classes, unlabelled)
+            samples.append(
+                Sample(
+                    split=_split(subset),
+                    name=Path(name.replace("\\", "/")).name,
+                    image=image,
+                    mask=painter,
+                    source=f"{path} ({name})",
                 )
-            shapes.append((int(el.get("z_order", 0) or 0), k, el))
-        shapes.sort(key=lambda s: (s[0], s[1]))
-        samples.append(
-            Sample(
-                split=split,
-                name=Path(name.replace("\\", "/")).name,
-                image=image,
-                mask=_xml_painter(where, [(k, el) for _, k, el in shapes], hw, classes, unlabelled),
-                source=f"{path} ({name})",
             )
-        )
     if not samples:
-        raise AnnotationError(f"{path}: no <image> elements")
+        raise AnnotationError(f"{paths[0]}: no <image> elements")
     notes = [f"left out {skipped} polylines/points/ellipses/cuboids/skeletons"] if skipped else []
     return Export(
         classes=classes,
