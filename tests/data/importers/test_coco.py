@@ -212,7 +212,8 @@ def _one(tmp_path: Path, ann: dict, *, size=(10, 12), file_size=None) -> Path:
         ({"segmentation": {"counts": [100], "size": [10, 12]}}, r"42 .*add up to 100 pixels"),
         ({"segmentation": {"counts": "0`0", "size": [10, 12]}}, r"42 .*add up to"),
         ({"segmentation": {"counts": [130, -10], "size": [10, 12]}}, r"42 .*whole numbers"),
-        ({"segmentation": []}, r"annotation 42 .*no 'segmentation'"),
+        ({"segmentation": []}, r"annotation 42 .*neither 'segmentation' polygons or RLE nor"),
+        ({"segmentation": [], "bbox": [2, 2, 11, 3]}, r"42 .*bbox: polygon 0 has point \(13, 2\)"),
     ],
 )
 def test_bad_annotations_name_the_file_and_annotation(tmp_path, ann, message):

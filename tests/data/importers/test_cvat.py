@@ -185,14 +185,18 @@ def test_not_a_cvat_export(tmp_path):
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "cvat"
 
 
-def test_both_cvat_formats_written_by_datumaro_give_the_same_masks(tmp_path):
+def test_three_cvat_exports_written_by_datumaro_give_the_same_masks(tmp_path):
     """The same annotations exported as CVAT does it (datumaro, tests/fixtures/cvat): the
-    colour PNGs CVAT's own pipeline rasterised and the XML polygons atrous rasterises agree
-    pixel for pixel, overlaps and z_order included."""
+    colour PNGs CVAT's own pipeline rasterised, and the XML and COCO 1.0 polygons and boxes
+    atrous rasterises, agree pixel for pixel, overlaps and z_order included."""
     masks = import_export("cvat", [FIXTURES / "segmentation_mask_1.1"], tmp_path / "m",
                           progress=False)  # fmt: skip
     xml = import_export("cvat", [FIXTURES / "cvat_for_images_1.1"], tmp_path / "x",
                         background="background", progress=False)  # fmt: skip
+    coco = import_export("coco", [FIXTURES / "coco_1.0"], tmp_path / "c",
+                         background="background", progress=False)  # fmt: skip
+    assert coco.notes == ["3 annotations without segmentation painted as their bbox"]
+    assert coco.classes == ["background", "car", "tree", "road"]  # category ids 1, 2, 3
     assert masks.classes == ["background", "car", "road", "tree"]  # labelmap.txt's order
     assert xml.classes == ["background", "car", "tree", "road"]  # <meta>'s order
     assert masks.splits == xml.splits == {"train": 2, "val": 1}
@@ -205,5 +209,7 @@ def test_both_cvat_formats_written_by_datumaro_give_the_same_masks(tmp_path):
     for split, name in (("train", "img_0"), ("train", "img_1"), ("val", "img_2")):
         m = np.asarray(Image.open(tmp_path / "m" / "masks" / split / f"{name}.png"))
         x = np.asarray(Image.open(tmp_path / "x" / "masks" / split / f"{name}.png"))
+        c = np.asarray(Image.open(tmp_path / "c" / "masks" / split / f"{name}.png"))
         np.testing.assert_array_equal(names(masks, m), names(xml, x))
+        np.testing.assert_array_equal(names(masks, m), names(coco, c))
         assert set(names(masks, m).ravel()) == {"background", "car", "road", "tree"}

@@ -14,7 +14,9 @@ The rules:
   one where they overlap (the order in which ``annToMask`` results are usually combined);
 - ``iscrowd: 1`` regions paint the ignore value, in the same order;
 - pixels no annotation covers get the ignore value, or class 0 ``background`` (prepended to
-  the categories unless one has that name) with ``background=``.
+  the categories unless one has that name) with ``background=``;
+- an annotation with only a ``bbox`` (how CVAT's COCO export writes boxes) is painted as its
+  rectangle, as CVAT's own mask export does.
 
 Errors name the JSON file, the annotation id and the image: a polygon with fewer than 3
 points, a coordinate outside the image, an unknown category or image id, an RLE whose size is
@@ -138,8 +140,15 @@ def _rle(seg: dict, h: int, w: int, where: str):
     return rle
 
 
+def is_box_only(ann: dict) -> bool:
+    """An annotation with a ``bbox`` [x, y, w, h] and no segmentation (CVAT's boxes)."""
+    seg, box = ann.get("segmentation"), ann.get("bbox")
+    return not seg and isinstance(box, list) and len(box) == 4
+
+
 def annotation_mask(ann: dict, h: int, w: int, where: str) -> np.ndarray:
-    """``(h, w)`` uint8 0/1 mask of one COCO annotation (polygons or RLE), as annToMask makes it.
+    """``(h, w)`` uint8 0/1 mask of one COCO annotation (polygons or RLE), as annToMask makes it;
+    an annotation with only a ``bbox`` is its rectangle, as CVAT's own mask export paints boxes.
 
     Raises:
         AnnotationError: no segmentation, a bad polygon or RLE; the message starts with `where`.
@@ -149,9 +158,12 @@ def annotation_mask(ann: dict, h: int, w: int, where: str) -> np.ndarray:
         rle = _polygon_rle(seg, h, w, where)
     elif isinstance(seg, dict):
         rle = _rle(seg, h, w, where)
+    elif is_box_only(ann):
+        x, y, bw, bh = (float(v) for v in ann["bbox"])
+        rle = _polygon_rle([[x, y, x + bw, y, x + bw, y + bh, x, y + bh]], h, w, f"{where}: bbox")
     else:
         raise AnnotationError(
-            f"{where}: no 'segmentation' polygons or RLE (a box-only export?); export the "
+            f"{where}: neither 'segmentation' polygons or RLE nor a 'bbox'; export the "
             "annotations with polygons or masks"
         )
     with warnings.catch_warnings():
@@ -266,7 +278,9 @@ def read_coco(
                     source=f"{path} ({file_name})",
                 )
             )
-    return Export(classes=classes, samples=samples, has_splits=len(datasets) > 1)
+    boxes = sum(is_box_only(a) for _, d in datasets for a in d["annotations"])
+    notes = [f"{boxes} annotations without segmentation painted as their bbox"] if boxes else []
+    return Export(classes=classes, samples=samples, has_splits=len(datasets) > 1, notes=notes)
 
 
 def _painter(
