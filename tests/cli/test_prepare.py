@@ -73,6 +73,10 @@ def test_readme_walkthrough_prepares_checks_and_trains(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert "wrote data/streets/dataset.yaml: 2 classes, 3 train, 2 val images" in out
     assert out.count("no defects found") == 2  # both splits checked
+    assert (
+        """DATASETS.TRAIN '("data/streets/dataset.yaml:train",)' DATASETS.TEST """
+        """'("data/streets/dataset.yaml:val",)' MODEL.SEM_SEG_HEAD.NUM_CLASSES 2"""
+    ) in out
     for split in ("train", "val"):
         assert (tmp_path / "data/streets/dataset_check" / split / "dataset_report.json").is_file()
     mask = np.asarray(Image.open(tmp_path / "data/streets/masks/train/train_0.png"))

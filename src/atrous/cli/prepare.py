@@ -177,6 +177,13 @@ def _run_import(args: argparse.Namespace) -> int:
             no_progress=args.no_progress,
         )
         status = max(status, check_dataset.run(check))
+    train = next(iter(result.splits))
+    test = next((s for s in result.splits if s.startswith(("val", "test"))), train)
+    print(
+        "\ntrain on it with: atrous train --config-file CONFIG DATASETS.TRAIN "
+        f"'(\"{result.yaml_path}:{train}\",)' DATASETS.TEST '(\"{result.yaml_path}:{test}\",)' "
+        f"MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(result.classes)}"
+    )
     return status
 
 

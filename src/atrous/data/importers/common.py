@@ -226,6 +226,11 @@ def write_dataset(
     _check_output(output)
     if not export.samples:
         raise AnnotationError(f"{source}: the export holds no images")
+    if len(export.classes) > IGNORE_VALUE:
+        raise AnnotationError(
+            f"{source}: {len(export.classes)} classes; at most {IGNORE_VALUE} fit in a mask "
+            f"beside the ignore value {IGNORE_VALUE}"
+        )
     seen: dict[tuple[str, str], str] = {}
     for s in export.samples:
         key = (s.split, os.path.splitext(s.name)[0].lower())
