@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _walkthrough_commands() -> list[list[str]]:
-    """The first bash block of the README's "From an annotation tool", one argv per command."""
+def _walkthrough_commands(block: int = 0) -> list[list[str]]:
+    """A bash block of the README's "From an annotation tool", one argv per command."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("\n### From an annotation tool\n", 1)[1].split("\n### ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    lines = [ln for ln in block.replace("\\\n", " ").splitlines() if ln and ln[0] != "#"]
-    return [shlex.split(ln) for ln in lines]
+    code = re.findall(r"```bash\n(.*?)```", section, re.S)[block]
+    lines = [ln for ln in code.replace("\\\n", " ").splitlines() if ln and ln[0] != "#"]
+    return [shlex.split(ln, comments=True) for ln in lines]
 
 
 def _coco_export(root: Path, *, size=(64, 96), n=(3, 2), unannotated: bool = False) -> None:
@@ -117,13 +118,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
 
 def test_labelme_and_cvat_commands(tmp_path, capsys):
     src = tmp_path / "labelme"
-    src.mkdir()
-    for k in range(5):
-        Image.new("RGB", (20, 10), (k, k, k)).save(src / f"im{k}.png")
-        shapes = [{"label": "cat", "points": [[0, 0], [10, 0], [10, 10]], "shape_type": "polygon"}]
-        data = {"shapes": shapes, "imagePath": f"im{k}.png", "imageData": None,
-                "imageHeight": 10, "imageWidth": 20}  # fmt: skip
-        (src / f"im{k}.json").write_text(json.dumps(data))
+    _labelme_folder(src)
     (tmp_path / "labels.txt").write_text("__ignore__\n_background_\ncat\ndog\n")
     args = ["prepare", "labelme", str(src), "--classes", str(tmp_path / "labels.txt"),
             "--val-fraction", "0.4", "--output", str(tmp_path / "d"), "--workers", "0",
@@ -136,3 +131,40 @@ def test_labelme_and_cvat_commands(tmp_path, capsys):
     assert "neither annotations.xml" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --classes is LabelMe's
         main(["prepare", "cvat", "x", "--classes", "a,b", "--output", str(tmp_path / "c")])
+
+
+def test_readme_commands_for_the_other_tools(tmp_path, monkeypatch, capsys):
+    labelme, cvat, coco = _walkthrough_commands(1)
+    assert [c[:3] for c in (labelme, cvat, coco)] == [
+        ["atrous", "prepare", "labelme"], ["atrous", "prepare", "cvat"],
+        ["atrous", "prepare", "coco"],
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    # labelme_files/ with labels.txt; a CVAT Segmentation mask export zipped as task_export.zip;
+    # a Label Studio style result.json with its images in photos/
+    _labelme_folder(tmp_path / "labelme_files")
+    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\ncat\n")
+    fixture = REPO / "tests" / "fixtures" / "cvat" / "segmentation_mask_1.1"
+    with zipfile.ZipFile(tmp_path / "task_export.zip", "w") as z:
+        for f in sorted(fixture.rglob("*")):
+            z.write(f, f.relative_to(fixture))
+    _coco_export(tmp_path / "ls", size=(48, 64), n=(5, 0))
+    (tmp_path / "ls" / "images").rename(tmp_path / "photos")
+    (tmp_path / "ls" / "annotations" / "instances_train.json").rename(tmp_path / "result.json")
+    quiet = ["--workers", "0", "--no-progress"]
+    assert main([*labelme[1:], *quiet]) == 0
+    assert "2 classes, 4 train, 1 val images" in capsys.readouterr().out
+    assert main([*cvat[1:], *quiet]) == 0
+    assert "4 classes, 2 train, 1 val images" in capsys.readouterr().out
+    assert main([*coco[1:], *quiet]) == 0
+    assert "2 classes, 4 train, 1 val images" in capsys.readouterr().out
+
+
+def _labelme_folder(folder: Path) -> None:
+    folder.mkdir()
+    for k in range(5):
+        Image.new("RGB", (20, 10), (k, k, k)).save(folder / f"im{k}.png")
+        shapes = [{"label": "cat", "points": [[0, 0], [10, 0], [10, 10]], "shape_type": "polygon"}]
+        data = {"shapes": shapes, "imagePath": f"im{k}.png", "imageData": None,
+                "imageHeight": 10, "imageWidth": 20}  # fmt: skip
+        (folder / f"im{k}.json").write_text(json.dumps(data))
