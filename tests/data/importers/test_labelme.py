@@ -3,6 +3,7 @@ with labelme's own shapes_to_label (labelme imports without a display; it opens 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,15 @@ def test_unknown_label_and_missing_image(tmp_path):
     (src / "a.jpg").unlink()
     with pytest.raises(AnnotationError, match=rf"{path}: no imageData and image 'a\.jpg' not"):
         import_export("labelme", [src], tmp_path / "o2", progress=False)
+
+
+def test_an_image_path_from_another_machine_and_a_missing_classes_file(tmp_path):
+    src = tmp_path / "labelme"
+    path = _write(src, "a", SHAPES, embed=False)
+    data = json.loads(path.read_text())
+    data["imagePath"] = "C:\\Users\\someone\\photos\\a.jpg"  # saved on Windows
+    path.write_text(json.dumps(data))
+    result = import_export("labelme", [src], tmp_path / "out", progress=False)
+    assert result.splits == {"train": 1}
+    with pytest.raises(AnnotationError, match=r"--classes lables\.txt: no such file"):
+        read_classes("lables.txt")

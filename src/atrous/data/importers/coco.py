@@ -34,7 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from ..image_io import image_size
-from .common import IGNORE_VALUE, AnnotationError, Export, Sample, check_size, find_image
+from .common import (
+    IGNORE_VALUE,
+    AnnotationError,
+    Export,
+    Sample,
+    check_size,
+    find_image,
+    split_name,
+)
 
 __all__ = ["coco_split_name", "read_coco", "rle_string_total"]
 
@@ -175,8 +183,6 @@ def annotation_mask(ann: dict, h: int, w: int, where: str) -> np.ndarray:
 def coco_split_name(path: Path) -> str | None:
     """The split a COCO file is for: ``instances_val2017.json`` -> ``val2017``, Roboflow's
     ``train/_annotations.coco.json`` -> ``train``; None when its name does not say."""
-    from .common import split_name
-
     if path.name == "_annotations.coco.json":
         return split_name(path.parent.name)
     return split_name(path.name.removesuffix(".json"))

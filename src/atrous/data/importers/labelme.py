@@ -54,6 +54,8 @@ def read_classes(spec: str) -> list[str]:
     """
     if os.path.isfile(spec):
         names = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+    elif spec.endswith(".txt"):
+        raise AnnotationError(f"--classes {spec}: no such file")
     else:
         names = [n.strip() for n in spec.split(",")]
     names = [n for n in names if n]
@@ -176,14 +178,15 @@ def _image_of(path: Path, data: dict, images: Path | None) -> tuple[Path | bytes
         except (binascii.Error, UnidentifiedImageError, OSError) as e:
             raise AnnotationError(f"{path}: 'imageData' is not a base64 image ({e})") from None
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
-    candidates = [path.parent / image_path]
+    # a path from another machine (C:\data\a.jpg): the file's name beside the JSON file
+    candidates = [path.parent / image_path, path.parent / os.path.basename(image_path)]
     if images is not None:
         candidates += [images / image_path, images / os.path.basename(image_path)]
     found = next((c for c in candidates if image_path and c.is_file()), None)
     if found is None:
         raise AnnotationError(
             f"{path}: no imageData and image '{image_path}' not found (looked in "
-            f"{', '.join(str(c.parent) for c in candidates)}); give --images DIR"
+            f"{', '.join(dict.fromkeys(str(c.parent) for c in candidates))}); give --images DIR"
         )
     with Image.open(found) as im:
         hw = _oriented_size(im)
