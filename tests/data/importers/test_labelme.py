@@ -151,3 +151,43 @@ def test_an_image_path_from_another_machine_and_a_missing_classes_file(tmp_path)
     assert result.splits == {"train": 1}
     with pytest.raises(AnnotationError, match=r"--classes lables\.txt: no such file"):
         read_classes("lables.txt")
+
+
+@pytest.mark.parametrize(
+    ("shape_type", "points"),
+    [
+        ("polygon", [(3.3, 4.7), (60.2, 10.1), (40.5, 47.9), (0, 30)]),
+        ("rectangle", [(50.6, 40.2), (12.1, 3.9)]),  # corners in either order
+        ("circle", [(30.5, 20.25), (38.0, 31.5)]),  # reaching past the border
+        ("oriented_rectangle", [(10, 5), (30, 10), (25, 30), (5, 25)]),
+        ("line", [(2, 2), (60, 45)]),
+        ("linestrip", [(2, 40), (20, 5), (40, 40), (63, 1)]),
+        ("point", [(31.5, 22.5)]),
+    ],
+)
+def test_each_shape_type_is_drawn_as_labelme_shape_to_mask_draws_it(shape_type, points):
+    from labelme.utils import shape_to_mask
+
+    from atrous.data.importers.labelme import shape_mask
+
+    shape = _shape("car", points, shape_type)
+    expected = shape_to_mask((H, W), shape["points"], shape_type)
+    got = shape_mask(shape, H, W, "x.json: shape 0")
+    assert got.any()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_mask_shape_as_labelme_saves_it(tmp_path):
+    from labelme.utils import img_arr_to_b64
+
+    blob = np.zeros((11, 16), bool)
+    blob[2:9, 3:14] = True
+    blob[0, 0] = True
+    mask_shape = _shape("person", [(20, 10), (35, 20)], "mask")
+    mask_shape["mask"] = img_arr_to_b64(blob.astype(np.uint8))  # what labelme's app writes
+    src = tmp_path / "labelme"
+    path = _write(src, "a", [SHAPES[0], mask_shape], embed=False)
+    result = import_export("labelme", [src], tmp_path / "out", progress=False)
+    got = np.asarray(Image.open(tmp_path / "out" / "masks" / "train" / "a.png"))
+    np.testing.assert_array_equal(got, _labelme_mask(path, result.classes))
+    assert got[10, 20] == result.classes.index("person")
