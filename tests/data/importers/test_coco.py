@@ -285,3 +285,10 @@ def test_an_exif_rotated_image_annotated_unturned_is_explained(tmp_path):
     (tmp_path / "instances_train.json").write_text(json.dumps(data))
     with pytest.raises(AnnotationError, match=r"is 20x32 .*EXIF orientation turns it upright"):
         import_export("coco", [tmp_path / "instances_train.json"], tmp_path / "o", progress=False)
+
+
+def test_a_val_fraction_outside_0_1_is_refused(tmp_path):
+    path = _one(tmp_path, {"segmentation": [[0, 0, 5, 0, 5, 5]]})
+    with pytest.raises(AnnotationError, match="--val-fraction must be between 0 and 1"):
+        import_export("coco", [path], tmp_path / "out", val_fraction=1.0, progress=False)
+    assert not (tmp_path / "out").exists()

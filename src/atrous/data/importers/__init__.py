@@ -110,8 +110,6 @@ def import_export(
     """
     if fmt not in FORMATS:
         raise AnnotationError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-        raise AnnotationError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     images_dir = Path(images) if images is not None else None
     if images_dir is not None and not images_dir.is_dir():
         raise AnnotationError(f"--images {images_dir} is not a folder")
