@@ -28,8 +28,6 @@ from .conftest import build_reference_model
 
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()
-# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
-pytestmark = pytest.mark.isolated
 
 REPO = Path(__file__).resolve().parents[2]
 
