@@ -27,9 +27,6 @@ from tests.helpers import (
     reference_bundle_overrides,
 )
 
-# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
-pytestmark = pytest.mark.isolated
-
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()
 
