@@ -492,13 +492,9 @@ def _predict_video(
             kept = encoder.close()
     seconds = time.perf_counter() - start
     done = encoder.frames
-    logger.info(
-        "%s: %d frames in %.1f s (%.1f frames/s) -> %s",
-        path,
-        done,
-        seconds,
-        done / max(seconds, 1e-9),
-        kept if kept is not None else "no video (no frame)",
+    _say(
+        f"{_short(path)}: {done} frames in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} "
+        f"frames/s) -> {kept if kept is not None else 'no video (no frame)'}"
     )
     if error is not None:
         reason = _brief(error) + (f"; kept the {done} frames before it in {kept}" if kept else "")
