@@ -453,11 +453,18 @@ def _predict_video(
         )
     try:
         video = VideoReader(path)
-        target = out_dir / f"{name}_overlay.mp4"
+    except VideoReadError as error:
+        _fail(failures, path, _brief(error))
+        return
+    try:
         encoder = OverlayVideoWriter(
-            target, fps=video.fps, size=(video.height, video.width), writer=writer
+            out_dir / f"{name}_overlay.mp4",
+            fps=video.fps,
+            size=(video.height, video.width),
+            writer=writer,
         )
-    except (VideoReadError, OSError) as error:  # FileExistsError: the target is not ours
+    except OSError as error:  # FileExistsError: the target is not one a prediction wrote
+        video.close()
         _fail(failures, path, _brief(error))
         return
 
