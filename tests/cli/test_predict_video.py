@@ -93,8 +93,12 @@ def test_a_video_becomes_an_overlay_video_and_label_frames(tmp_path, model_args,
     drawn = overlay(frames[0], predictor(frames[0]).labels, colors)
     error = np.abs(cv2.cvtColor(first, cv2.COLOR_BGR2RGB).astype(int) - drawn.astype(int))
     assert error.mean() < 12
-    # a rerun replaces its own files; the user's own files are never replaced
-    assert main(["predict", *head, "--input", str(clip), "--output", str(out), *opts]) == 0
+    # a rerun replaces its own files (and does not take its overlay video as an input); the
+    # user's own files are never replaced
+    own = out / "clip_overlay.mp4"
+    rerun = ["predict", *head, "--input", str(clip), str(own), "--output", str(out), *opts]
+    assert main(rerun) == 0
+    assert not (out / "clip_overlay_overlay.mp4").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "clip_overlay.mp4").write_bytes(b"someone's video")

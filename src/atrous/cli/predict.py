@@ -181,7 +181,7 @@ def _skip_own_outputs(items: list[tuple[str, str]], output: str) -> list[tuple[s
     kept = []
     for path, name in items:
         inside = os.path.realpath(path).startswith(out + os.sep)
-        if inside and path.endswith((*OUTPUT_SUFFIXES, LABELIDS_SUFFIX)):
+        if inside and path.endswith((*OUTPUT_SUFFIXES, LABELIDS_SUFFIX, _VIDEO_SUFFIXES[0])):
             continue
         kept.append((path, name))
     if len(kept) < len(items):
