@@ -64,6 +64,11 @@ from .safe_pickle import (
     resolve_pending,
     unsafe_pickle_error,
 )
+from .torchvision import (
+    TORCHVISION_LAYOUTS,
+    convert_torchvision_state_dict,
+    detect_torchvision_layout,
+)
 from .weights_io import is_safetensors_file, read_safetensors_checkpoint
 
 __all__ = ["Checkpointer", "LoadReport", "load_checkpoint_file"]
@@ -612,6 +617,12 @@ class Checkpointer:
             state = {k[len("module.") :]: v for k, v in state.items()}
 
         model_state = self.model.state_dict()
+        layout = None if report.matching_heuristics else detect_torchvision_layout(state)
+        if layout is not None:
+            state = convert_torchvision_state_dict(state, layout=layout, model_keys=model_state)
+            logger.info(
+                "%s is in the layout of a %s: renamed by name", path, TORCHVISION_LAYOUTS[layout]
+            )
         unexpected: list[str] = []
         if report.matching_heuristics:
             try:

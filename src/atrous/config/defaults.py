@@ -59,6 +59,11 @@ _C.MODEL.RESNETS.RES4_DILATION = 1
 _C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
 # "basic" (one 7x7 conv) or "deeplab" (three 3x3 convs).
 _C.MODEL.RESNETS.STEM_TYPE = "deeplab"
+# atrous: whether the first block of a dilated stage (RES4_DILATION / RES5_DILATION > 1) has
+# the stage's dilation (True: detectron2) or keeps the previous stage's (False: torchvision's
+# and timm's ResNets, whose ImageNet and segmentation weights were trained that way; use it with
+# STRIDE_IN_1X1 False and STEM_TYPE "basic" for their files).
+_C.MODEL.RESNETS.DILATE_FIRST_BLOCK = True
 
 _C.MODEL.SEM_SEG_HEAD = CN()
 _C.MODEL.SEM_SEG_HEAD.NAME = "DeepLabV3PlusHead"

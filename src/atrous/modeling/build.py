@@ -58,7 +58,11 @@ def build_backbone(cfg: CfgNode) -> ResNet:
         res4_dilation=res4_dilation,
         res5_dilation=r.RES5_DILATION,
         res5_multi_grid=multi_grid,
+        dilate_first_block=r.DILATE_FIRST_BLOCK,
     )
+    # A dilated stage replaces its stride by dilation (its first block may still have the
+    # previous stage's dilation, see DILATE_FIRST_BLOCK).
+    stage_dilation = {"res2": 1, "res3": 1, "res4": res4_dilation, "res5": r.RES5_DILATION}
     unknown = [f for f in r.OUT_FEATURES if f != "stem" and f not in _STAGE_INDEX]
     if unknown:
         raise ValueError(f"Unknown MODEL.RESNETS.OUT_FEATURES {unknown}; use stem, res2..res5.")
@@ -72,8 +76,8 @@ def build_backbone(cfg: CfgNode) -> ResNet:
     for index in range(2, last_stage + 1):
         name_i = f"res{index}"
         dilation = dilations[name_i]
-        # res2 keeps the stem's stride; a dilated stage replaces its stride by dilation.
-        first_stride = 1 if index == 2 or dilation[0] > 1 else 2
+        # res2 keeps the stem's stride.
+        first_stride = 1 if index == 2 or stage_dilation[name_i] > 1 else 2
         stages.append(
             (
                 name_i,
