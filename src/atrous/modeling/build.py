@@ -11,7 +11,7 @@ from ..config import CfgNode
 from ..layers import ASPP, ShapeSpec
 from ..utils.devices import resolve_device
 from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
-from .heads import DeepLabV3Head, DeepLabV3PlusHead
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, TorchvisionDeepLabHead
 from .losses import UnresolvedClassWeights, build_sem_seg_loss
 from .segmentor import SemanticSegmentor
 
@@ -125,8 +125,16 @@ def aspp_pool_kernel_size(cfg: CfgNode, encoder_stride: int) -> tuple[int, int] 
     return crop_h // encoder_stride, crop_w // encoder_stride
 
 
+_HEADS = ("DeepLabV3Head", "DeepLabV3PlusHead", "TorchvisionDeepLabHead")
+
+
 def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
-    """DeepLabV3Head or DeepLabV3PlusHead from MODEL.SEM_SEG_HEAD."""
+    """DeepLabV3Head, DeepLabV3PlusHead or TorchvisionDeepLabHead from MODEL.SEM_SEG_HEAD.
+
+    TorchvisionDeepLabHead is torchvision's layout: its ASPP pools globally whatever the training
+    crop and normalises the pooling branch; ASPP_DILATIONS, ASPP_DROPOUT and NORM apply as for
+    the others (torchvision: [12, 24, 36], 0.5, BN).
+    """
     h = cfg.MODEL.SEM_SEG_HEAD
     missing = [f for f in h.IN_FEATURES if f not in input_shape]
     if missing:
@@ -134,24 +142,29 @@ def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Mo
             f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not produced by the backbone "
             f"(MODEL.RESNETS.OUT_FEATURES gives {list(input_shape)})."
         )
-    if h.NAME not in ("DeepLabV3Head", "DeepLabV3PlusHead"):
+    if h.NAME not in _HEADS:
         raise ValueError(
-            f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use 'DeepLabV3Head' or "
-            "'DeepLabV3PlusHead'."
+            f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use one of {', '.join(_HEADS)}."
         )
     shapes = {f: input_shape[f] for f in h.IN_FEATURES}
     # ASPP reads the coarsest feature (the only one for DeepLabV3).
     coarsest = max(shapes.values(), key=lambda s: s.stride)
+    torchvision = h.NAME == "TorchvisionDeepLabHead"
     aspp = ASPP(
         coarsest.channels,
         h.ASPP_CHANNELS,
         list(h.ASPP_DILATIONS),
         norm=h.NORM,
         activation=nn.ReLU(),
-        pool_kernel_size=aspp_pool_kernel_size(cfg, coarsest.stride),
+        pool_kernel_size=None if torchvision else aspp_pool_kernel_size(cfg, coarsest.stride),
         dropout=h.ASPP_DROPOUT,
         use_depthwise_separable_conv=h.USE_DEPTHWISE_SEPARABLE_CONV,
+        pooling_norm=torchvision,
     )
+    if torchvision:
+        return TorchvisionDeepLabHead(
+            input_shape=shapes, aspp=aspp, num_classes=h.NUM_CLASSES, norm=h.NORM
+        )
     if h.NAME == "DeepLabV3Head":
         return DeepLabV3Head(input_shape=shapes, aspp=aspp, num_classes=h.NUM_CLASSES)
     return DeepLabV3PlusHead(
@@ -240,6 +253,8 @@ def build_model(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -
         ignore_value=h.IGNORE_VALUE,
         loss_weight=h.LOSS_WEIGHT,
         max_output_bytes=max_output_bytes(cfg),
+        # torchvision's models resize their logits to the input in one step.
+        logits_at_input_size=isinstance(head, TorchvisionDeepLabHead),
     )
     # "auto" and "cuda" mean this process's current CUDA device, which the launcher set to the
     # GPU of its local rank.
