@@ -110,6 +110,7 @@ NARROW_OVERRIDES = {
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
         *NARROW_HEAD,
     ],
+    "deeplabv3_mobilenet_v3_large": ["MODEL.MOBILENET.WIDTH_MULT", "0.5", *NARROW_HEAD],
 }  # fmt: skip
 
 
@@ -171,3 +172,18 @@ def test_a_batch_of_mixed_sizes_gives_each_image_its_own_logits(torchvision_resn
         torch.testing.assert_close(
             out["sem_seg"], _logits(torchvision_resnet_deeplab, image), atol=1e-5, rtol=0
         )
+
+
+def test_torchvision_deeplabv3_mobilenet_v3_logits(reference_input):
+    model = build_model(narrow_torchvision_config("deeplabv3_mobilenet_v3_large")).eval()
+    report = Checkpointer(model).load(str(REF / "deeplabv3_mobilenet_v3.safetensors"))
+    assert report.ok, report.summary()  # the reference has no aux head
+    logits = _logits(model, reference_input[0])
+    expected = np.load(REF / "deeplabv3_mobilenet_v3_logits.npy")[0]
+    assert logits.shape == expected.shape == (21, 96, 160)
+    np.testing.assert_allclose(logits.numpy(), expected, atol=ATOL, rtol=0)
+    # Not a multiple of the stride either: torchvision pads nothing.
+    image = torch.randn(3, 83, 131, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = _torchvision_forward(model, image)
+    torch.testing.assert_close(_logits(model, image), expected, atol=1e-5, rtol=0)

@@ -65,6 +65,21 @@ _C.MODEL.RESNETS.STEM_TYPE = "deeplab"
 # STRIDE_IN_1X1 False and STEM_TYPE "basic" for their files).
 _C.MODEL.RESNETS.DILATE_FIRST_BLOCK = True
 
+# atrous: MobileNetV3-Large (MODEL.BACKBONE.NAME "build_mobilenet_v3_large_backbone"), with
+# torchvision's structure so its ImageNet and DeepLabV3 files load by name. Outputs are named as
+# the ResNet outputs of the same nominal stride: stem (2), res2 (4), res3 (8), res4 (16), res5.
+# MODEL.BACKBONE.FREEZE_AT freezes the stem and the first stages as for ResNets.
+_C.MODEL.MOBILENET = CN()
+# Channel multiplier of every layer (torchvision's width_mult; 1.0 is the published model).
+_C.MODEL.MOBILENET.WIDTH_MULT = 1.0
+# Dilate the last stage instead of striding: res5 at output stride 16 (torchvision's
+# segmentation models), else 32.
+_C.MODEL.MOBILENET.DILATED = True
+_C.MODEL.MOBILENET.OUT_FEATURES = ["res5"]
+# "BN", "SyncBN", "FrozenBN", "GN" or ""; batch norms get eps 1e-3 and momentum 0.01 as
+# torchvision's.
+_C.MODEL.MOBILENET.NORM = "BN"
+
 _C.MODEL.SEM_SEG_HEAD = CN()
 _C.MODEL.SEM_SEG_HEAD.NAME = "DeepLabV3PlusHead"
 _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res5"]

@@ -10,7 +10,15 @@ from torch import nn
 from ..config import CfgNode
 from ..layers import ASPP, ShapeSpec
 from ..utils.devices import resolve_device
-from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
+from .backbone import (
+    BasicStem,
+    DeepLabStem,
+    MobileNetV3,
+    ResNet,
+    blocks_per_stage,
+    make_stage,
+    stage_dilations,
+)
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, TorchvisionDeepLabHead
 from .losses import UnresolvedClassWeights, build_sem_seg_loss
 from .segmentor import SemanticSegmentor
@@ -29,22 +37,38 @@ logger = logging.getLogger(__name__)
 _STAGE_INDEX = {"res2": 2, "res3": 3, "res4": 4, "res5": 5}
 
 
-def build_backbone(cfg: CfgNode) -> ResNet:
-    """ResNet from MODEL.BACKBONE and MODEL.RESNETS, frozen up to MODEL.BACKBONE.FREEZE_AT.
+_BACKBONES = (
+    "build_resnet_deeplab_backbone",
+    "build_resnet_backbone",
+    "build_mobilenet_v3_large_backbone",
+)
+
+
+def build_backbone(cfg: CfgNode) -> ResNet | MobileNetV3:
+    """The backbone of MODEL.BACKBONE.NAME, frozen up to MODEL.BACKBONE.FREEZE_AT.
 
     "build_resnet_deeplab_backbone" honours STEM_TYPE, RES4_DILATION and RES5_MULTI_GRID;
-    "build_resnet_backbone" is detectron2's plain ResNet (basic stem, RES5_DILATION only).
+    "build_resnet_backbone" is detectron2's plain ResNet (basic stem, RES5_DILATION only);
+    "build_mobilenet_v3_large_backbone" is MobileNetV3-Large from MODEL.MOBILENET.
     """
     r = cfg.MODEL.RESNETS
     name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_mobilenet_v3_large_backbone":
+        m = cfg.MODEL.MOBILENET
+        backbone = MobileNetV3(
+            width_mult=float(m.WIDTH_MULT),
+            dilated=bool(m.DILATED),
+            out_features=list(m.OUT_FEATURES),
+            norm=m.NORM,
+        )
+        return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
     if name == "build_resnet_deeplab_backbone":
         stem_type, res4_dilation, multi_grid = r.STEM_TYPE, r.RES4_DILATION, r.RES5_MULTI_GRID
     elif name == "build_resnet_backbone":
         stem_type, res4_dilation, multi_grid = "basic", 1, None
     else:
         raise ValueError(
-            f"Unknown MODEL.BACKBONE.NAME {name!r}; use 'build_resnet_deeplab_backbone' or "
-            "'build_resnet_backbone'."
+            f"Unknown MODEL.BACKBONE.NAME {name!r}; use one of {', '.join(_BACKBONES)}."
         )
     stems = {"basic": BasicStem, "deeplab": DeepLabStem}
     if stem_type not in stems:
@@ -140,7 +164,7 @@ def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Mo
     if missing:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not produced by the backbone "
-            f"(MODEL.RESNETS.OUT_FEATURES gives {list(input_shape)})."
+            f"(its OUT_FEATURES, MODEL.RESNETS or MODEL.MOBILENET, give {list(input_shape)})."
         )
     if h.NAME not in _HEADS:
         raise ValueError(
