@@ -24,12 +24,20 @@ from ..conftest import REPO_ROOT, TORCHVISION_REFERENCE_DIR
 
 # published model -> (shipped config it initialises, keys that have no place in it)
 PUBLISHED = {
-    "resnet50": ("deeplabv3_resnet50", r"fc\."),
-    "resnet101": ("deeplabv3_resnet101", r"fc\."),
-    "mobilenet_v3_large": ("deeplabv3_mobilenet_v3_large", r"classifier\.[03]\."),
-    "deeplabv3_resnet50 (aux)": ("deeplabv3_resnet50", r"aux_classifier\."),
-    "deeplabv3_resnet101 (aux)": ("deeplabv3_resnet101", r"aux_classifier\."),
-    "deeplabv3_mobilenet_v3_large (aux)": ("deeplabv3_mobilenet_v3_large", r"aux_classifier\."),
+    "resnet50": ("torchvision/deeplabv3_resnet50", r"fc\."),
+    "resnet101": ("torchvision/deeplabv3_resnet101", r"fc\."),
+    "mobilenet_v3_large": ("torchvision/deeplabv3_mobilenet_v3_large", r"classifier\.[03]\."),
+    "deeplabv3_resnet50 (aux)": ("torchvision/deeplabv3_resnet50", r"aux_classifier\."),
+    "deeplabv3_resnet101 (aux)": ("torchvision/deeplabv3_resnet101", r"aux_classifier\."),
+    "deeplabv3_mobilenet_v3_large (aux)": (
+        "torchvision/deeplabv3_mobilenet_v3_large",
+        r"aux_classifier\.",
+    ),
+}
+# The own-data configs start from the ImageNet files.
+CUSTOM = {
+    "resnet50": ("Custom/deeplab_v3_plus_R_50_gpu", r"fc\."),
+    "mobilenet_v3_large": ("Custom/deeplab_v3_plus_mobilenet_v3_large_cpu", r"classifier\.[03]\."),
 }
 
 
@@ -63,7 +71,7 @@ _MODELS: dict[str, dict[str, tuple[int, ...]]] = {}
 def _shipped_state_shapes(config: str) -> dict[str, tuple[int, ...]]:
     if config not in _MODELS:
         cfg = get_cfg()
-        cfg.merge_from_file(str(REPO_ROOT / "configs" / "torchvision" / f"{config}.yaml"))
+        cfg.merge_from_file(str(REPO_ROOT / "configs" / f"{config}.yaml"))
         cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
         model = build_model(cfg)
         _MODELS[config] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -71,9 +79,11 @@ def _shipped_state_shapes(config: str) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("published", list(PUBLISHED))
-def test_every_published_key_maps_with_its_shape(published):
-    config, unused = PUBLISHED[published]
+@pytest.mark.parametrize(
+    "published, config, unused",
+    [(name, *PUBLISHED[name]) for name in PUBLISHED] + [(name, *CUSTOM[name]) for name in CUSTOM],
+)
+def test_every_published_key_maps_with_its_shape(published, config, unused):
     source = PUBLISHED_KEYS[published]
     ours = _shipped_state_shapes(config)
     layout = detect_torchvision_layout(source)
