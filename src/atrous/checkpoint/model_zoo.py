@@ -9,22 +9,24 @@ whichever mirror served them.
 
 Known names (case-insensitive):
 
-=========================================  =======================================================
-``DeepLabV3_R103``                         DeepLabV3, R103-DC5, Cityscapes, 78.5 mIoU (model id
-                                           28041665)
-``DeepLabV3+_R103``                        DeepLabV3+, R103-DC5, Cityscapes, 80.0 mIoU (model id
-                                           28054032); also ``DeepLabV3Plus_R103``
-``R-103``                                  ImageNet R-103 backbone (deeplab stem), R103 configs
-``R-101``                                  ImageNet MSRA R-101 backbone (Caffe2 names), R101 configs
-``torchvision/deeplabv3_resnet50``         torchvision DeepLabV3 R50, COCO (VOC classes), 66.4 mIoU
-``torchvision/deeplabv3_resnet101``        torchvision DeepLabV3 R101, COCO (VOC classes), 67.4
-``torchvision/deeplabv3_mobilenet_v3_large``  torchvision DeepLabV3 MobileNetV3-Large, 60.3
-``torchvision/resnet50``, ``..._v2``       torchvision ImageNet ResNet-50 (V1 76.1 / V2 80.9 top-1)
-``torchvision/resnet101``, ``..._v2``      torchvision ImageNet ResNet-101 (V1 77.4 / V2 81.9)
-``torchvision/mobilenet_v3_large``,        torchvision ImageNet MobileNetV3-Large (V1 74.0 / V2
-``..._v2``                                 75.3 top-1)
-``timm/resnet50.a1_in1k``                  timm's ResNet-50 (A1 recipe), 81.2 top-1, safetensors
-=========================================  =======================================================
+detectron2 (``detectron2://``):
+
+- ``DeepLabV3_R103``: DeepLabV3, R103-DC5, Cityscapes, 78.5 mIoU (model id 28041665)
+- ``DeepLabV3+_R103`` (also ``DeepLabV3Plus_R103``): DeepLabV3+, R103-DC5, Cityscapes, 80.0 mIoU
+  (model id 28054032)
+- ``R-103``: ImageNet R-103 backbone (deeplab stem), used by the R103 configs
+- ``R-101``: ImageNet MSRA R-101 backbone (Caffe2 names), used by the R101 configs
+
+torchvision (``https://download.pytorch.org/models/``) and timm (the Hugging Face hub):
+
+- ``torchvision/deeplabv3_resnet50``, ``torchvision/deeplabv3_resnet101``,
+  ``torchvision/deeplabv3_mobilenet_v3_large``: torchvision's DeepLabV3 models, COCO images with
+  the 21 VOC classes, 66.4 / 67.4 / 60.3 mIoU; the ``configs/torchvision/`` configs
+- ``torchvision/resnet50``, ``torchvision/resnet101``, ``torchvision/mobilenet_v3_large``: the
+  ImageNet classifiers (V1 weights, those torchvision's DeepLabV3 models started from), and their
+  ``_v2`` weights
+- ``timm/resnet50.a1_in1k``: timm's ResNet-50 trained with the "ResNet strikes back" A1 recipe,
+  in safetensors
 
 torchvision's files carry the first digits of their SHA-256 after the last hyphen
 (``resnet101-cd907fc2.pth``), which the download verifies as for detectron2's names.
