@@ -49,7 +49,10 @@ def test_another_class_count_reinitialises_the_predictor_with_one_log_line(caplo
 
 
 def test_inference_refuses_a_predictor_for_other_classes():
-    with pytest.raises(CheckpointError, match=r"predicts 21 classes, this model 5.*NUM_CLASSES 21"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit this model: it predicts 21 classes, this model 5.*NUM_CLASSES 21",
+    ):
         load_weights(_narrow_mobilenet_deeplab(5), str(SEGMENTATION_FILE), allow_partial=False)
 
 

@@ -182,10 +182,11 @@ def load_weights(model: Any, weights: str, *, allow_partial: bool) -> Any:
     counts = report.class_counts()
     if counts and not (report.missing or report.shape_mismatched):
         raise CheckpointError(
-            f"MODEL.WEIGHTS {weights!r} predicts {counts[0]} classes, this model "
-            f"{counts[1]}: its predictions would come from an untrained classifier. Set "
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES {counts[0]} (and a dataset with those classes), or "
-            "train on your classes first (training starts from such weights)."
+            f"MODEL.WEIGHTS {weights!r} does not fit this model: it predicts {counts[0]} "
+            f"classes, this model {counts[1]}, so the predictions would come from an untrained "
+            f"classifier. Set MODEL.SEM_SEG_HEAD.NUM_CLASSES {counts[0]} (and a dataset with "
+            "those classes), train on your classes first (training starts from such weights), "
+            "or pass --allow-partial to use them anyway."
         )
     if mismatched:
         key = mismatched[0]
