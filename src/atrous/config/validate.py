@@ -176,6 +176,14 @@ def _check_tracking(tracking: Any) -> None:
         shown = ", ".join(TRACKING_BACKENDS)
         what = f"names {unknown[0]!r}" if unknown else "names a backend twice"
         raise ConfigError(f"TRACKING.BACKENDS {what}; use any of {shown} (or [] for none).")
+    import importlib.util
+
+    for backend in ("mlflow", "wandb"):
+        if backend in backends and importlib.util.find_spec(backend) is None:
+            raise ConfigError(
+                f"TRACKING.BACKENDS names {backend}, which is not installed: "
+                "pip install 'atrous[tracking]' (or remove it from TRACKING.BACKENDS)."
+            )
     if tracking.WANDB_MODE not in ("", "online", "offline"):
         raise ConfigError(
             f"TRACKING.WANDB_MODE is {tracking.WANDB_MODE!r}; it must be 'online', 'offline' or "

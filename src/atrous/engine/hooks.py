@@ -50,6 +50,8 @@ class TrainerState(Protocol):
     storage: EventStorage
     # Set by a hook (early stopping) to end the run cleanly after the current step.
     stop_reason: str | None
+    # What ended training early, seen by after_train (None for a finished run).
+    exception: BaseException | None
 
 
 class HookBase:

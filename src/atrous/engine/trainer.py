@@ -61,6 +61,8 @@ class TrainerBase:
         self.max_iter = 0
         self.storage = EventStorage()
         self.stop_reason: str | None = None
+        # What ended the last `train` early (a stop signal's TrainingPreempted, an error).
+        self.exception: BaseException | None = None
 
     def register_hooks(self, hooks: Iterable[hooks_mod.HookBase | None]) -> None:
         for hook in hooks:
@@ -75,6 +77,7 @@ class TrainerBase:
         self.max_iter = max_iter
         self.storage = EventStorage(start_iter)
         self.stop_reason = None
+        self.exception = None
         try:
             for h in self._hooks:
                 h.before_train()
@@ -93,9 +96,11 @@ class TrainerBase:
                 # Tells after_train hooks that the run completed.
                 self.iter = max_iter
                 self.storage.iter = max_iter
-        except TrainingPreempted:
+        except TrainingPreempted as stop:
+            self.exception = stop
             raise  # a requested stop, already logged: no traceback
-        except Exception:
+        except Exception as error:
+            self.exception = error
             logger.exception("Exception during training at iteration %d:", self.iter)
             raise
         finally:
@@ -224,7 +229,7 @@ class Trainer:
     evaluations during training) and `build_hooks`.
 
     Args:
-        cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
+        cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TRACKING.*, TEST.EVAL_PERIOD,
             OUTPUT_DIR and LOG_PERIOD.
     """
 
@@ -521,7 +526,16 @@ class Trainer:
                     metrics, os.path.join(cfg.OUTPUT_DIR, "training_curves.png")
                 )
             )
+            tracking = self.build_tracking_hook()
+            if tracking is not None:
+                out.append(tracking)  # last: it uploads what the hooks before it wrote
         return out
+
+    def build_tracking_hook(self) -> hooks_mod.HookBase | None:
+        """The MLflow / W&B hook of TRACKING.BACKENDS (rank 0 only), or None."""
+        from .tracking import build_tracking_hook
+
+        return build_tracking_hook(self.cfg, resumed=self._resumed, start_iter=self.start_iter)
 
     def build_writers(self) -> list[Any]:
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
