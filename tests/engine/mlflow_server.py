@@ -69,9 +69,11 @@ class MlflowServer:
         self.stop()
         pytest.fail("mlflow server did not answer /health in time")
 
-    def stop(self) -> None:
+    def stop(self, *, at_once: bool = False) -> None:
+        """Shut the server down; `at_once` kills it (SIGKILL), as a crash or an outage would,
+        instead of a graceful shutdown that keeps serving open connections for a while."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGKILL if at_once else signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
