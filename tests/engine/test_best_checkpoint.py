@@ -195,3 +195,34 @@ def test_state_of_another_metric_is_not_taken_over(caplog) -> None:
     assert new.best_value is None and "start afresh" in caplog.text
     with pytest.raises(TypeError, match="malformed"):
         old.load_state_dict({**old.state_dict(), "evaluations_without_improvement": "3"})
+
+
+def test_export_bundle_says_which_checkpoint_it_took(
+    stopped: Path, tiny_run_cfg, tmp_path: Path, capsys
+) -> None:
+    from atrous.cli.main import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(_cfg(tiny_run_cfg, stopped).dump())
+    for name in ("model_best.pth", "model_final.pth"):
+        bundle = tmp_path / name.replace(".pth", "")
+        code = main(["export", "--format", "bundle", "--config-file", str(config),
+                     "--output", str(bundle), "MODEL.WEIGHTS", str(stopped / name)])  # fmt: skip
+        assert code == 0
+        meta = json.loads((bundle / "bundle.json").read_text())
+        assert meta["source_weights"] == name
+        printed = capsys.readouterr().out
+        if name == "model_best.pth":
+            assert (
+                f"weights: {stopped / name} (the best evaluation of its run: sem_seg/mIoU 35 at "
+                "iteration 2)"
+            ) in printed
+            # The bundle's metrics are those of the evaluation the best checkpoint won.
+            assert meta["metrics"]["source"] == "model_best.json"
+            assert meta["metrics"]["iteration"] == 2
+            assert meta["metrics"]["values"] == {"sem_seg/mIoU": 35.0, "sem_seg/fwIoU": 0.5}
+        else:
+            assert (
+                f"weights: {stopped / name} (the final weights; the best evaluation, "
+                "sem_seg/mIoU 35 at iteration 2, is model_best.pth)"
+            ) in printed

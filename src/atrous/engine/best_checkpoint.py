@@ -16,18 +16,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from atrous.checkpoint.best import BEST_FILE, BEST_RECORD
 from atrous.utils import comm
 from atrous.utils.file_io import atomic_write_json
 
 from .hooks import HookBase
 
-__all__ = ["BEST_FILE", "BEST_RECORD", "BestCheckpointer", "BestMetricState", "read_best_record"]
+__all__ = ["BestCheckpointer", "BestMetricState"]
 
 logger = logging.getLogger(__name__)
-
-BEST_FILE = "model_best.pth"
-# Which evaluation model_best.pth holds, readable without loading the weights.
-BEST_RECORD = "model_best.json"
 
 
 class BestMetricState:
@@ -117,18 +114,6 @@ class BestMetricState:
         self.reference = None if reference is None else float(reference)
         self.evaluations_without_improvement = count
         self.last_evaluation = last
-
-
-def read_best_record(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``model_best.json`` of a training output folder, or None (absent or unreadable)."""
-    import json
-
-    try:
-        with open(os.path.join(folder, BEST_RECORD), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 class BestCheckpointer(HookBase):

@@ -658,10 +658,9 @@ def _write_model_bundle(cfg: Any) -> str | None:
     """``OUTPUT_DIR/model_bundle`` from the best checkpoint, else the final one; None if neither
     can be read (a warning says why: the run's own files are unaffected)."""
     from atrous.checkpoint import Checkpointer
+    from atrous.checkpoint.best import BEST_FILE
     from atrous.deploy.bundle import write_bundle
     from atrous.modeling import build_model
-
-    from .best_checkpoint import BEST_FILE
 
     out = cfg.OUTPUT_DIR
     weights = next(
