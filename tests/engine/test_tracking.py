@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from atrous.engine.tracking import config_params, mlflow_metric_name
+from atrous.engine.tracking import config_params
+from atrous.engine.tracking_backends import mlflow_metric_name
 from tests.cli.test_train import QUICKSTART, REPO, TINY, _env, _wait_for_iteration
 from tests.engine.mlflow_server import MlflowServer, json_histories, metric_histories
 

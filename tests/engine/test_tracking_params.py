@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from atrous.config import get_cfg
-from atrous.engine.tracking import config_params, mlflow_metric_name
+from atrous.engine.tracking import config_params
+from atrous.engine.tracking_backends import mlflow_metric_name
 
 
 def test_config_becomes_flat_text_parameters() -> None:
