@@ -147,9 +147,7 @@ def test_weights_that_leave_the_head_random_are_refused(tmp_path, weights_overri
 
 @pytest.mark.slow
 def test_openvino_export_runs_in_openvino(tmp_path, weights_overrides, reference_dir):
-    from atrous.deploy.openvino import import_openvino
-
-    ov = import_openvino()  # without its telemetry, as atrous imports it
+    from atrous.deploy.openvino import openvino_core  # without telemetry, as atrous imports it
 
     output = tmp_path / "ir" / "model.xml"
     code = main(
@@ -158,7 +156,9 @@ def test_openvino_export_runs_in_openvino(tmp_path, weights_overrides, reference
     )  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in output.parent.iterdir()) == ["model.bin", "model.xml"]
-    compiled = ov.Core().compile_model(str(output), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(
+        str(output), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     model = _pytorch_model([*weights_overrides, *CROP_OVERRIDES])
     for images in _natural_images(reference_dir, [(128, 256), (150, 300)]):
         got = compiled(images.numpy())[0][0]

@@ -395,3 +395,24 @@ def test_long_file_names_and_output_inside_the_input_folder(tmp_path, model_args
     assert len([n for n in outputs if n.endswith("_labels.png")]) == 2
     assert main(args) == 0  # a rerun predicts the two photos, not its own pictures
     assert sorted(p.name for p in src.iterdir()) == outputs
+
+
+def test_files_that_no_prediction_wrote_are_never_replaced(tmp_path, model_args, capsys):
+    src = tmp_path / "photos"
+    _images(src, ["a.png", "b.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_overlay.png").write_bytes(b"the user's own overlay")
+    head, opts = model_args
+    args = ["predict", *head, "--input", str(src), "--output", str(out), *opts]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 images failed" in err
+    assert f"{out / 'a_overlay.png'} exists and was not written by atrous predict" in err
+    assert (out / "a_overlay.png").read_bytes() == b"the user's own overlay"
+    assert not (out / "a_labels.png").exists() and (out / "b_labels.png").is_file()
+    (out / "a_overlay.png").unlink()
+    assert main(args) == 0  # its own files from the first run are replaced
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        f"{n}_{kind}.png" for n in "ab" for kind in ("labels", "legend", "overlay")
+    ]

@@ -12,9 +12,6 @@ import pytest
 from atrous.cli.main import main
 from tests.conftest import V3PLUS_CONFIG, reference_bundle_overrides, run_cli_without
 
-# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
-pytestmark = pytest.mark.isolated
-
 REPO = Path(__file__).resolve().parents[2]
 
 

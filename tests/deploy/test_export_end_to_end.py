@@ -154,8 +154,7 @@ def test_the_channel_swap_matters_for_the_bgr_model(images):
 
 @pytest.mark.slow  # an export traces the model (~20 s)
 def test_openvino_end_to_end_ir_matches_predictor(tmp_path, images):
-    openvino = pytest.importorskip("openvino")
-    from atrous.deploy.openvino import export_openvino, read_openvino_metadata
+    from atrous.deploy.openvino import export_openvino, openvino_core, read_openvino_metadata
 
     predictor = _predictor("RGB")
     path = export_openvino(
@@ -169,7 +168,7 @@ def test_openvino_end_to_end_ir_matches_predictor(tmp_path, images):
     props = read_openvino_metadata(path)
     assert props["atrous_graph"] == END_TO_END_GRAPH
     assert json.loads(props["atrous_classes"]) == ["a"] * 18 + ["b"]
-    compiled = openvino.Core().compile_model(
+    compiled = openvino_core().compile_model(
         str(path),
         "CPU",
         # float32 as in the parity bound: the CPU plugin may default to bf16 on bf16 hardware

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import atrous
 from atrous.data.image_io import DatasetError
-from atrous.deploy.openvino import import_openvino, read_openvino_metadata
+from atrous.deploy.openvino import import_openvino, openvino_core, read_openvino_metadata
 from atrous.deploy.quantize import (
     CalibrationImages,
     float_module_names,
@@ -20,9 +20,6 @@ from atrous.deploy.quantize import (
     quantize_model,
 )
 from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
-
-# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
-pytestmark = pytest.mark.isolated
 
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()
@@ -113,13 +110,13 @@ def test_int8_model_agrees_with_float32(trained, datasets, tmp_path, monkeypatch
     stamp = {"atrous_version": atrous.__version__, "quantization": f"int8 {backend}"}
 
     if backend == "openvino":
-        ir = ov.Core().read_model(str(result.path))
+        ir = openvino_core().read_model(str(result.path))
         assert stamp.items() <= read_openvino_metadata(result.path).items()
         convs = [op for op in ir.get_ops() if op.get_type_name() == "Convolution"]
         # Every convolution but the predictor reads int8 weights and quantized activations.
         float_convs = {op.get_friendly_name() for op in convs if not _is_int8_convolution(op)}
         assert {name.split("/")[0] for name in float_convs} == {predictor}
-        compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino_core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
         def run(x):
             return compiled(x)[0]

@@ -24,9 +24,6 @@ from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_override
 
 from .conftest import build_reference_model
 
-# OpenVINO and NNCF run in-process here; see the `isolated` marker in pyproject.toml.
-pytestmark = pytest.mark.isolated
-
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()
 

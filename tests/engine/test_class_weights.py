@@ -127,11 +127,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-# Late in a `pytest -n 2` run the xdist worker running this test dies with SIGSEGV while it waits
-# for the job (no Python frame of ours; not reproduced in smaller runs), so .ci/run runs it in a
-# pytest process of its own, where it passes.
 @pytest.mark.slow
-@pytest.mark.isolated
 def test_two_gloo_processes_get_rank_0s_weights_or_its_error(tmp_path):
     name = _dataset(tmp_path / "data")
     cfg = _cfg(name, tmp_path / "out", "median_frequency")

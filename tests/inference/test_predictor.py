@@ -174,3 +174,22 @@ def test_bundle_predictor_takes_overrides_and_refuses_a_second_model(reference_b
     assert isinstance(predictor.inference_model, SemanticSegmentorWithTTA)
     with pytest.raises(ValueError, match="brings its own model"):
         Predictor(reference_bundle, model=model)
+
+
+def test_labels_from_scores_are_argmax_with_ties_and_non_finite_scores():
+    from atrous.inference.predictor import labels_from_scores
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        scores = torch.randint(-2, 3, (5, 6, 7), generator=generator).float()  # many ties
+        special = torch.rand(scores.shape, generator=generator)
+        if trial % 3 == 0:
+            scores[special < 0.05] = float("nan")
+        scores[(special > 0.9) & (special < 0.95)] = float("-inf")
+        if trial % 2 == 0:
+            scores[special > 0.97] = float("inf")
+        labels = labels_from_scores(scores)
+        assert labels.dtype == np.int64
+        np.testing.assert_array_equal(labels, scores.argmax(dim=0).numpy())
+    scores = torch.randn(19, 64, 128, generator=generator).to(torch.bfloat16)
+    np.testing.assert_array_equal(labels_from_scores(scores), scores.argmax(dim=0).numpy())

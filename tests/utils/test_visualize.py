@@ -100,3 +100,34 @@ def test_heatmap_runs_dark_to_bright():
     brightness = rgb.astype(int).sum(axis=-1)[0]
     assert brightness[0] < brightness[1] < brightness[2]
     np.testing.assert_array_equal(rgb[0, 3], rgb[0, 0])  # NaN drawn as 0
+
+
+def _overlay_by_the_formula(image, labels, colors, *, opacity, confidence, min_confidence):
+    """The overlay computed per pixel in float32, as `overlay` did before its lookup table."""
+    color = colorize(labels, colors).astype(np.float32)
+    valid = ((labels >= 0) & (labels < len(colors)))[..., None]
+    blended = image.astype(np.float32) * (1 - opacity) + color * opacity
+    out = np.where(valid, blended, image.astype(np.float32))
+    if min_confidence > 0.0:
+        low = (np.asarray(confidence) < min_confidence)[..., None]
+        out = np.where(low, out * DIM_FACTOR, out)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("opacity", [0.0, 0.1, 1 / 3, 0.5, 0.6, 0.7, 0.95, 1.0, np.float64(0.45)])
+def test_overlay_table_gives_the_pixels_of_the_float_formula(opacity):
+    # every photo value in every channel, for every class, outside the classes, dimmed or not
+    rng = np.random.default_rng(0)
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(19)]
+    colors += [(0, 0, 0), (255, 255, 255)]
+    classes = np.arange(-1, len(colors) + 2)
+    labels = np.repeat(classes, 256)[:, None]
+    image = np.tile(np.arange(256, dtype=np.uint8), len(classes))[:, None, None].repeat(3, 2)
+    image[:, 0, 1] = 255 - image[:, 0, 1]
+    confidence = rng.random(labels.shape).astype(np.float32)
+    for min_confidence in (0.0, 0.5):
+        kwargs = dict(opacity=opacity, confidence=confidence, min_confidence=min_confidence)
+        got = overlay(image, labels, colors, **kwargs)
+        expected = _overlay_by_the_formula(image, labels, colors, **kwargs)
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)

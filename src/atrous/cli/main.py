@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("atrous.cli.export", "export a model to ONNX, OpenVINO or TorchScript"),
     "quantize": ("atrous.cli.quantize", "INT8 post-training quantization (OpenVINO, ONNX Runtime)"),
     "benchmark": ("atrous.cli.benchmark", "measure inference, training or data-loading speed"),
-    "prepare": ("atrous.cli.prepare", "prepare datasets (Cityscapes trainIds, synthetic data)"),
+    "prepare": ("atrous.cli.prepare", "prepare Cityscapes, synthetic, COCO/LabelMe/CVAT data"),
     "quickstart": ("atrous.cli.quickstart", "prepare synthetic data, train, evaluate, predict"),
     "convert": ("atrous.cli.convert", "convert weights (.pkl, .pth) to .safetensors or .pth"),
     "check-dataset": ("atrous.cli.check_dataset", "find defective files, class stats, weights"),

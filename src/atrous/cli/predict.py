@@ -1,10 +1,11 @@
-"""`atrous predict`: segment images and write label maps, overlays and legends.
+"""`atrous predict`: segment images and videos and write label maps, overlays and legends.
 
 atrous predict --config-file cfg.yaml --input photos/ street.jpg "more/*.png" --output out \\
     MODEL.WEIGHTS model_final.pth
 atrous predict --config-file cfg.yaml --dataset cityscapes_fine_sem_seg_test --output submit \\
     --cityscapes-labelids MODEL.WEIGHTS DeepLabV3+_R103
 atrous predict --model my_bundle --input photos/ --output out
+atrous predict --model quantized/ --input clip.mp4 --output out --frames
 
 ``--model`` takes a model bundle folder (``atrous export --format bundle``) instead of
 ``--config-file`` + MODEL.WEIGHTS; class names and colours then come from the bundle. It also
@@ -23,7 +24,16 @@ is below P. With ``--cityscapes-labelids`` it writes
 only ``<city>_<seq>_<frame>_leftImg8bit_labelIds.png`` files holding Cityscapes labelIds, the
 format the Cityscapes benchmark server accepts (zip the output folder and upload it).
 
-Images that cannot be read are reported and skipped; the exit status is 1 when any image failed.
+A video ``--input`` (``.mp4``, ``.mov``, ``.avi``, ``.mkv``, ... whatever OpenCV's FFmpeg reads;
+folders are searched for images only) becomes ``<name>_overlay.mp4`` (MPEG-4, the input's frame
+rate and size); ``--frames`` adds each frame's label map as ``<name>_frames/<index>_labels.png``.
+
+Images are read, predicted and written in a pipeline (`atrous.inference.pipeline`); the files
+are written by `atrous.inference.writer`, each under a temporary name first, and a file in
+``--output`` that no prediction wrote there is never replaced (``.atrous-predictions`` lists the
+ones that were). Images that cannot be read or written are reported and skipped; a video that
+breaks off (truncated, damaged) keeps the frames before the break and is reported; the exit
+status is 1 when any input failed.
 """
 
 from __future__ import annotations
@@ -34,7 +44,6 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write only Cityscapes labelIds PNGs named for the benchmark server",
     )
+    parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="videos: also write each frame's label map, <name>_frames/<index>_labels.png",
+    )
     add_precision_flag(parser)
     add_allow_partial_flag(parser)
     add_overrides_argument(parser, example="MODEL.WEIGHTS model.pth")
@@ -153,26 +167,21 @@ def collect_inputs(items: list[str]) -> list[tuple[str, str]]:
     return result
 
 
-# What `_write_outputs` appends to an image's name; the longest decides how long a name may be.
-_OUTPUT_SUFFIXES = (
-    "_labels.png",
-    "_overlay.png",
-    "_legend.png",
-    "_confidence.png",
-    "_entropy.png",
-    "_confidence_heatmap.png",
-)
 _MAX_NAME_BYTES = 255  # of one path component, on every common file system
+# What a video's outputs append to its name (besides the image outputs of its frames)
+_VIDEO_SUFFIXES = ("_overlay.mp4", "_frames")
 
 
 def _skip_own_outputs(items: list[tuple[str, str]], output: str) -> list[tuple[str, str]]:
     """`items` without the pictures an earlier run wrote into `output` (``--output`` inside or
     equal to an ``--input`` folder would otherwise predict its own outputs on every rerun)."""
+    from atrous.inference.writer import LABELIDS_SUFFIX, OUTPUT_SUFFIXES
+
     out = os.path.realpath(output)
     kept = []
     for path, name in items:
         inside = os.path.realpath(path).startswith(out + os.sep)
-        if inside and (path.endswith(_OUTPUT_SUFFIXES) or path.endswith("_labelIds.png")):
+        if inside and path.endswith((*OUTPUT_SUFFIXES, LABELIDS_SUFFIX, _VIDEO_SUFFIXES[0])):
             continue
         kept.append((path, name))
     if len(kept) < len(items):
@@ -189,8 +198,10 @@ def _fit_name(name: str) -> str:
     so that every output file name fits in 255 bytes."""
     import hashlib
 
+    from atrous.inference.writer import OUTPUT_SUFFIXES
+
     head, _, last = name.rpartition("/")
-    room = _MAX_NAME_BYTES - max(len(s) for s in _OUTPUT_SUFFIXES)
+    room = _MAX_NAME_BYTES - max(len(s) for s in (*OUTPUT_SUFFIXES, *_VIDEO_SUFFIXES))
     if len(last.encode()) <= room:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -212,41 +223,6 @@ def _cityscapes_lut(class_names: tuple[str, ...]) -> np.ndarray:
         return train_id_to_label_id_lut([trainId2label[t].name for t in range(19)])
 
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _write_outputs(
-    out_dir: Path, name: str, image: np.ndarray, result: Any, meta: Any, args: argparse.Namespace
-) -> None:
-    from PIL import Image
-
-    from atrous.inference.confidence import save_png16
-    from atrous.inference.visualize import draw_legend, heatmap, overlay, save_palette_png
-
-    base = out_dir / name
-    base.parent.mkdir(parents=True, exist_ok=True)
-    colors = meta.stuff_colors
-    labels, conf = result.labels, result.confidence
-    save_palette_png(f"{base}_labels.png", labels, colors)
-    picture = overlay(
-        image,
-        labels,
-        colors,
-        opacity=args.opacity,
-        confidence=None if conf is None else conf.max_prob,
-        min_confidence=args.min_confidence,
-    )
-    Image.fromarray(picture).save(f"{base}_overlay.png")
-    present = [int(c) for c in np.unique(labels) if 0 <= c < meta.num_classes]
-    draw_legend(present, meta.stuff_classes, colors).save(f"{base}_legend.png")
-    if args.confidence:
-        save_png16(f"{base}_confidence.png", conf.max_prob)
-        save_png16(f"{base}_entropy.png", conf.entropy)
-        Image.fromarray(heatmap(conf.max_prob)).save(f"{base}_confidence_heatmap.png")
-
-
 def _brief(error: BaseException) -> str:
     """An error as one line of at most a few hundred characters (names can be huge)."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -254,53 +230,18 @@ def _brief(error: BaseException) -> str:
 
 
 def _fail(failures: list[tuple[str, str]], path: str, reason: str) -> None:
+    failures.append((path, reason))
+    _say(f"skipping {_short(path)}: {reason}")
+
+
+def _say(line: str) -> None:
     from tqdm import tqdm
 
-    failures.append((path, reason))
-    tqdm.write(f"skipping {_short(path)}: {reason}", file=sys.stderr)
+    tqdm.write(line, file=sys.stderr)
 
 
 def _short(path: str) -> str:
     return path if len(path) <= 200 else path[:100] + "..." + path[-97:]
-
-
-def _predict_each(
-    predictor: Any,
-    loaded: list[tuple[str, str, np.ndarray]],
-    args: argparse.Namespace,
-    failures: list[tuple[str, str]],
-) -> list[tuple[tuple[str, str, np.ndarray], Any]]:
-    """``(item, result)`` for each loaded image, None as the result of one that failed.
-
-    A batch is predicted together; when that fails, its images are predicted one by one, so
-    that the image at fault is named and the others are still predicted.
-    """
-    confidence = args.confidence or args.min_confidence > 0
-    try:
-        results = predictor.predict_batch(
-            [image for _, _, image in loaded],
-            batch_size=args.batch_size,
-            return_confidence=confidence,
-        )
-    except Exception as error:  # reported per image; the batch goes on
-        if len(loaded) == 1:
-            _fail(failures, loaded[0][0], _brief(error))
-            return [(loaded[0], None)]
-        out: list[tuple[tuple[str, str, np.ndarray], Any]] = []
-        for item in loaded:
-            out += _predict_each(predictor, [item], args, failures)
-        return out
-    return list(zip(loaded, results))
-
-
-def _write_labelids(out_dir: Path, path: str, name: str, labels: np.ndarray, lut) -> None:
-    from PIL import Image
-
-    from atrous.evaluation.cityscapes import cityscapes_prediction_name
-
-    target = out_dir / Path(name).parent / cityscapes_prediction_name(path, "labelIds")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(lut[labels]).save(target)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     from atrous.config import ConfigError
     from atrous.config.validate import validate_config
+    from atrous.data.video import is_video_file
 
     inputs, opts = _split_overrides(list(args.input), list(args.opts or []))
     if not 0.0 <= args.opacity <= 1.0:
@@ -347,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise ConfigError("No input images: give --input files/folders/globs or --dataset NAME.")
     items = [(path, _fit_name(name)) for path, name in items]
+    if args.cityscapes_labelids and any(is_video_file(path) for path, _ in items):
+        raise ConfigError("--cityscapes-labelids is for Cityscapes images, not videos.")
     cfg.freeze()
 
     from atrous.utils.output_dir import OutputDirLock, check_writable
@@ -365,12 +309,10 @@ def run(args: argparse.Namespace) -> int:
 def _predict(
     cfg: Any, args: argparse.Namespace, items: list[tuple[str, str]], source: ModelSource
 ) -> int:
-    from tqdm import tqdm
-
-    from atrous.data.image_io import read_image
+    from atrous.data.video import is_video_file
     from atrous.inference import Predictor
+    from atrous.inference.writer import PredictionWriter
 
-    out_dir = Path(args.output)
     bundle = source.bundle
     if bundle is not None:
         meta = bundle.metadata
@@ -381,42 +323,187 @@ def _predict(
     lut = _cityscapes_lut(meta.stuff_classes) if args.cityscapes_labelids else None
     model = build_run_model(source, allow_partial=args.allow_partial, precision=args.precision)
     predictor = Predictor(cfg, model=model, metadata=bundle.metadata if bundle else None)
+    writer = PredictionWriter(
+        args.output,
+        class_names=meta.stuff_classes,
+        colors=meta.stuff_colors,
+        opacity=args.opacity,
+        confidence=args.confidence,
+        min_confidence=args.min_confidence,
+    )
+    videos = [(path, name) for path, name in items if is_video_file(path)]
+    images = [(path, name) for path, name in items if not is_video_file(path)]
     failures: list[tuple[str, str]] = []
-    written = 0
-    with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:
-        for chunk in _batches(items, max(1, args.batch_size)):
-            loaded = []
-            for path, name in chunk:
-                try:
-                    image = read_image(path, format="RGB", max_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
-                    image = np.ascontiguousarray(image)
-                    if lut is not None:
-                        from atrous.evaluation.cityscapes import cityscapes_prediction_name
-
-                        cityscapes_prediction_name(path)  # fail early on a non-Cityscapes name
-                    loaded.append((path, name, image))
-                except Exception as error:
-                    _fail(failures, path, _brief(error))
-                    bar.update(1)
-            if not loaded:
-                continue
-            for (path, name, image), result in _predict_each(predictor, loaded, args, failures):
-                if result is None:
-                    bar.update(1)
-                    continue
-                try:
-                    if lut is not None:
-                        _write_labelids(out_dir, path, name, result.labels, lut)
-                    else:
-                        _write_outputs(out_dir, name, image, result, meta, args)
-                    written += 1
-                except Exception as error:  # one image's outputs; the others still get theirs
-                    _fail(failures, path, f"cannot write its outputs: {_brief(error)}")
-                bar.update(1)
-    logger.info("wrote predictions for %d of %d images to %s", written, len(items), out_dir)
+    if images:
+        _predict_images(cfg, args, images, predictor, writer, lut, failures)
+    for path, name in videos:
+        _predict_video(args, path, name, predictor, writer, failures)
     if failures:
-        print(f"{len(failures)} of {len(items)} images failed:", file=sys.stderr)
+        what = "inputs" if videos else "images"
+        print(f"{len(failures)} of {len(items)} {what} failed:", file=sys.stderr)
         for path, reason in failures:
             print(f"  {_short(path)}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _predict_images(
+    cfg: Any,
+    args: argparse.Namespace,
+    items: list[tuple[str, str]],
+    predictor: Any,
+    writer: Any,
+    lut: np.ndarray | None,
+    failures: list[tuple[str, str]],
+) -> None:
+    """Read, predict and write every image through `atrous.inference.pipeline.run_pipeline`;
+    failures are appended to `failures` in the order of `items`."""
+    import time
+
+    from tqdm import tqdm
+
+    from atrous.data.image_io import read_image
+    from atrous.inference.pipeline import run_pipeline
+
+    confidence = args.confidence or args.min_confidence > 0
+    found: dict[int, tuple[str, str]] = {}
+    written: list[int] = []
+
+    def load(item: tuple[int, str, str]) -> np.ndarray:
+        _, path, _ = item
+        image = read_image(path, format="RGB", max_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
+        if lut is not None:
+            from atrous.evaluation.cityscapes import cityscapes_prediction_name
+
+            cityscapes_prediction_name(path)  # fail before the model on a non-Cityscapes name
+        return np.ascontiguousarray(image)
+
+    def infer(images: list[np.ndarray]) -> list[Any]:
+        return predictor.predict_batch(images, batch_size=len(images), return_confidence=confidence)
+
+    def write(item: tuple[int, str, str], image: np.ndarray, result: Any) -> None:
+        index, path, name = item
+        if lut is not None:
+            writer.write_labelids(name, path, result.labels, lut)
+        else:
+            writer.write(name, image, result)
+        written.append(index)
+
+    def failed(item: tuple[int, str, str], stage: str, error: Exception) -> None:
+        index, path, _ = item
+        reason = _brief(error)
+        found[index] = (path, f"cannot write its outputs: {reason}" if stage == "write" else reason)
+        _say(f"skipping {_short(path)}: {found[index][1]}")
+
+    start = time.perf_counter()
+    with tqdm(total=len(items), desc="predict", unit="img", file=sys.stderr) as bar:
+        run_pipeline(
+            [(i, path, name) for i, (path, name) in enumerate(items)],
+            load=load,
+            infer=infer,
+            write=write,
+            on_failure=failed,
+            on_done=lambda item: bar.update(1),
+            batch_size=args.batch_size,
+        )
+    seconds = time.perf_counter() - start
+    failures += [found[i] for i in sorted(found)]
+    logger.info(
+        "wrote predictions for %d of %d images to %s (%.1f images/s)",
+        len(written),
+        len(items),
+        args.output,
+        len(items) / max(seconds, 1e-9),
+    )
+
+
+class _VideoFailed(Exception):
+    """Ends a video's pipeline: a frame that cannot be predicted or written ends the video."""
+
+
+def _predict_video(
+    args: argparse.Namespace,
+    path: str,
+    name: str,
+    predictor: Any,
+    writer: Any,
+    failures: list[tuple[str, str]],
+) -> None:
+    """Write ``<name>_overlay.mp4`` (and with ``--frames`` ``<name>_frames/<index>_labels.png``)
+    for one video; a video that breaks off keeps the frames before the break."""
+    import time
+
+    from tqdm import tqdm
+
+    from atrous.data.video import VideoReader, VideoReadError
+    from atrous.inference.pipeline import run_pipeline
+    from atrous.inference.writer import OverlayVideoWriter, PredictionWriter
+
+    confidence = args.confidence or args.min_confidence > 0
+    out_dir = Path(args.output)
+    frames = None
+    if args.frames:
+        frames = PredictionWriter(
+            out_dir / f"{name}_frames",
+            class_names=writer.class_names,
+            colors=writer.colors,
+            confidence=args.confidence,
+            overlays=False,
+            legends=False,
+        )
+    try:
+        video = VideoReader(path)
+    except VideoReadError as error:
+        _fail(failures, path, _brief(error))
+        return
+    try:
+        encoder = OverlayVideoWriter(
+            out_dir / f"{name}_overlay.mp4",
+            fps=video.fps,
+            size=(video.height, video.width),
+            writer=writer,
+        )
+    except OSError as error:  # FileExistsError: the target is not one a prediction wrote
+        video.close()
+        _fail(failures, path, _brief(error))
+        return
+
+    def infer(images: list[np.ndarray]) -> list[Any]:
+        return predictor.predict_batch(images, batch_size=len(images), return_confidence=confidence)
+
+    def write(item: tuple[int, np.ndarray], frame: np.ndarray, result: Any) -> None:
+        index, _ = item
+        encoder.add(frame, result)
+        if frames is not None:
+            frames.write(f"{index:06d}", frame, result)
+
+    def failed(item: tuple[int, np.ndarray], stage: str, error: Exception) -> None:
+        raise _VideoFailed(f"frame {item[0]}: cannot {stage} it: {_brief(error)}") from error
+
+    start = time.perf_counter()
+    error: Exception | None = None
+    with tqdm(total=video.frame_count, desc=_short(name), unit="frame", file=sys.stderr) as bar:
+        try:
+            run_pipeline(
+                video.frames(),
+                load=lambda item: item[1],
+                infer=infer,
+                write=write,
+                on_failure=failed,
+                on_done=lambda item: bar.update(1),
+                batch_size=args.batch_size,
+            )
+        except (VideoReadError, _VideoFailed) as caught:
+            error = caught
+        finally:
+            kept = encoder.close()
+    seconds = time.perf_counter() - start
+    done = encoder.frames
+    _say(
+        f"{_short(path)}: {done} frames in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} "
+        f"frames/s) -> {kept if kept is not None else 'no video (no frame)'}"
+    )
+    if error is not None:
+        reason = _brief(error) + (f"; kept the {done} frames before it in {kept}" if kept else "")
+        failures.append((path, reason))
+        _say(f"{_short(path)}: {reason}")

@@ -6,6 +6,10 @@ atrous prepare cityscapes [--root DIR] [--workers N] [--force]
 atrous prepare synthetic [--output DIR] [--num-train N] [--num-val M] [--size HxW]
                          [--seed S] [--workers N]
     Generate the synthetic street-scene dataset in the Cityscapes layout.
+atrous prepare coco|labelme|cvat SRC [SRC ...] --output DIR [--images DIR] [--classes LIST]
+                                 [--background NAME] [--val-fraction F] [--seed S]
+    Turn an annotation tool's export into DIR/dataset.yaml with images/ and class-id masks/
+    (`atrous.data.importers`), then check every split as `atrous check-dataset` does.
 """
 
 from __future__ import annotations
@@ -42,6 +46,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     syn.add_argument("--size", type=parse_size, default="256x512", help="HxW of every image")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    for fmt, what in _EXPORTS.items():
+        _add_export_arguments(sub.add_parser(fmt, help=f"convert {what}"), fmt)
+
+
+_EXPORTS = {
+    "coco": "COCO instances JSON (polygons, RLE) into class-id masks",
+    "labelme": "a folder of LabelMe JSON files into class-id masks",
+    "cvat": "a CVAT export (Segmentation mask 1.1 or CVAT for images 1.1) into class-id masks",
+}
+_SOURCES = {
+    "coco": "instances_*.json files (several: one split each), or folders or zips holding them",
+    "labelme": "folder (or zip) of LabelMe .json files; subfolders train/, val/ become splits",
+    "cvat": "export folder or zip (labelmap.txt + SegmentationClass/, or annotations.xml)",
+}
+
+
+def _add_export_arguments(p: argparse.ArgumentParser, fmt: str) -> None:
+    p.add_argument("src", nargs="+" if fmt == "coco" else None, metavar="SRC", help=_SOURCES[fmt])
+    p.add_argument("--output", required=True, metavar="DIR", help="new folder for the dataset")
+    p.add_argument("--images", metavar="DIR", help="folder holding the images, if not the export")
+    if fmt == "labelme":
+        p.add_argument(
+            "--classes",
+            metavar="FILE_OR_LIST",
+            help="labels.txt (one name a line, labelme2voc's format) or 'a,b,c' (default: "
+            "_background_ and the labels seen, sorted)",
+        )
+    else:
+        p.add_argument(
+            "--background",
+            metavar="NAME",
+            help="class of the pixels no annotation covers, added as class 0 (default: ignored)",
+        )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="for exports without splits: move this share of the images to split 'val'",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --val-fraction's split")
+    p.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="check-dataset's processes"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _convert_one(task: tuple[str, str]) -> None:
@@ -98,7 +146,50 @@ def convert_cityscapes(
     return len(tasks)
 
 
+def _run_import(args: argparse.Namespace) -> int:
+    # Bad input raises a DatasetError naming the file and annotation; the dispatcher prints it.
+    from ..data.importers import import_export, read_classes
+    from . import check_dataset
+
+    classes = read_classes(args.classes) if getattr(args, "classes", None) else None
+    result = import_export(
+        args.dataset,
+        args.src if isinstance(args.src, list) else [args.src],
+        args.output,
+        images=args.images,
+        classes=classes,
+        background=getattr(args, "background", None),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    splits = ", ".join(f"{n} {name}" for name, n in result.splits.items())
+    print(f"wrote {result.yaml_path}: {len(result.classes)} classes, {splits} images")
+    for note in result.notes:
+        print(f"note: {note}")
+    status = 0
+    for split in result.splits:
+        check = argparse.Namespace(
+            dataset=f"{result.yaml_path}:{split}",
+            workers=args.workers,
+            output=str(Path(args.output) / "dataset_check" / split),
+            max_image_pixels=None,
+            no_progress=args.no_progress,
+        )
+        status = max(status, check_dataset.run(check))
+    train = next(iter(result.splits))
+    test = next((s for s in result.splits if s.startswith(("val", "test"))), train)
+    print(
+        "\ntrain on it with: atrous train --config-file CONFIG DATASETS.TRAIN "
+        f"'(\"{result.yaml_path}:{train}\",)' DATASETS.TEST '(\"{result.yaml_path}:{test}\",)' "
+        f"MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(result.classes)}"
+    )
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.dataset in _EXPORTS:
+        return _run_import(args)
     if args.dataset == "cityscapes":
         root = Path(args.root) if args.root else dataset_root() / "cityscapes"
         try:

@@ -76,11 +76,10 @@ def write_pictures(
 ) -> list[Path]:
     """Segment the first `count` images of a dataset; save photo | prediction | ground truth."""
     import numpy as np
-    from PIL import Image
 
     from atrous.data import get_dataset_records, get_metadata, load_sem_seg, read_image
     from atrous.inference import Predictor
-    from atrous.inference.visualize import colorize, overlay
+    from atrous.inference.writer import comparison_picture, write_picture
 
     cfg = cfg.clone()
     cfg.defrost()
@@ -94,15 +93,14 @@ def write_pictures(
     for record in get_dataset_records(dataset_name)[:count]:
         photo = np.ascontiguousarray(read_image(record["file_name"], "RGB"))
         labels = predictor(photo).labels
-        panels = [photo, overlay(photo, labels, colors, opacity=0.6)]
+        gt = None
         gt_file = record.get("sem_seg_file_name")
         if gt_file and os.path.exists(gt_file):
             gt = load_sem_seg(record).astype(np.int64)
-            panels.append(colorize(np.where(gt == meta.ignore_label, -1, gt), colors))
+            gt = np.where(gt == meta.ignore_label, -1, gt)
         name = Path(record["file_name"]).stem.replace("_leftImg8bit", "") + "_prediction.png"
-        path = out_dir / name
-        Image.fromarray(np.concatenate(panels, axis=1)).save(path)
-        written.append(path)
+        picture = comparison_picture(photo, labels, colors, ground_truth=gt)
+        written.append(write_picture(out_dir / name, picture))
     return written
 
 

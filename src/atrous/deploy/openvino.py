@@ -23,6 +23,16 @@ process's ``pthread_atfork`` handlers in that thread; NumPy's OpenBLAS shuts its
 there, under a matrix product the main thread may be running (which then never returns). A
 command-line tool must not report behind its user's back either, so everything here imports and
 calls OpenVINO and NNCF inside `telemetry_off`, which leaves the user's consent file untouched.
+
+Signal stacks: every model atrous reads or compiles goes through one ``openvino.Core`` for the
+whole process, `openvino_core`. OpenVINO's CPU plugin, loaded once per Core, swaps the calling
+thread's alternate signal stack for a larger one of its own (room for AMX state in a signal frame)
+and, when its Core is destroyed, puts back the stack it found and unmaps its own. Two Cores that
+end in the order they began leave the thread's alternate stack pointing at unmapped memory: the
+next signal with a handler there (Python runs all its handlers on the alternate stack, faulthandler
+installs one, and torch's DataLoader handles SIGCHLD, so a child process exiting is enough) cannot
+be delivered, and the kernel kills the process with SIGSEGV (``si_code`` SI_KERNEL). One Core that
+lives as long as the process cannot end out of order.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +57,7 @@ __all__ = [
     "RT_INFO_SECTION",
     "export_openvino",
     "import_openvino",
+    "openvino_core",
     "read_openvino_metadata",
     "require_openvino",
     "save_openvino_model",
@@ -117,6 +129,23 @@ def import_openvino(name: str = "openvino") -> ModuleType:
     """Import and return `name` (``openvino``, ``nncf``, a submodule) inside `telemetry_off`."""
     with telemetry_off():
         return importlib.import_module(name)
+
+
+_core_lock = threading.Lock()
+_core: Any = None
+
+
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``: every IR atrous reads or compiles goes through it.
+
+    Created on first use, never destroyed before the process ends, so that the CPU plugin's
+    alternate signal stack is set up once and never unmapped under a thread (see the module doc).
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = import_openvino().Core()
+        return _core
 
 
 def require_openvino(*modules: str) -> None:
@@ -228,9 +257,7 @@ def export_openvino(
 def read_openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``rt_info`` entries the project wrote into an IR file (version stamp, metadata)."""
     require_openvino()
-    ov = import_openvino()
-
-    ov_model = ov.Core().read_model(str(path))
+    ov_model = openvino_core().read_model(str(path))
     if not ov_model.has_rt_info([RT_INFO_SECTION]):
         return {}
     section = ov_model.get_rt_info()[RT_INFO_SECTION]

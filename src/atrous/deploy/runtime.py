@@ -169,7 +169,10 @@ class _OpenVinoGraph:
                 f"{path.with_suffix('.bin')} is missing: an OpenVINO IR is the .xml file and the "
                 ".bin file of its weights, side by side."
             )
-        core = ov.Core()
+        from .openvino import openvino_core
+
+        # The process's one Core: Cores that end out of order crash the process (see there).
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as error:  # openvino raises RuntimeError subclasses of its own

@@ -26,6 +26,7 @@ __all__ = [
     "PNG16_SCALE",
     "Confidence",
     "confidence_from_logits",
+    "png16_values",
     "read_png16",
     "save_png16",
 ]
@@ -94,16 +95,25 @@ def confidence_from_logits(logits: torch.Tensor) -> Confidence:
     return Confidence(max_prob=max_prob, entropy=entropy)
 
 
-def save_png16(path: str | os.PathLike[str], values: np.ndarray) -> None:
-    """Write values in [0, 1] ``(H, W)`` as a 16-bit grayscale PNG holding ``round(v * 65535)``."""
-    from PIL import Image
+def png16_values(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] ``(H, W)`` as the uint16 ``round(v * 65535)`` a 16-bit PNG stores.
 
+    Raises:
+        ValueError: not ``(H, W)``, or values outside [0, 1] or NaN.
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected an (H, W) map, got shape {values.shape}")
     if values.size and (np.nanmin(values) < 0 or np.nanmax(values) > 1 or np.isnan(values).any()):
         raise ValueError("values must lie in [0, 1] to be stored as a 16-bit confidence PNG")
-    encoded = np.rint(values * PNG16_SCALE).astype(np.uint16)
+    return np.rint(values * PNG16_SCALE).astype(np.uint16)
+
+
+def save_png16(path: str | os.PathLike[str], values: np.ndarray) -> None:
+    """Write values in [0, 1] ``(H, W)`` as a 16-bit grayscale PNG holding ``round(v * 65535)``."""
+    from PIL import Image
+
+    encoded = png16_values(values)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(encoded).save(path, format="PNG")
 

@@ -171,7 +171,8 @@ def build_demo(
     gr = import_gradio()
     from PIL import Image
 
-    from atrous.utils.visualize import heatmap, overlay, save_palette_png
+    from atrous.inference.writer import write_label_map
+    from atrous.utils.visualize import heatmap, overlay
 
     class_names = list(class_names)
     colors = [tuple(int(v) for v in c) for c in colors]
@@ -207,7 +208,7 @@ def build_demo(
         # Gradio serves a copy from its own cache: only the latest few of ours are worth keeping.
         shutil.rmtree(out_root / f"{index - _KEEP_DOWNLOADS:06d}", ignore_errors=True)
         label_path = folder / "labels.png"
-        save_palette_png(label_path, result.labels, colors)
+        write_label_map(label_path, result.labels, colors)
         h, w = result.labels.shape
         latency = (
             f"**Latency:** {1000 * result.seconds:.0f} ms for {w}×{h} pixels · "

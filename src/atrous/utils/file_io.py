@@ -27,6 +27,7 @@ __all__ = [
     "fsync_dir",
     "sha256_file",
     "staging_dir",
+    "temporary_name",
 ]
 
 
@@ -43,7 +44,20 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+def temporary_name(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Path:
+    """A unique hidden name beside `path` to write it under before renaming it into place.
+
+    It starts with (at most 200 bytes of) `path`'s name, so that a name that fits the file
+    system's 255 bytes still fits with the process id and random part added.
+    """
+    path = Path(path)
+    name = path.name.encode()[:200].decode(errors="ignore")
+    return path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, durable: bool = True
+) -> Path:
     """Create or replace `path` so that readers see either the old file or the complete new one.
 
     The data goes to a uniquely named temporary file in the same directory (so the final
@@ -54,6 +68,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     Args:
         path: destination file.
         write: called with the open temporary file (binary mode).
+        durable: fsync the file and its folder. Without it the replacement is still atomic for
+            every reader and for a crash of the process, but a power loss may lose it; that is
+            the right trade for thousands of small pictures that a rerun recreates, where two
+            fsyncs a file would cost more than the encoding.
 
     Returns:
         `path` as a :class:`~pathlib.Path`.
@@ -65,12 +83,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except Exception as error:
         cause = _os_error_in_chain(error)
@@ -80,7 +99,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 
@@ -136,8 +156,8 @@ def staging_dir(parent: str | os.PathLike[str], *, prefix: str) -> Iterator[Path
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(data), durable=durable)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -110,22 +110,48 @@ def overlay(
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     image = np.asarray(image)
-    if image.shape[:2] != np.shape(labels):
-        raise ValueError(f"image {image.shape[:2]} and label map {np.shape(labels)} differ in size")
-    color = colorize(labels, colors).astype(np.float32)
-    valid = ((labels >= 0) & (labels < len(colors)))[..., None]
-    blended = image.astype(np.float32) * (1 - opacity) + color * opacity
-    out = np.where(valid, blended, image.astype(np.float32))
+    labels = np.asarray(labels)
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    low = None
     if min_confidence > 0.0:
         if confidence is None:
             raise ValueError("min_confidence needs the per-pixel confidence map")
-        if np.shape(confidence) != np.shape(labels):
+        if np.shape(confidence) != labels.shape:
             raise ValueError(
-                f"confidence {np.shape(confidence)} and label map {np.shape(labels)} differ in size"
+                f"confidence {np.shape(confidence)} and label map {labels.shape} differ in size"
             )
-        low = (np.asarray(confidence) < min_confidence)[..., None]
-        out = np.where(low, out * DIM_FACTOR, out)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        low = np.asarray(confidence) < min_confidence
+    # Every output value is a function of (class, channel, photo value, dimmed): computed once
+    # for the 256 photo values in a table, then looked up per pixel. The table holds exactly the
+    # float32 blend `photo * (1 - opacity) + colour * opacity` (times DIM_FACTOR where dimmed),
+    # rounded, that a per-pixel computation gives, at a fraction of its memory traffic.
+    table = _overlay_table(colors, opacity)
+    num = len(colors)
+    row = np.where((labels >= 0) & (labels < num), labels, num).astype(np.int32)
+    if low is not None:
+        row += low * np.int32(num + 1)  # the dimmed half of the table
+    # flat index of (row, channel, value) in the (rows, 3, 256) table
+    index = (row * np.int32(768))[..., None] + _CHANNEL_OFFSETS + image
+    return table.reshape(-1)[index]
+
+
+_CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.int32)
+
+
+def _overlay_table(colors: Sequence[Color], opacity: float) -> np.ndarray:
+    """uint8 ``(2 * (C + 1), 3, 256)``: the overlay value of each class (row C: outside the
+    classes, the photo itself) for each channel and photo value, then the same dimmed."""
+    values = np.arange(256, dtype=np.float32)[None, None, :]
+    color = np.zeros((len(colors), 3), np.uint8)
+    if len(colors):
+        color[:] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    blended = values * (1 - opacity) + color.astype(np.float32)[:, :, None] * opacity
+    plain = np.concatenate([blended, np.broadcast_to(values, (1, 3, 256))])
+    table = np.concatenate([plain, plain * DIM_FACTOR])
+    return np.clip(np.rint(table), 0, 255).astype(np.uint8)
 
 
 def heatmap(values: np.ndarray, *, cmap: str = "inferno") -> np.ndarray:
