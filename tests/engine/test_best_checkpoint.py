@@ -134,6 +134,11 @@ def test_resume_of_an_early_stopped_run_trains_nothing_unless_patience_grows(
     assert cls.evaluations == [6, 8]
     assert json.loads((stopped / "model_best.json").read_text())["iteration"] == 7
     _assert_same_weights(stopped / "model_best.pth", stopped / "model_final.pth")
+    # model_final.pth, written before the final evaluation, is written again after it: a run
+    # extended from it (larger SOLVER.MAX_ITER) goes on from the right best value.
+    state = torch.load(stopped / "model_final.pth", weights_only=True)["best_metric"]
+    assert state["last_evaluation"] == 8 and state["best_value"] == 70.0
+    assert state["best_iteration"] == 7
 
 
 def test_sigterm_and_resume_keep_the_best_value_and_the_patience_count(

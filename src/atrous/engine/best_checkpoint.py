@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from atrous.checkpoint.best import BEST_FILE, BEST_RECORD
@@ -128,12 +128,24 @@ class BestCheckpointer(HookBase):
         checkpointer: a `Checkpointer` of the model alone, saving into the output folder (the
             best file holds weights only: it is for inference and export, not for resuming).
         patience: stop after this many evaluations without improvement (0: never).
+        save_final: saves ``model_final`` again (all ranks call it); called after the final
+            evaluation, which runs after ``model_final`` was written, so that the final
+            checkpoint holds it and a run extended with a larger SOLVER.MAX_ITER goes on from
+            the right best value.
     """
 
-    def __init__(self, state: BestMetricState, checkpointer: Any, *, patience: int = 0) -> None:
+    def __init__(
+        self,
+        state: BestMetricState,
+        checkpointer: Any,
+        *,
+        patience: int = 0,
+        save_final: Callable[[], None] | None = None,
+    ) -> None:
         self.state = state
         self.checkpointer = checkpointer
         self.patience = patience
+        self.save_final = save_final
         self._warned_missing = False
 
     def _new_value(self) -> tuple[float, int] | None:
@@ -214,5 +226,9 @@ class BestCheckpointer(HookBase):
 
     def after_train(self) -> None:
         # The final evaluation (run by EvalHook.after_train) may still be the best one.
-        if self.trainer.iter >= self.trainer.max_iter:
-            self._process(final=True)
+        if self.trainer.iter < self.trainer.max_iter:
+            return
+        seen = self.state.last_evaluation
+        self._process(final=True)
+        if self.state.last_evaluation != seen and self.save_final is not None:
+            self.save_final()

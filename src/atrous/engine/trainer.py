@@ -515,6 +515,7 @@ class Trainer:
                     self.best_state,
                     Checkpointer(self.model, save_dir=cfg.OUTPUT_DIR, rng_states=False),
                     patience=int(cfg.SOLVER.EARLY_STOP.PATIENCE),
+                    save_final=lambda: checkpointer.save("model_final", self.max_iter - 1),
                 )
             )
         out.append(checkpointer)
