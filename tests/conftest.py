@@ -43,6 +43,8 @@ SMALL_REFERENCE_OVERRIDES = [
 
 
 FIXTURE_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "detectron2"
+# Outputs of torchvision's own classes (tests/fixtures/torchvision/README.md).
+TORCHVISION_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "torchvision"
 
 
 def _find_reference_dir() -> Path:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hashlib
 
-from .conftest import FIXTURE_REFERENCE_DIR
+import pytest
+
+from .conftest import FIXTURE_REFERENCE_DIR, TORCHVISION_REFERENCE_DIR
 
 
-def test_reference_fixtures_match_their_checksums():
-    lines = (FIXTURE_REFERENCE_DIR / "SHA256SUMS").read_text().splitlines()
+@pytest.mark.parametrize("directory", [FIXTURE_REFERENCE_DIR, TORCHVISION_REFERENCE_DIR])
+def test_reference_fixtures_match_their_checksums(directory):
+    lines = (directory / "SHA256SUMS").read_text().splitlines()
     listed = {}
     for line in lines:
         digest, name = line.split(maxsplit=1)
         listed[name] = digest
-    on_disk = {
-        p.name for p in FIXTURE_REFERENCE_DIR.iterdir() if p.name not in ("README.md", "SHA256SUMS")
-    }
+    on_disk = {p.name for p in directory.iterdir() if p.name not in ("README.md", "SHA256SUMS")}
     assert set(listed) == on_disk
     for name, digest in listed.items():
-        actual = hashlib.sha256((FIXTURE_REFERENCE_DIR / name).read_bytes()).hexdigest()
-        assert actual == digest, f"tests/fixtures/detectron2/{name} differs from SHA256SUMS"
+        actual = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        assert actual == digest, f"tests/fixtures/{directory.name}/{name} differs from SHA256SUMS"

@@ -26,6 +26,8 @@ class LocalServer:
     files: dict[str, bytes] = field(default_factory=dict)
     # URL path -> number of bytes to send before closing, while announcing the full length.
     truncate: dict[str, int] = field(default_factory=dict)
+    # URL path -> extra response headers (e.g. an ETag).
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
 
 
@@ -43,6 +45,8 @@ def http_server() -> Iterator[LocalServer]:
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in state.headers.get(self.path, {}).items():
+                self.send_header(name, value)
             self.end_headers()
             cut = state.truncate.get(self.path)
             self.wfile.write(body if cut is None else body[:cut])

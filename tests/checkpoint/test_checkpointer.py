@@ -174,19 +174,39 @@ def test_num_batches_tracked_and_non_persistent_buffers_are_not_problems(tmp_pat
 
 
 def test_shape_mismatch_is_reported_not_loaded(tmp_path):
+    source = ToySegmentor()
+    target = ToySegmentor()
+    before = target.backbone.stem.conv1.weight.clone()
+    state = source.state_dict()
+    state["backbone.stem.conv1.weight"] = torch.zeros(4, 3, 5, 5)  # another kernel size
+    torch.save(state, tmp_path / "other_kernel.pth")
+    report = Checkpointer(target).load(tmp_path / "other_kernel.pth")
+    assert report.shape_mismatched == ["backbone.stem.conv1.weight"]
+    assert report.shapes["backbone.stem.conv1.weight"] == ((4, 3, 5, 5), (4, 3, 3, 3))
+    assert report.missing == [] and report.unexpected == [] and report.reinitialised == []
+    assert torch.equal(target.backbone.stem.conv1.weight, before)
+    assert "checkpoint (4, 3, 5, 5), model (4, 3, 3, 3)" in report.summary()
+
+
+def test_another_class_count_leaves_the_predictor_to_fine_tuning(tmp_path):
     source = ToySegmentor(num_classes=5)
     target = ToySegmentor(num_classes=3)
     before = target.sem_seg_head.predictor.weight.clone()
     torch.save(source.state_dict(), tmp_path / "other_classes.pth")
     report = Checkpointer(target).load(tmp_path / "other_classes.pth")
-    assert report.shape_mismatched == [
-        "sem_seg_head.predictor.bias",
-        "sem_seg_head.predictor.weight",
-    ]
+    assert report.reinitialised == ["sem_seg_head.predictor.bias", "sem_seg_head.predictor.weight"]
+    assert report.shape_mismatched == [] and report.class_counts() == (5, 3)
     assert report.shapes["sem_seg_head.predictor.weight"] == ((5, 4, 1, 1), (3, 4, 1, 1))
-    assert report.missing == [] and report.unexpected == []
+    assert report.missing == [] and report.unexpected == [] and not report.ok
     assert torch.equal(target.sem_seg_head.predictor.weight, before)
+    assert report.fine_tuning_start() == (
+        f"Loaded 18 of 20 model entries from {tmp_path / 'other_classes.pth'}; the predictor is "
+        "re-initialised for 3 classes (the checkpoint has 5), as fine-tuning to other classes "
+        "needs."
+    )
     assert "checkpoint (5, 4, 1, 1), model (3, 4, 1, 1)" in report.summary()
+    with pytest.raises(CheckpointError, match="strict loading"):
+        Checkpointer(ToySegmentor(num_classes=3)).load(tmp_path / "other_classes.pth", strict=True)
 
 
 # -------------------------------------------------------------------------------- bad input

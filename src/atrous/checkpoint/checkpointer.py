@@ -64,6 +64,11 @@ from .safe_pickle import (
     resolve_pending,
     unsafe_pickle_error,
 )
+from .torchvision import (
+    TORCHVISION_LAYOUTS,
+    convert_torchvision_state_dict,
+    detect_torchvision_layout,
+)
 from .weights_io import is_safetensors_file, read_safetensors_checkpoint
 
 __all__ = ["Checkpointer", "LoadReport", "load_checkpoint_file"]
@@ -94,8 +99,12 @@ class LoadReport:
         matched: model keys that received a value.
         missing: model keys the checkpoint had nothing for (they keep their initialisation).
         unexpected: checkpoint keys that went nowhere.
-        shape_mismatched: model keys whose checkpoint value had another shape (not loaded).
-        shapes: for each shape-mismatched key, (checkpoint shape, model shape).
+        shape_mismatched: model keys whose checkpoint value had another shape (not loaded),
+            other than `reinitialised`.
+        reinitialised: the segmentation head's final classifier (``...predictor.weight`` /
+            ``.bias``) when the checkpoint has another class count: it keeps its
+            initialisation, which is what fine-tuning to another set of classes needs.
+        shapes: for each shape-mismatched or reinitialised key, (checkpoint shape, model shape).
         ignored: differences that are expected and harmless: ``num_batches_tracked`` counters
             (FrozenBN has none, model-zoo files often lack them) and values for non-persistent
             buffers such as ``pixel_mean`` (they come from the config).
@@ -112,6 +121,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatched: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     checkpointables: list[str] = field(default_factory=list)
@@ -122,24 +132,32 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         """True when every model key was loaded and every checkpoint key was used."""
-        return not (self.missing or self.unexpected or self.shape_mismatched)
+        return not (self.missing or self.unexpected or self.shape_mismatched or self.reinitialised)
+
+    def class_counts(self) -> tuple[int, int] | None:
+        """(checkpoint classes, model classes) when the predictor was re-initialised, else None."""
+        if not self.reinitialised:
+            return None
+        checkpoint, model = self.shapes[self.reinitialised[0]]
+        return checkpoint[0], model[0]
 
     def summary(self, *, max_keys: int = 20) -> str:
         """Human-readable summary: counts, then the problem keys grouped by module."""
-        total = len(self.matched) + len(self.missing) + len(self.shape_mismatched)
+        reshaped = sorted(self.shape_mismatched + self.reinitialised)
+        total = len(self.matched) + len(self.missing) + len(reshaped)
         lines = [
             f"Loaded {len(self.matched)} of {total} model entries from {self.path or self.source}"
             + (" (matched by suffix)" if self.matching_heuristics else "")
             + f": {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-            f"{len(self.shape_mismatched)} with a different shape."
+            f"{len(reshaped)} with a different shape."
         ]
-        if self.shape_mismatched:
+        if reshaped:
             lines.append("Shape mismatches (not loaded):")
-            for key in self.shape_mismatched[:max_keys]:
+            for key in reshaped[:max_keys]:
                 ckpt_shape, model_shape = self.shapes.get(key, ((), ()))
                 lines.append(f"  {key}: checkpoint {ckpt_shape}, model {model_shape}")
-            if len(self.shape_mismatched) > max_keys:
-                lines.append(f"  ... and {len(self.shape_mismatched) - max_keys} more")
+            if len(reshaped) > max_keys:
+                lines.append(f"  ... and {len(reshaped) - max_keys} more")
         for title, keys in (
             ("Missing in the checkpoint (model keeps its initialisation):", self.missing),
             ("Unused from the checkpoint:", self.unexpected),
@@ -151,6 +169,19 @@ class LoadReport:
                 if len(groups) > max_keys:
                     lines.append(f"  ... and {len(groups) - max_keys} more groups")
         return "\n".join(lines)
+
+    def fine_tuning_start(self) -> str | None:
+        """One line for a load whose only difference is the class count of the predictor (the
+        start of fine-tuning to other classes), else None."""
+        counts = self.class_counts()
+        if counts is None or self.missing or self.unexpected or self.shape_mismatched:
+            return None
+        return (
+            f"Loaded {len(self.matched)} of {len(self.matched) + len(self.reinitialised)} model "
+            f"entries from {self.path or self.source}; the predictor is re-initialised for "
+            f"{counts[1]} classes (the checkpoint has {counts[0]}), as fine-tuning to other "
+            "classes needs."
+        )
 
     def __str__(self) -> str:
         return self.summary()
@@ -612,6 +643,12 @@ class Checkpointer:
             state = {k[len("module.") :]: v for k, v in state.items()}
 
         model_state = self.model.state_dict()
+        layout = None if report.matching_heuristics else detect_torchvision_layout(state)
+        if layout is not None:
+            state = convert_torchvision_state_dict(state, layout=layout, model_keys=model_state)
+            logger.info(
+                "%s is in the layout of a %s: renamed by name", path, TORCHVISION_LAYOUTS[layout]
+            )
         unexpected: list[str] = []
         if report.matching_heuristics:
             try:
@@ -628,7 +665,8 @@ class Checkpointer:
                     report.shapes[key] = (tuple(state[key].shape), tuple(model_state[key].shape))
                     del state[key]
             unexpected += [k for k in state if k not in model_state]
-        report.shape_mismatched = sorted(report.shapes)
+        report.reinitialised = sorted(k for k, v in report.shapes.items() if _other_classes(k, *v))
+        report.shape_mismatched = sorted(k for k in report.shapes if k not in report.reinitialised)
         missing = [k for k in model_state if k not in state and k not in report.shapes]
 
         non_persistent = _non_persistent_buffers(self.model)
@@ -652,6 +690,11 @@ class Checkpointer:
     def _log(self, report: LoadReport) -> None:
         if report.ok:
             logger.info("%s", report.summary())
+            return
+        fine_tuning = report.fine_tuning_start()
+        if fine_tuning is not None:
+            # A predictor for other classes is what fine-tuning starts from: one line.
+            logger.info("%s", fine_tuning)
             return
         logger.warning("%s", report.summary())
         total = len(report.matched) + len(report.missing) + len(report.shape_mismatched)
@@ -920,6 +963,17 @@ class Checkpointer:
             p.unlink(missing_ok=True)
             deleted.append(os.fspath(p))
         return deleted
+
+
+def _other_classes(key: str, checkpoint: tuple[int, ...], model: tuple[int, ...]) -> bool:
+    """Whether `key` is the segmentation head's classifier and only its class count differs."""
+    return (
+        key.startswith("sem_seg_head.")
+        and key.endswith(("predictor.weight", "predictor.bias"))
+        and len(checkpoint) == len(model)
+        and checkpoint[1:] == model[1:]
+        and checkpoint[0] != model[0]
+    )
 
 
 def _string_metadata(value: Any) -> dict[str, str]:

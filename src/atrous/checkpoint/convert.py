@@ -80,10 +80,11 @@ def convert_into_model(
     """
     check_output_suffix(output)
     report = Checkpointer(model).load(source, checkpointables=[], strict=strict)
-    if report.missing or report.shape_mismatched:
+    left = len(report.missing) + len(report.shape_mismatched) + len(report.reinitialised)
+    if left:
         logger.warning(
             "%d model entries got nothing from %s; %s holds the model's initialisation for them.",
-            len(report.missing) + len(report.shape_mismatched),
+            left,
             report.path,
             output,
         )

@@ -5,8 +5,11 @@ already there is reused without any request. A download is streamed to a partial
 destination and renamed into place only once it is complete and verified, so an interrupted or
 corrupt transfer never leaves a file that a later run would trust.
 
-Verification follows detectron2's naming convention: ``model_final_a8a355.pkl`` carries the first
-six hex digits of the SHA-256 of its content after the last underscore.
+Verification, whichever applies: the whole SHA-256 the model zoo records for the URL
+(`model_zoo.sha256_of`); detectron2's naming convention, ``model_final_a8a355.pkl`` carrying the
+first six hex digits of the SHA-256 of its content after the last underscore; torchvision's,
+``resnet101-cd907fc2.pth`` carrying at least eight after the last hyphen; and a SHA-256 the server
+names as the file's ETag (the Hugging Face hub does so for large files).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from ..utils.file_io import fsync_dir
 from .errors import ChecksumMismatchError, DownloadError
-from .model_zoo import DEFAULT_BASE_URL, ENV_BASE_URL, PREFIX, resolve_url
+from .model_zoo import DEFAULT_BASE_URL, ENV_BASE_URL, PREFIX, resolve_url, sha256_of
 
 __all__ = ["cache_dir", "cached_file_path", "download", "expected_sha256_prefix"]
 
@@ -38,6 +41,9 @@ _CHUNK = 1 << 20
 # `_<6 hex>.<ext>` at the end of the name, detectron2's convention. Exactly six, so that
 # iteration-numbered files (`model_0000999.pth`, seven digits) are not mistaken for one.
 _HASH_IN_NAME = re.compile(r"_([0-9a-f]{6})\.(?:pkl|pth|pt)$")
+# `-<8 or more hex>.pth` at the end of the name, torchvision's (torch.hub's) convention.
+_TORCHVISION_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt)$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_dir() -> Path:
@@ -70,17 +76,40 @@ def cached_file_path(url: str, *, root: str | os.PathLike[str] | None = None) ->
 
 
 def expected_sha256_prefix(filename: str) -> str | None:
-    """The checksum embedded in a file name (``model_final_a8a355.pkl`` -> ``"a8a355"``)."""
-    match = _HASH_IN_NAME.search(filename)
+    """The checksum embedded in a file name (``model_final_a8a355.pkl`` -> ``"a8a355"``,
+    ``resnet101-cd907fc2.pth`` -> ``"cd907fc2"``)."""
+    match = _HASH_IN_NAME.search(filename) or _TORCHVISION_HASH_IN_NAME.search(filename)
     return match.group(1) if match else None
 
 
-def _fetch(url: str, partial: Path, *, progress: bool, timeout: float) -> str:
-    """Stream `url` into `partial`; returns the SHA-256 hex digest of what was written."""
+def _server_sha256(headers) -> str | None:
+    """A SHA-256 the server names as the content's ETag (Hugging Face's large files), else None."""
+    for name in ("X-Linked-Etag", "ETag"):
+        value = (headers.get(name) or "").strip().removeprefix("W/").strip('"').lower()
+        if _SHA256.fullmatch(value):
+            return value
+    return None
+
+
+def _offline_advice(url: str, dest: Path) -> str:
+    return (
+        f"Without network access, download {url} elsewhere and put it at {dest} (it is used from "
+        f"there without any request; {ENV_CACHE} moves that folder), or pass its local path "
+        f"instead; set {ENV_BASE_URL} (detectron2://), ATROUS_TORCHVISION_URL or ATROUS_HF_URL "
+        'to a reachable mirror; or, to train from scratch, set MODEL.WEIGHTS "".'
+    )
+
+
+def _fetch(
+    url: str, partial: Path, *, progress: bool, timeout: float, dest: Path
+) -> tuple[str, str | None]:
+    """Stream `url` into `partial`; returns the SHA-256 hex digest of what was written and the
+    SHA-256 the server named for it (None when it named none)."""
     request = urllib.request.Request(url, headers={"User-Agent": "atrous"})
     sha = hashlib.sha256()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
+            announced = _server_sha256(response.headers)
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             received = 0
@@ -121,10 +150,9 @@ def _fetch(url: str, partial: Path, *, progress: bool, timeout: float) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise DownloadError(
             f"Download of {url} failed ({type(exc).__name__}: {exc}); nothing was cached. "
-            f"Without network access, download the file elsewhere and pass its local path, or "
-            f"set {ENV_BASE_URL} to a reachable mirror."
+            + _offline_advice(url, dest)
         ) from exc
-    return sha.hexdigest()
+    return sha.hexdigest(), announced
 
 
 def download(
@@ -162,15 +190,20 @@ def download(
     partial = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     logger.info("Downloading %s to %s", http_url, dest)
     try:
-        digest = _fetch(http_url, partial, progress=progress, timeout=timeout)
-        expected = expected_sha256_prefix(dest.name)
-        if expected is not None and not digest.startswith(expected):
-            raise ChecksumMismatchError(
-                f"Checksum mismatch for {http_url}: the file name promises a SHA-256 starting "
-                f"with {expected}, the downloaded content has {digest[: len(expected)]}. The "
-                "download was deleted; run again, and if it persists the mirror serves a "
-                "different file."
-            )
+        digest, announced = _fetch(http_url, partial, progress=progress, timeout=timeout, dest=dest)
+        promises = [
+            ("the model zoo records", sha256_of(url.split("?", 1)[0])),
+            ("the file name promises", expected_sha256_prefix(dest.name)),
+            ("the server announced", announced),
+        ]
+        for who, expected in promises:
+            if expected is not None and not digest.startswith(expected):
+                raise ChecksumMismatchError(
+                    f"Checksum mismatch for {http_url}: {who} a SHA-256 starting with "
+                    f"{expected[:16]}, the downloaded content has {digest[:16]}. The download "
+                    "was deleted; run again, and if it persists the mirror serves a different "
+                    "file."
+                )
         os.replace(partial, dest)
         fsync_dir(dest.parent)
     finally:

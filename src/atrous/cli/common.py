@@ -176,17 +176,27 @@ def load_weights(model: Any, weights: str, *, allow_partial: bool) -> Any:
     from atrous.checkpoint.errors import CheckpointError
 
     report = Checkpointer(model).load(weights)
-    if allow_partial or not (report.missing or report.shape_mismatched):
+    mismatched = report.shape_mismatched + report.reinitialised
+    if allow_partial or not (report.missing or mismatched):
         return report
-    if report.shape_mismatched:
-        key = report.shape_mismatched[0]
+    counts = report.class_counts()
+    if counts and not (report.missing or report.shape_mismatched):
+        raise CheckpointError(
+            f"MODEL.WEIGHTS {weights!r} does not fit this model: it predicts {counts[0]} "
+            f"classes, this model {counts[1]}, so the predictions would come from an untrained "
+            f"classifier. Set MODEL.SEM_SEG_HEAD.NUM_CLASSES {counts[0]} (and a dataset with "
+            "those classes), train on your classes first (training starts from such weights), "
+            "or pass --allow-partial to use them anyway."
+        )
+    if mismatched:
+        key = mismatched[0]
         ckpt_shape, model_shape = report.shapes.get(key, ((), ()))
         example = f"{key}: checkpoint {list(ckpt_shape)}, model {list(model_shape)}"
     else:
         example = f"{report.missing[0]} is missing"
     raise CheckpointError(
         f"MODEL.WEIGHTS {weights!r} does not fit this model: {len(report.missing)} entries "
-        f"missing and {len(report.shape_mismatched)} of another shape (e.g. {example}).\n"
+        f"missing and {len(mismatched)} of another shape (e.g. {example}).\n"
         "Make the config match the weights (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES), or pass "
         "--allow-partial to use them anyway with those parts left random."
     )

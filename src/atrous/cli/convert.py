@@ -98,7 +98,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     assert result.report is not None
     report = result.report
-    total = len(report.matched) + len(report.missing) + len(report.shape_mismatched)
+    total = (
+        len(report.matched)
+        + len(report.missing)
+        + len(report.shape_mismatched)
+        + len(report.reinitialised)
+    )
     print(
         f"wrote {result.output}: {result.num_tensors} tensors, {len(report.matched)} of {total} "
         f"model entries loaded from {report.path}"

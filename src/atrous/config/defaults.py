@@ -59,6 +59,26 @@ _C.MODEL.RESNETS.RES4_DILATION = 1
 _C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
 # "basic" (one 7x7 conv) or "deeplab" (three 3x3 convs).
 _C.MODEL.RESNETS.STEM_TYPE = "deeplab"
+# atrous: whether the first block of a dilated stage (RES4_DILATION / RES5_DILATION > 1) has
+# the stage's dilation (True: detectron2) or keeps the previous stage's (False: torchvision's
+# and timm's ResNets, whose ImageNet and segmentation weights were trained that way; use it with
+# STRIDE_IN_1X1 False and STEM_TYPE "basic" for their files).
+_C.MODEL.RESNETS.DILATE_FIRST_BLOCK = True
+
+# atrous: MobileNetV3-Large (MODEL.BACKBONE.NAME "build_mobilenet_v3_large_backbone"), with
+# torchvision's structure so its ImageNet and DeepLabV3 files load by name. Outputs are named as
+# the ResNet outputs of the same nominal stride: stem (2), res2 (4), res3 (8), res4 (16), res5.
+# MODEL.BACKBONE.FREEZE_AT freezes the stem and the first stages as for ResNets.
+_C.MODEL.MOBILENET = CN()
+# Channel multiplier of every layer (torchvision's width_mult; 1.0 is the published model).
+_C.MODEL.MOBILENET.WIDTH_MULT = 1.0
+# Dilate the last stage instead of striding: res5 at output stride 16 (torchvision's
+# segmentation models), else 32.
+_C.MODEL.MOBILENET.DILATED = True
+_C.MODEL.MOBILENET.OUT_FEATURES = ["res5"]
+# "BN", "SyncBN", "FrozenBN", "GN" or ""; batch norms get eps 1e-3 and momentum 0.01 as
+# torchvision's.
+_C.MODEL.MOBILENET.NORM = "BN"
 
 _C.MODEL.SEM_SEG_HEAD = CN()
 _C.MODEL.SEM_SEG_HEAD.NAME = "DeepLabV3PlusHead"

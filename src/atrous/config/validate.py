@@ -19,11 +19,16 @@ __all__ = ["CLASS_WEIGHT_METHODS", "TRACKING_BACKENDS", "validate_config"]
 
 # Names the builders accept (atrous.layers.norm, solver.lr_scheduler, data.transforms, ...).
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "MODEL.BACKBONE.NAME": ("build_resnet_deeplab_backbone", "build_resnet_backbone"),
+    "MODEL.BACKBONE.NAME": (
+        "build_resnet_deeplab_backbone",
+        "build_resnet_backbone",
+        "build_mobilenet_v3_large_backbone",
+    ),
     "MODEL.RESNETS.DEPTH": (50, 101, 152),
     "MODEL.RESNETS.NORM": ("", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN"),
     "MODEL.RESNETS.STEM_TYPE": ("basic", "deeplab"),
-    "MODEL.SEM_SEG_HEAD.NAME": ("DeepLabV3Head", "DeepLabV3PlusHead"),
+    "MODEL.MOBILENET.NORM": ("", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN"),
+    "MODEL.SEM_SEG_HEAD.NAME": ("DeepLabV3Head", "DeepLabV3PlusHead", "TorchvisionDeepLabHead"),
     "MODEL.SEM_SEG_HEAD.NORM": ("", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN"),
     "MODEL.SEM_SEG_HEAD.LOSS_TYPE": ("cross_entropy", "hard_pixel_mining"),
     "INPUT.FORMAT": ("RGB", "BGR"),
@@ -116,12 +121,19 @@ def _check_crop(cfg: Any) -> None:
             "INPUT.CROP.SIZE in pixels."
         )
     _check_pairs(cfg, ("INPUT.CROP.SIZE",))
-    dilation = cfg.MODEL.RESNETS.RES5_DILATION
-    stride = 32 // dilation if dilation in (1, 2, 4) else 32
-    if size[0] % stride or size[1] % stride:
+    if cfg.MODEL.BACKBONE.NAME == "build_mobilenet_v3_large_backbone":
+        stride = 16 if cfg.MODEL.MOBILENET.DILATED else 32
+        why = f"MODEL.MOBILENET.DILATED {cfg.MODEL.MOBILENET.DILATED}"
+    else:
+        dilation = cfg.MODEL.RESNETS.RES5_DILATION
+        stride = 32 // dilation if dilation in (1, 2, 4) else 32
+        why = f"MODEL.RESNETS.RES5_DILATION {dilation}"
+    # torchvision's head pools globally whatever the crop.
+    pooled_by_crop = cfg.MODEL.SEM_SEG_HEAD.NAME != "TorchvisionDeepLabHead"
+    if pooled_by_crop and (size[0] % stride or size[1] % stride):
         raise ConfigError(
             f"INPUT.CROP.SIZE {tuple(size)} must be divisible by the output stride {stride} "
-            f"(MODEL.RESNETS.RES5_DILATION {dilation}), e.g. "
+            f"({why}), e.g. "
             f"({-(-size[0] // stride) * stride}, {-(-size[1] // stride) * stride})."
         )
     area = crop.SINGLE_CATEGORY_MAX_AREA
@@ -291,6 +303,9 @@ def validate_config(
                 raise ConfigError(f"{key} must be a finite number >= {low}, got {value!r}.")
     for key in _POSITIVE_INT_LISTS:
         _positive_ints(key, cfg.value_at(key))
+    width = cfg.MODEL.MOBILENET.WIDTH_MULT
+    if not _is_number(width) or not math.isfinite(width) or width <= 0:
+        raise ConfigError(f"MODEL.MOBILENET.WIDTH_MULT must be a number > 0, got {width!r}.")
     top_k = cfg.MODEL.SEM_SEG_HEAD.TOP_K_PERCENT_PIXELS
     if not _is_number(top_k) or not 0 < top_k <= 1:
         raise ConfigError(

@@ -178,16 +178,32 @@ def _weights_source(weights: str) -> str:
 
 
 def _architecture(cfg: Any) -> dict[str, Any]:
+    mobilenet = cfg.MODEL.BACKBONE.NAME == "build_mobilenet_v3_large_backbone"
+    if mobilenet:
+        width = float(cfg.MODEL.MOBILENET.WIDTH_MULT)
+        title = "MobileNetV3-Large" + ("" if width == 1.0 else f" (width {width:g})")
+    else:
+        title = f"ResNet-{int(cfg.MODEL.RESNETS.DEPTH)}"
     return {
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "head": cfg.MODEL.SEM_SEG_HEAD.NAME,
         "backbone": cfg.MODEL.BACKBONE.NAME,
-        "backbone_depth": int(cfg.MODEL.RESNETS.DEPTH),
+        "backbone_title": title,
+        "backbone_depth": None if mobilenet else int(cfg.MODEL.RESNETS.DEPTH),
         "num_classes": int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
     }
 
 
-_HEAD_NAMES = {"DeepLabV3PlusHead": "DeepLabV3+", "DeepLabV3Head": "DeepLabV3"}
+_HEAD_NAMES = {
+    "DeepLabV3PlusHead": "DeepLabV3+",
+    "DeepLabV3Head": "DeepLabV3",
+    "TorchvisionDeepLabHead": "DeepLabV3 (torchvision's head)",
+}
+
+
+def _backbone_title(arch: dict[str, Any]) -> str:
+    # bundle.json files written before "backbone_title" existed hold ResNets only.
+    return arch.get("backbone_title") or f"ResNet-{arch['backbone_depth']}"
 
 
 def _format_count(n: int, unit: str = "") -> str:
@@ -202,7 +218,7 @@ def model_card(meta: dict[str, Any], *, folder_name: str) -> str:
     arch = meta["architecture"]
     title = _HEAD_NAMES.get(arch["head"], arch["head"])
     lines = [
-        f"# {folder_name}: {title}, ResNet-{arch['backbone_depth']}, {arch['num_classes']} classes",
+        f"# {folder_name}: {title}, {_backbone_title(arch)}, {arch['num_classes']} classes",
         "",
         f"A semantic segmentation model bundle written by atrous {meta['atrous_version']} "
         f"(torch {meta['torch_version']}). This folder is all that is needed to run it.",
@@ -232,9 +248,12 @@ def _card_summary_table(meta: dict[str, Any], *, title: str) -> list[str]:
     lines = [
         "| | |",
         "|---|---|",
-        f"| Architecture | {title} head (`{arch['head']}`) on a ResNet-{arch['backbone_depth']} "
+        f"| Architecture | {title} head (`{arch['head']}`) on a {_backbone_title(arch)} "
         f"backbone (`{arch['meta_architecture']}`) |",
-        f"| Backbone depth | {arch['backbone_depth']} |",
+    ]
+    if arch.get("backbone_depth"):
+        lines.append(f"| Backbone depth | {arch['backbone_depth']} |")
+    lines += [
         f"| Parameters | {_format_count(meta['parameters'])} ({meta['parameters']:,}) |",
     ]
     if flops["flops"] is not None:

@@ -50,7 +50,8 @@ class ASPP(nn.Module):
     """Five parallel branches on one feature map, concatenated and projected.
 
     Branches in order (state-dict names ``convs.0`` .. ``convs.4``): 1x1 conv; three 3x3 convs
-    with the given dilations; image pooling -> 1x1 conv with bias and no norm -> activation ->
+    with the given dilations; image pooling -> 1x1 conv with bias and no norm (detectron2) or
+    without bias and with the norm (torchvision, ``pooling_norm=True``) -> activation ->
     bilinear resize to the feature size. Then a 1x1 projection of the concatenation and dropout
     (training only).
 
@@ -63,6 +64,8 @@ class ASPP(nn.Module):
         pool_kernel_size: image-pooling window (see `ImagePooling`), or None for global pooling.
         dropout: dropout probability after the projection, in training only.
         use_depthwise_separable_conv: make the 3x3 branches depthwise-separable.
+        pooling_norm: normalise the image-pooling branch too (torchvision's ``ASPPPooling``;
+            its batch statistics in training are over the batch only).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ASPP(nn.Module):
         pool_kernel_size: tuple[int, int] | None = None,
         dropout: float = 0.0,
         use_depthwise_separable_conv: bool = False,
+        pooling_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(dilations) != 3:
@@ -125,10 +129,16 @@ class ASPP(nn.Module):
                     )
                 )
                 c2_xavier_fill(self.convs[-1])
-        # No norm after pooling: the map is 1x1 in training, so batch statistics would be
-        # degenerate (the original's choice, kept for checkpoint compatibility).
+        # detectron2 has no norm after pooling: the map is 1x1 in training, so batch statistics
+        # are over the batch alone (kept for checkpoint compatibility); torchvision has one.
+        with_norm = pooling_norm and not use_bias
         pooling_conv = Conv2d(
-            in_channels, out_channels, 1, bias=True, activation=copy.deepcopy(activation)
+            in_channels,
+            out_channels,
+            1,
+            bias=not with_norm,
+            norm=get_norm(norm, out_channels) if with_norm else None,
+            activation=copy.deepcopy(activation),
         )
         c2_xavier_fill(pooling_conv)
         self.convs.append(nn.Sequential(ImagePooling(pool_kernel_size), pooling_conv))

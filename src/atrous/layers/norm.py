@@ -181,13 +181,17 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def get_norm(norm: str | None, num_channels: int) -> nn.Module | None:
+def get_norm(
+    norm: str | None, num_channels: int, *, eps: float = 1e-5, momentum: float = 0.1
+) -> nn.Module | None:
     """Build a normalisation layer by name.
 
     Args:
         norm: "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN" (32 groups) or ""/None
             for no normalisation.
         num_channels: number of channels of the normalised feature map.
+        eps: added to the variance (torchvision's MobileNetV3 uses 1e-3).
+        momentum: of the running statistics of the batch norms (ignored by FrozenBN and GN).
 
     Returns:
         The module, or None for "".
@@ -195,12 +199,12 @@ def get_norm(norm: str | None, num_channels: int) -> nn.Module | None:
     if not norm:
         return None
     builders = {
-        "BN": nn.BatchNorm2d,
-        "SyncBN": NaiveSyncBatchNorm,
-        "naiveSyncBN": NaiveSyncBatchNorm,
-        "nnSyncBN": nn.SyncBatchNorm,
-        "FrozenBN": FrozenBatchNorm2d,
-        "GN": lambda channels: nn.GroupNorm(32, channels),
+        "BN": lambda c: nn.BatchNorm2d(c, eps=eps, momentum=momentum),
+        "SyncBN": lambda c: NaiveSyncBatchNorm(c, eps=eps, momentum=momentum),
+        "naiveSyncBN": lambda c: NaiveSyncBatchNorm(c, eps=eps, momentum=momentum),
+        "nnSyncBN": lambda c: nn.SyncBatchNorm(c, eps=eps, momentum=momentum),
+        "FrozenBN": lambda c: FrozenBatchNorm2d(c, eps=eps),
+        "GN": lambda c: nn.GroupNorm(32, c, eps=eps),
     }
     if norm not in builders:
         raise ValueError(

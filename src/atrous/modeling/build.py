@@ -10,8 +10,16 @@ from torch import nn
 from ..config import CfgNode
 from ..layers import ASPP, ShapeSpec
 from ..utils.devices import resolve_device
-from .backbone import BasicStem, DeepLabStem, ResNet, blocks_per_stage, make_stage, stage_dilations
-from .heads import DeepLabV3Head, DeepLabV3PlusHead
+from .backbone import (
+    BasicStem,
+    DeepLabStem,
+    MobileNetV3,
+    ResNet,
+    blocks_per_stage,
+    make_stage,
+    stage_dilations,
+)
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, TorchvisionDeepLabHead
 from .losses import UnresolvedClassWeights, build_sem_seg_loss
 from .segmentor import SemanticSegmentor
 
@@ -29,22 +37,38 @@ logger = logging.getLogger(__name__)
 _STAGE_INDEX = {"res2": 2, "res3": 3, "res4": 4, "res5": 5}
 
 
-def build_backbone(cfg: CfgNode) -> ResNet:
-    """ResNet from MODEL.BACKBONE and MODEL.RESNETS, frozen up to MODEL.BACKBONE.FREEZE_AT.
+_BACKBONES = (
+    "build_resnet_deeplab_backbone",
+    "build_resnet_backbone",
+    "build_mobilenet_v3_large_backbone",
+)
+
+
+def build_backbone(cfg: CfgNode) -> ResNet | MobileNetV3:
+    """The backbone of MODEL.BACKBONE.NAME, frozen up to MODEL.BACKBONE.FREEZE_AT.
 
     "build_resnet_deeplab_backbone" honours STEM_TYPE, RES4_DILATION and RES5_MULTI_GRID;
-    "build_resnet_backbone" is detectron2's plain ResNet (basic stem, RES5_DILATION only).
+    "build_resnet_backbone" is detectron2's plain ResNet (basic stem, RES5_DILATION only);
+    "build_mobilenet_v3_large_backbone" is MobileNetV3-Large from MODEL.MOBILENET.
     """
     r = cfg.MODEL.RESNETS
     name = cfg.MODEL.BACKBONE.NAME
+    if name == "build_mobilenet_v3_large_backbone":
+        m = cfg.MODEL.MOBILENET
+        backbone = MobileNetV3(
+            width_mult=float(m.WIDTH_MULT),
+            dilated=bool(m.DILATED),
+            out_features=list(m.OUT_FEATURES),
+            norm=m.NORM,
+        )
+        return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
     if name == "build_resnet_deeplab_backbone":
         stem_type, res4_dilation, multi_grid = r.STEM_TYPE, r.RES4_DILATION, r.RES5_MULTI_GRID
     elif name == "build_resnet_backbone":
         stem_type, res4_dilation, multi_grid = "basic", 1, None
     else:
         raise ValueError(
-            f"Unknown MODEL.BACKBONE.NAME {name!r}; use 'build_resnet_deeplab_backbone' or "
-            "'build_resnet_backbone'."
+            f"Unknown MODEL.BACKBONE.NAME {name!r}; use one of {', '.join(_BACKBONES)}."
         )
     stems = {"basic": BasicStem, "deeplab": DeepLabStem}
     if stem_type not in stems:
@@ -58,7 +82,11 @@ def build_backbone(cfg: CfgNode) -> ResNet:
         res4_dilation=res4_dilation,
         res5_dilation=r.RES5_DILATION,
         res5_multi_grid=multi_grid,
+        dilate_first_block=r.DILATE_FIRST_BLOCK,
     )
+    # A dilated stage replaces its stride by dilation (its first block may still have the
+    # previous stage's dilation, see DILATE_FIRST_BLOCK).
+    stage_dilation = {"res2": 1, "res3": 1, "res4": res4_dilation, "res5": r.RES5_DILATION}
     unknown = [f for f in r.OUT_FEATURES if f != "stem" and f not in _STAGE_INDEX]
     if unknown:
         raise ValueError(f"Unknown MODEL.RESNETS.OUT_FEATURES {unknown}; use stem, res2..res5.")
@@ -72,8 +100,8 @@ def build_backbone(cfg: CfgNode) -> ResNet:
     for index in range(2, last_stage + 1):
         name_i = f"res{index}"
         dilation = dilations[name_i]
-        # res2 keeps the stem's stride; a dilated stage replaces its stride by dilation.
-        first_stride = 1 if index == 2 or dilation[0] > 1 else 2
+        # res2 keeps the stem's stride.
+        first_stride = 1 if index == 2 or stage_dilation[name_i] > 1 else 2
         stages.append(
             (
                 name_i,
@@ -121,33 +149,46 @@ def aspp_pool_kernel_size(cfg: CfgNode, encoder_stride: int) -> tuple[int, int] 
     return crop_h // encoder_stride, crop_w // encoder_stride
 
 
+_HEADS = ("DeepLabV3Head", "DeepLabV3PlusHead", "TorchvisionDeepLabHead")
+
+
 def build_sem_seg_head(cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> nn.Module:
-    """DeepLabV3Head or DeepLabV3PlusHead from MODEL.SEM_SEG_HEAD."""
+    """DeepLabV3Head, DeepLabV3PlusHead or TorchvisionDeepLabHead from MODEL.SEM_SEG_HEAD.
+
+    TorchvisionDeepLabHead is torchvision's layout: its ASPP pools globally whatever the training
+    crop and normalises the pooling branch; ASPP_DILATIONS, ASPP_DROPOUT and NORM apply as for
+    the others (torchvision: [12, 24, 36], 0.5, BN).
+    """
     h = cfg.MODEL.SEM_SEG_HEAD
     missing = [f for f in h.IN_FEATURES if f not in input_shape]
     if missing:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not produced by the backbone "
-            f"(MODEL.RESNETS.OUT_FEATURES gives {list(input_shape)})."
+            f"(its OUT_FEATURES, MODEL.RESNETS or MODEL.MOBILENET, give {list(input_shape)})."
         )
-    if h.NAME not in ("DeepLabV3Head", "DeepLabV3PlusHead"):
+    if h.NAME not in _HEADS:
         raise ValueError(
-            f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use 'DeepLabV3Head' or "
-            "'DeepLabV3PlusHead'."
+            f"Unknown MODEL.SEM_SEG_HEAD.NAME {h.NAME!r}; use one of {', '.join(_HEADS)}."
         )
     shapes = {f: input_shape[f] for f in h.IN_FEATURES}
     # ASPP reads the coarsest feature (the only one for DeepLabV3).
     coarsest = max(shapes.values(), key=lambda s: s.stride)
+    torchvision = h.NAME == "TorchvisionDeepLabHead"
     aspp = ASPP(
         coarsest.channels,
         h.ASPP_CHANNELS,
         list(h.ASPP_DILATIONS),
         norm=h.NORM,
         activation=nn.ReLU(),
-        pool_kernel_size=aspp_pool_kernel_size(cfg, coarsest.stride),
+        pool_kernel_size=None if torchvision else aspp_pool_kernel_size(cfg, coarsest.stride),
         dropout=h.ASPP_DROPOUT,
         use_depthwise_separable_conv=h.USE_DEPTHWISE_SEPARABLE_CONV,
+        pooling_norm=torchvision,
     )
+    if torchvision:
+        return TorchvisionDeepLabHead(
+            input_shape=shapes, aspp=aspp, num_classes=h.NUM_CLASSES, norm=h.NORM
+        )
     if h.NAME == "DeepLabV3Head":
         return DeepLabV3Head(input_shape=shapes, aspp=aspp, num_classes=h.NUM_CLASSES)
     return DeepLabV3PlusHead(
@@ -236,6 +277,8 @@ def build_model(cfg: CfgNode, *, class_weights: Sequence[float] | None = None) -
         ignore_value=h.IGNORE_VALUE,
         loss_weight=h.LOSS_WEIGHT,
         max_output_bytes=max_output_bytes(cfg),
+        # torchvision's models resize their logits to the input in one step.
+        logits_at_input_size=isinstance(head, TorchvisionDeepLabHead),
     )
     # "auto" and "cuda" mean this process's current CUDA device, which the launcher set to the
     # GPU of its local rank.

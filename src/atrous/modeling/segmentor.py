@@ -124,6 +124,11 @@ class SemanticSegmentor(nn.Module):
         max_output_bytes: at inference, refuse (before running the backbone) an image whose
             logits at its output ``height`` x ``width`` would take more memory than this
             (`check_output_size`); 0 or negative: no limit.
+        logits_at_input_size: resize the head's logits to the input size in one bilinear step
+            (torchvision's DeepLabV3) instead of upsampling them by ``common_stride`` and
+            cropping (detectron2). Inference then never pads: images of different sizes in
+            one batch run one at a time, as torchvision would run them, since padding would
+            change the globally pooled ASPP branch.
     """
 
     def __init__(
@@ -139,8 +144,10 @@ class SemanticSegmentor(nn.Module):
         ignore_value: int = 255,
         loss_weight: float = 1.0,
         max_output_bytes: int = 0,
+        logits_at_input_size: bool = False,
     ) -> None:
         super().__init__()
+        self.logits_at_input_size = bool(logits_at_input_size)
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.loss = loss
@@ -184,9 +191,11 @@ class SemanticSegmentor(nn.Module):
 
         Returns:
             (N, num_classes, ceil(H / s) * s, ceil(W / s) * s) for stride s, i.e. (N, C, H, W)
-            when H and W are multiples of s.
+            when H and W are multiples of s; (N, C, H, W) with ``logits_at_input_size``.
         """
         y = self.sem_seg_head(self.backbone(images))
+        if self.logits_at_input_size:
+            return F.interpolate(y, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return F.interpolate(
             y, scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
@@ -196,6 +205,12 @@ class SemanticSegmentor(nn.Module):
             check_batch_output_sizes(
                 batched_inputs, num_classes=self.num_classes, max_bytes=self.max_output_bytes
             )
+        if (
+            self.logits_at_input_size
+            and not self.training
+            and len({tuple(x["image"].shape[-2:]) for x in batched_inputs}) > 1
+        ):
+            return [self([x])[0] for x in batched_inputs]
         images, sizes = self.preprocess([x["image"] for x in batched_inputs])
         logits = self.logits(images)
         if self.training:

@@ -89,6 +89,28 @@ def test_stage_dilations_turn_output_stride_and_multi_grid_into_per_block_dilati
         stage_dilations(depth=50, res4_dilation=2, res5_dilation=2)
 
 
+def test_torchvision_dilation_keeps_the_previous_dilation_in_a_stages_first_block():
+    # torchvision's _make_layer(dilate=True): the first block is built before the stage's
+    # dilation is raised.
+    os8 = stage_dilations(depth=50, res4_dilation=2, res5_dilation=4, dilate_first_block=False)
+    assert os8["res4"] == [1, 2, 2, 2, 2, 2] and os8["res5"] == [2, 4, 4]
+    os16 = stage_dilations(depth=50, res5_dilation=2, dilate_first_block=False)
+    assert os16["res4"] == [1] * 6 and os16["res5"] == [1, 2, 2]
+
+
+def test_a_dilated_stage_does_not_stride_even_when_its_first_block_is_undilated(tiny_cfg):
+    tiny_cfg.merge_from_list(
+        ["MODEL.RESNETS.DILATE_FIRST_BLOCK", "False", "MODEL.RESNETS.RES4_DILATION", "2",
+         "MODEL.RESNETS.RES5_DILATION", "4", "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 1, 1]"]
+    )  # fmt: skip
+    from atrous.modeling import build_backbone
+
+    backbone = build_backbone(tiny_cfg)
+    assert backbone.output_shape()["res5"].stride == 8
+    assert [b.conv2.dilation[0] for b in backbone.res4] == [1, 2, 2, 2, 2, 2]
+    assert backbone.res4[0].conv2.stride == (1, 1) and backbone.res4[0].shortcut.stride == (1, 1)
+
+
 def _small_dc5_resnet(out_features: list[str]) -> ResNet:
     dilations = stage_dilations(depth=50, res5_dilation=2, res5_multi_grid=[1, 2, 4])
     stages, strides = [], []

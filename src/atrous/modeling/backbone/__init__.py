@@ -1,5 +1,6 @@
 """Backbones."""
 
+from .mobilenet import MobileNetV3
 from .resnet import (
     BasicStem,
     BottleneckBlock,
@@ -14,6 +15,7 @@ __all__ = [
     "BasicStem",
     "BottleneckBlock",
     "DeepLabStem",
+    "MobileNetV3",
     "ResNet",
     "blocks_per_stage",
     "make_stage",

@@ -227,12 +227,20 @@ def stage_dilations(
     res4_dilation: int = 1,
     res5_dilation: int = 1,
     res5_multi_grid: Sequence[int] | None = None,
+    dilate_first_block: bool = True,
 ) -> dict[str, list[int]]:
     """Per-block dilations of res2..res5: the one place where output stride becomes dilation.
 
     Output stride 16 is ``res5_dilation=2``; output stride 8 is ``res4_dilation=2,
     res5_dilation=4``. Multi-grid multiplies res5's dilation per block (``[1, 2, 4]`` -> 2, 4, 8).
     A dilated stage does not stride.
+
+    Args:
+        dilate_first_block: True (detectron2, projects/DeepLab): every block of a dilated stage
+            has the stage's dilation. False (torchvision's ``_make_layer(dilate=True)``, timm):
+            the first block keeps the dilation of the stage before it (1 before res4,
+            ``res4_dilation`` before res5), as it still sees the previous stage's resolution
+            in the networks those weights were trained as.
     """
     if res4_dilation not in (1, 2):
         raise ValueError(f"RES4_DILATION must be 1 or 2, got {res4_dilation}.")
@@ -242,12 +250,12 @@ def stage_dilations(
         raise ValueError("RES4_DILATION 2 (output stride 8) needs RES5_DILATION 4.")
     counts = blocks_per_stage(depth)
     multi_grid = list(res5_multi_grid) if res5_multi_grid else [1] * counts[3]
-    return {
-        "res2": [1] * counts[0],
-        "res3": [1] * counts[1],
-        "res4": [res4_dilation] * counts[2],
-        "res5": [res5_dilation * g for g in multi_grid],
-    }
+    res4 = [res4_dilation] * counts[2]
+    res5 = [res5_dilation * g for g in multi_grid]
+    if not dilate_first_block:
+        res4[0] = 1
+        res5[0] = res4_dilation * multi_grid[0]
+    return {"res2": [1] * counts[0], "res3": [1] * counts[1], "res4": res4, "res5": res5}
 
 
 class ResNet(nn.Module):
