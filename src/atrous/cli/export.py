@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
         except FileExistsError as error:
             raise SystemExit(str(error)) from None
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
+        if bundle is None and cfg.MODEL.WEIGHTS:
+            from atrous.checkpoint.best import describe_weights
+
+            print(f"weights: {describe_weights(cfg.MODEL.WEIGHTS)}")
         return 0
     graph_kwargs = _end_to_end_kwargs(cfg, bundle) if args.end_to_end else {}
     if args.format == "onnx":
