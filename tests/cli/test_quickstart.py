@@ -28,12 +28,19 @@ def test_quickstart_runs_every_step(tmp_path: Path) -> None:
         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16", "INPUT.CROP.SIZE", "(64, 64)",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
         "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.BEST_CHECKPOINT.METRIC", "sem_seg/mIoU", "TEST.EVAL_PERIOD", "2",
         "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for step in ("[1/4]", "[2/4]", "[3/4] Validation mIoU:", "[4/4] Wrote 2 prediction pictures"):
         assert step in proc.stdout
+    # The pictures come from the best checkpoint, and the command says which one that is.
+    best = json.loads((out / "model_best.json").read_text())
+    assert (
+        f"with the weights of {out / 'model_best.pth'} (the best evaluation of its run: "
+        f"sem_seg/mIoU {best['value']:.4g} at iteration {best['iteration']})"
+    ) in proc.stdout
     assert (tmp_path / "datasets" / "synthetic" / "leftImg8bit" / "val").is_dir()
     assert (out / "model_final.pth").is_file() and (out / "training_curves.png").is_file()
     assert any("sem_seg/mIoU" in json.loads(line) for line in (out / "metrics.json").open())

@@ -66,8 +66,25 @@ def test_bad_values_name_their_key(overrides: list[str], message: str) -> None:
         (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be a positive whole number"),
         (["SOLVER.CHECKPOINT_PERIOD", "-1"], "SOLVER.CHECKPOINT_PERIOD"),
         (["SOLVER.WEIGHT_DECAY", "-1e-4"], "SOLVER.WEIGHT_DECAY"),
+        (["SOLVER.BEST_CHECKPOINT.MODE", "maximum"],
+         "SOLVER.BEST_CHECKPOINT.MODE is 'maximum'; it must be 'max'"),
+        (["SOLVER.BEST_CHECKPOINT.METRIC", "sem_seg/mIoU"],
+         "SOLVER.BEST_CHECKPOINT.METRIC needs evaluations during training, but DATASETS.TEST"),
+        (["SOLVER.EARLY_STOP.PATIENCE", "3"],
+         "SOLVER.EARLY_STOP.PATIENCE counts evaluations without improvement of "
+         "SOLVER.BEST_CHECKPOINT.METRIC, which is empty"),
+        (["SOLVER.EARLY_STOP.PATIENCE", "-1"], "SOLVER.EARLY_STOP.PATIENCE must be a whole"),
+        (["SOLVER.EARLY_STOP.MIN_DELTA", "-0.5"], "SOLVER.EARLY_STOP.MIN_DELTA must be"),
+        (["SOLVER.BEST_CHECKPOINT.METRIC", "sem_seg/mIoU", "SOLVER.EARLY_STOP.PATIENCE", "2",
+          "DATASETS.TEST", "('val',)", "TEST.EVAL_PERIOD", "0"],
+         "SOLVER.EARLY_STOP.PATIENCE needs periodic evaluations, but TEST.EVAL_PERIOD is 0"),
+        (["TRACKING.BACKENDS", "['mlflow', 'neptune']"],
+         "TRACKING.BACKENDS names 'neptune'; use any of tensorboard, mlflow, wandb"),
+        (["TRACKING.BACKENDS", "['mlflow', 'mlflow']"], "TRACKING.BACKENDS names a backend twice"),
+        (["TRACKING.WANDB_MODE", "disabled"], "TRACKING.WANDB_MODE is 'disabled'"),
+        (["TRACKING.FLUSH_TIMEOUT", "0"], "TRACKING.FLUSH_TIMEOUT must be a number of seconds"),
     ],
-)
+)  # fmt: skip
 def test_solver_keys_are_checked_for_training_only(overrides: list[str], message: str) -> None:
     cfg = get_cfg()
     cfg.merge_from_list(overrides)
@@ -154,3 +171,13 @@ def test_seed_out_of_range_and_empty_output_dir_are_named_up_front(opts, trainin
     cfg.merge_from_list(opts)
     with pytest.raises(ConfigError, match=expected):
         validate_config(cfg, training=training, check_device=False)
+
+
+def test_best_checkpoint_and_early_stop_with_evaluations_pass() -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["SOLVER.BEST_CHECKPOINT.METRIC", "sem_seg/mIoU", "SOLVER.BEST_CHECKPOINT.MODE", "max",
+         "SOLVER.EARLY_STOP.PATIENCE", "3", "DATASETS.TEST", "('val',)", "TEST.EVAL_PERIOD", "100",
+         "TRACKING.BACKENDS", "['tensorboard', 'mlflow', 'wandb']"]
+    )  # fmt: skip
+    validate_config(cfg, training=True)

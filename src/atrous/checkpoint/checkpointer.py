@@ -461,7 +461,7 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, name: str, **extra: Any) -> Path | None:
+    def save(self, name: str, *, tag_last: bool = True, **extra: Any) -> Path | None:
         """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
 
         The file holds ``"model"``, each checkpointable's state, ``"rng_state"`` (unless the
@@ -474,6 +474,8 @@ class Checkpointer:
 
         Args:
             name: file name without (or with) the ``.pth`` suffix.
+            tag_last: point ``last_checkpoint`` at the file; False for a file that is not where
+                a resumed run continues from (``model_best.pth``).
             **extra: more tensors / plain values to store (not "model" or a checkpointable).
 
         Returns:
@@ -503,7 +505,8 @@ class Checkpointer:
         filename = name if name.endswith(".pth") else f"{name}.pth"
         path = self.save_dir / filename
         atomic_write(path, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(filename)
+        if tag_last:
+            self.tag_last_checkpoint(filename)
         logger.info("Saved checkpoint to %s", path)
         return path
 

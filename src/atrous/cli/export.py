@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         metrics = bundle.metadata.metrics if bundle is not None else None
         path = write_bundle(args.output, cfg=cfg, model=model, metrics=metrics)
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
+        if bundle is None and cfg.MODEL.WEIGHTS:
+            from atrous.checkpoint.best import describe_weights
+
+            print(f"weights: {describe_weights(cfg.MODEL.WEIGHTS)}")
         return 0
     graph_kwargs = _end_to_end_kwargs(cfg, bundle) if args.end_to_end else {}
     if args.format == "onnx":

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from atrous.checkpoint.best import describe_weights
 from atrous.cli.common import add_overrides_argument, build_model_and_load, parse_size
 
 __all__ = ["add_arguments", "find_config", "run"]
@@ -124,6 +125,14 @@ def _final_metrics(metrics_path: Path) -> dict[str, float]:
     return final
 
 
+def _weights_to_show(output_dir: Path) -> Path:
+    """The best checkpoint when training kept one (SOLVER.BEST_CHECKPOINT), else the final."""
+    from atrous.checkpoint.best import BEST_FILE
+
+    best = output_dir / BEST_FILE
+    return best if best.is_file() else output_dir / "model_final.pth"
+
+
 def run(args: argparse.Namespace) -> int:
     """``atrous quickstart``: synthetic dataset, training, validation mIoU, pictures."""
     from atrous.cli.train import load_config
@@ -179,13 +188,17 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    weights = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")
+    weights = _weights_to_show(Path(cfg.OUTPUT_DIR))
     pictures = Path(cfg.OUTPUT_DIR) / "predictions"
     written = (
-        write_pictures(cfg, weights, cfg.DATASETS.TEST[0], pictures, args.num_pictures)
+        write_pictures(cfg, str(weights), cfg.DATASETS.TEST[0], pictures, args.num_pictures)
         if cfg.DATASETS.TEST and args.num_pictures > 0
         else []
     )
-    print(f"[4/4] Wrote {len(written)} prediction pictures to {pictures}", flush=True)
+    print(
+        f"[4/4] Wrote {len(written)} prediction pictures to {pictures}, with the weights of "
+        f"{describe_weights(weights)}",
+        flush=True,
+    )
     print(f"Done. Training curves: {Path(cfg.OUTPUT_DIR) / 'training_curves.png'}")
     return 0

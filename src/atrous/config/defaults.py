@@ -216,6 +216,20 @@ _C.SOLVER.CHANNELS_LAST = False
 # atrous: how many periodic checkpoints to keep besides model_final.pth (0 keeps all).
 _C.SOLVER.MAX_TO_KEEP = 3
 
+# atrous: keep the weights of the best evaluation as model_best.pth (detectron2's
+# BestCheckpointer). METRIC is a key of the evaluation results as metrics.json writes it, e.g.
+# "sem_seg/mIoU"; "" turns it off. MODE "max" or "min": which direction is better.
+_C.SOLVER.BEST_CHECKPOINT = CN()
+_C.SOLVER.BEST_CHECKPOINT.METRIC = ""
+_C.SOLVER.BEST_CHECKPOINT.MODE = "max"
+
+# atrous: end training once SOLVER.BEST_CHECKPOINT.METRIC has not improved by more than
+# MIN_DELTA for PATIENCE evaluations in a row (0: never). The run then ends cleanly with
+# model_final.pth at that iteration.
+_C.SOLVER.EARLY_STOP = CN()
+_C.SOLVER.EARLY_STOP.PATIENCE = 0
+_C.SOLVER.EARLY_STOP.MIN_DELTA = 0.0
+
 # -----------------------------------------------------------------------------
 # Test
 # -----------------------------------------------------------------------------
@@ -255,6 +269,28 @@ _C.TEST.FAST.COMPILE = False
 # the model runs, instead of exhausting memory; Cityscapes (19 x 1024 x 2048) needs 152 MiB.
 # 0 or negative: no limit.
 _C.TEST.MAX_OUTPUT_MB = 4096
+
+# -----------------------------------------------------------------------------
+# Experiment tracking (atrous)
+# -----------------------------------------------------------------------------
+_C.TRACKING = CN()
+# Where the training scalars go besides metrics.json: any of "tensorboard", "mlflow", "wandb".
+_C.TRACKING.BACKENDS = ("tensorboard",)
+# MLflow experiment / W&B project; "" uses "atrous".
+_C.TRACKING.PROJECT = ""
+# Run name; "" uses the name of OUTPUT_DIR.
+_C.TRACKING.RUN_NAME = ""
+# MLflow tracking server URI; "" uses MLFLOW_TRACKING_URI or MLflow's own default.
+_C.TRACKING.MLFLOW_URI = ""
+# W&B mode: "online", "offline" (files under OUTPUT_DIR/wandb, `wandb sync` uploads them later)
+# or "" (WANDB_MODE, else online).
+_C.TRACKING.WANDB_MODE = ""
+# Seconds one delivery attempt may take before it counts as failed and is retried later.
+_C.TRACKING.TIMEOUT = 10.0
+# Seconds the end of training waits for undelivered data before it reports what was lost.
+_C.TRACKING.FLUSH_TIMEOUT = 60.0
+# Upload the model bundle (the best checkpoint, else the final one) as an artifact.
+_C.TRACKING.LOG_MODEL = True
 
 # -----------------------------------------------------------------------------
 # Misc

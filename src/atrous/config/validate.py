@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["CLASS_WEIGHT_METHODS", "validate_config"]
+__all__ = ["CLASS_WEIGHT_METHODS", "TRACKING_BACKENDS", "validate_config"]
 
 # Names the builders accept (atrous.layers.norm, solver.lr_scheduler, data.transforms, ...).
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -172,6 +172,84 @@ def _check_class_weights(head: Any) -> None:
         )
 
 
+# The experiment trackers atrous.engine.tracking writes to.
+TRACKING_BACKENDS = ("tensorboard", "mlflow", "wandb")
+
+
+def _check_tracking(tracking: Any) -> None:
+    backends = tracking.BACKENDS
+    if not isinstance(backends, (list, tuple)) or not all(isinstance(b, str) for b in backends):
+        raise ConfigError(
+            f"TRACKING.BACKENDS must be a list of names, e.g. [tensorboard, mlflow], got "
+            f"{backends!r}."
+        )
+    unknown = [b for b in backends if b not in TRACKING_BACKENDS]
+    if unknown or len(set(backends)) != len(backends):
+        shown = ", ".join(TRACKING_BACKENDS)
+        what = f"names {unknown[0]!r}" if unknown else "names a backend twice"
+        raise ConfigError(f"TRACKING.BACKENDS {what}; use any of {shown} (or [] for none).")
+    import importlib.util
+
+    for backend in ("mlflow", "wandb"):
+        if backend in backends and importlib.util.find_spec(backend) is None:
+            raise ConfigError(
+                f"TRACKING.BACKENDS names {backend}, which is not installed: "
+                "pip install 'atrous[tracking]' (or remove it from TRACKING.BACKENDS)."
+            )
+    if tracking.WANDB_MODE not in ("", "online", "offline"):
+        raise ConfigError(
+            f"TRACKING.WANDB_MODE is {tracking.WANDB_MODE!r}; it must be 'online', 'offline' or "
+            "'' (WANDB_MODE, else online)."
+        )
+    for key in ("TIMEOUT", "FLUSH_TIMEOUT"):
+        value = tracking.get(key)
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"TRACKING.{key} must be a number of seconds > 0, got {value!r}.")
+
+
+def _check_best_and_early_stop(cfg: Any) -> None:
+    best, stop = cfg.SOLVER.BEST_CHECKPOINT, cfg.SOLVER.EARLY_STOP
+    if not isinstance(best.METRIC, str):
+        raise ConfigError(
+            f"SOLVER.BEST_CHECKPOINT.METRIC must be a metric name such as 'sem_seg/mIoU' (or "
+            f"'' for none), got {best.METRIC!r}."
+        )
+    if best.MODE not in ("max", "min"):
+        raise ConfigError(
+            f"SOLVER.BEST_CHECKPOINT.MODE is {best.MODE!r}; it must be 'max' (higher is better, "
+            "e.g. mIoU) or 'min' (e.g. a loss)."
+        )
+    patience = stop.PATIENCE
+    if not _is_int(patience) or patience < 0:
+        raise ConfigError(
+            f"SOLVER.EARLY_STOP.PATIENCE must be a whole number of evaluations >= 0 (0: never "
+            f"stop early), got {patience!r}."
+        )
+    delta = stop.MIN_DELTA
+    if not _is_number(delta) or not math.isfinite(delta) or delta < 0:
+        raise ConfigError(f"SOLVER.EARLY_STOP.MIN_DELTA must be a number >= 0, got {delta!r}.")
+    if not best.METRIC and not patience:
+        return
+    wanted = "SOLVER.EARLY_STOP.PATIENCE" if patience else "SOLVER.BEST_CHECKPOINT.METRIC"
+    if patience and not best.METRIC:
+        raise ConfigError(
+            "SOLVER.EARLY_STOP.PATIENCE counts evaluations without improvement of "
+            "SOLVER.BEST_CHECKPOINT.METRIC, which is empty: set it, e.g. "
+            "SOLVER.BEST_CHECKPOINT.METRIC sem_seg/mIoU."
+        )
+    if not cfg.DATASETS.TEST:
+        raise ConfigError(
+            f"{wanted} needs evaluations during training, but DATASETS.TEST is empty: name a "
+            "validation dataset there."
+        )
+    if patience and cfg.TEST.EVAL_PERIOD <= 0:
+        raise ConfigError(
+            "SOLVER.EARLY_STOP.PATIENCE needs periodic evaluations, but TEST.EVAL_PERIOD is "
+            f"{cfg.TEST.EVAL_PERIOD}: set it to the iterations between evaluations, e.g. "
+            "TEST.EVAL_PERIOD 1000."
+        )
+
+
 def _check_pairs(cfg: Any, keys: Iterable[str]) -> None:
     for key in keys:
         value = cfg.value_at(key)
@@ -241,6 +319,9 @@ def validate_config(
             f"SEED must be a whole number between -2**63 and 2**63 - 65536 (negative: a random "
             f"seed), got {str(seed)[:60]!s}."
         )
+    if training:
+        _check_best_and_early_stop(cfg)
+        _check_tracking(cfg.TRACKING)
     if training and not str(cfg.OUTPUT_DIR).strip():
         raise ConfigError(
             "OUTPUT_DIR is empty: a training run writes its checkpoints, metrics and log there. "

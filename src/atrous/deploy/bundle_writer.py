@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.best import BEST_FILE, BEST_RECORD, read_best_record
 from ..checkpoint.bundle_reader import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -60,9 +61,11 @@ def _summary(metrics: dict[str, Any]) -> dict[str, float]:
 def find_final_metrics(weights: str, test_datasets: list[str] | tuple[str, ...]) -> dict | None:
     """The final evaluation results that training or ``atrous evaluate`` left next to `weights`.
 
-    Looks, in the weights' folder and only for its final model (``model_final.*`` or the file
-    ``last_checkpoint`` names), at ``inference/<dataset>/sem_seg_evaluation.json`` for the test
-    datasets, then at the last evaluation values of ``metrics.json``.
+    For ``model_best.pth``: the evaluation it won (``model_best.json`` and its metrics.json
+    line). Otherwise looks, in the weights' folder and only for its final model
+    (``model_final.*`` or the file ``last_checkpoint`` names), at
+    ``inference/<dataset>/sem_seg_evaluation.json`` for the test datasets, then at the last
+    evaluation values of ``metrics.json``.
 
     Returns:
         ``{"source": file relative to the folder, "dataset": name or None, "iteration": int or
@@ -71,6 +74,8 @@ def find_final_metrics(weights: str, test_datasets: list[str] | tuple[str, ...])
     if not weights or not os.path.isfile(weights):
         return None
     path = Path(weights)
+    if path.name == BEST_FILE:
+        return _best_metrics(path.parent, test_datasets)
     if not _is_final_weights(path):
         return None
     folder = path.parent
@@ -110,6 +115,33 @@ def find_final_metrics(weights: str, test_datasets: list[str] | tuple[str, ...])
         "dataset": test_datasets[0] if len(test_datasets) == 1 else None,
         "iteration": iteration,
         "values": latest,
+    }
+
+
+def _best_metrics(folder: Path, test_datasets: list[str] | tuple[str, ...]) -> dict | None:
+    """The evaluation ``model_best.pth`` won: its metrics.json line (the record's iteration, or
+    the final evaluation's, recorded one later), or else the record's one value."""
+    record = read_best_record(folder)
+    if record is None:
+        return None
+    metric, value, iteration = record["metric"], record["value"], record["iteration"]
+    values = {metric: float(value)}
+    try:
+        lines = (folder / "metrics.json").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("iteration") in (iteration, iteration + 1) and row.get(metric) == value:
+            values = _summary({k: v for k, v in row.items() if "sem_seg/" in k}) or values
+    return {
+        "source": BEST_RECORD,
+        "dataset": test_datasets[0] if len(test_datasets) == 1 else None,
+        "iteration": iteration,
+        "values": values,
     }
 
 

@@ -1,5 +1,7 @@
-"""Training: the loop and its hooks, process launching, stop signals, flags and run set-up."""
+"""Training: the loop and its hooks (best checkpoint, early stopping, experiment tracking),
+process launching, stop signals, flags and run set-up."""
 
+from .best_checkpoint import BestCheckpointer, BestMetricState
 from .class_weights import resolve_class_weights
 from .defaults import (
     add_train_arguments,
@@ -21,10 +23,13 @@ from .hooks import (
 )
 from .launch import launch
 from .preemption import EXIT_PREEMPTED, StopSignals, TrainingPreempted
+from .tracking import TrackingHook
 from .trainer import SimpleTrainer, Trainer, TrainerBase
 
 __all__ = [
     "EXIT_PREEMPTED",
+    "BestCheckpointer",
+    "BestMetricState",
     "EvalHook",
     "EventStorage",
     "HookBase",
@@ -35,6 +40,7 @@ __all__ = [
     "PreemptionCheckpointer",
     "SimpleTrainer",
     "StopSignals",
+    "TrackingHook",
     "Trainer",
     "TrainerBase",
     "TrainingCurvePlotter",

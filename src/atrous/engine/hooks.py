@@ -48,6 +48,10 @@ class TrainerState(Protocol):
     start_iter: int
     max_iter: int
     storage: EventStorage
+    # Set by a hook (early stopping) to end the run cleanly after the current step.
+    stop_reason: str | None
+    # What ended training early, seen by after_train (None for a finished run).
+    exception: BaseException | None
 
 
 class HookBase:
@@ -182,7 +186,8 @@ class PeriodicCheckpointer(HookBase):
         it = self.trainer.iter
         if self.period > 0 and (it + 1) % self.period == 0:
             self.save_iteration(it)
-        if it + 1 >= self.max_iter:
+        if it + 1 >= self.max_iter or self.trainer.stop_reason:
+            # A run that ends early (early stopping) ends like a complete one.
             self.save("model_final", it)
 
 

@@ -27,6 +27,7 @@ from atrous.utils import comm
 
 from . import hooks as hooks_mod
 from . import preemption
+from .best_checkpoint import BestCheckpointer, BestMetricState
 from .events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardWriter
 from .preemption import StopSignals, TrainingPreempted
 
@@ -48,7 +49,9 @@ class TrainerBase:
     """Runs registered hooks around `run_step` for iterations ``[start_iter, max_iter)``.
 
     After a completed run ``self.iter == max_iter``; after a failure it is the failing iteration;
-    after a stop signal (`TrainingPreempted`) it is the first iteration that did not run.
+    after a stop signal (`TrainingPreempted`) it is the first iteration that did not run. A hook
+    that sets `stop_reason` (early stopping) ends the run after the current step: it is logged,
+    ``self.iter`` is the first iteration that did not run, and the run counts as finished.
     """
 
     def __init__(self) -> None:
@@ -57,6 +60,9 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.storage = EventStorage()
+        self.stop_reason: str | None = None
+        # What ended the last `train` early (a stop signal's TrainingPreempted, an error).
+        self.exception: BaseException | None = None
 
     def register_hooks(self, hooks: Iterable[hooks_mod.HookBase | None]) -> None:
         for hook in hooks:
@@ -70,6 +76,8 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         self.storage = EventStorage(start_iter)
+        self.stop_reason = None
+        self.exception = None
         try:
             for h in self._hooks:
                 h.before_train()
@@ -80,12 +88,19 @@ class TrainerBase:
                 self.run_step()
                 for h in self._hooks:
                     h.after_step()
-            # Tells after_train hooks that the run completed.
-            self.iter = max_iter
-            self.storage.iter = max_iter
-        except TrainingPreempted:
+                if self.stop_reason:
+                    logger.info("Training ends: %s", self.stop_reason)
+                    self.iter += 1
+                    break
+            else:
+                # Tells after_train hooks that the run completed.
+                self.iter = max_iter
+                self.storage.iter = max_iter
+        except TrainingPreempted as stop:
+            self.exception = stop
             raise  # a requested stop, already logged: no traceback
-        except Exception:
+        except Exception as error:
+            self.exception = error
             logger.exception("Exception during training at iteration %d:", self.iter)
             raise
         finally:
@@ -214,7 +229,7 @@ class Trainer:
     evaluations during training) and `build_hooks`.
 
     Args:
-        cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TEST.EVAL_PERIOD,
+        cfg: the resolved config. Uses MODEL.*, SOLVER.*, DATASETS.*, TRACKING.*, TEST.EVAL_PERIOD,
             OUTPUT_DIR and LOG_PERIOD.
     """
 
@@ -239,6 +254,13 @@ class Trainer:
         self.amp_dtype = _amp_dtype(cfg)
         self.grad_scaler = grad_scaler_for(
             self.amp_dtype, getattr(model, "device", torch.device("cpu"))
+        )
+        best = cfg.SOLVER.BEST_CHECKPOINT
+        # Registered with the checkpointer, so that every checkpoint holds it (exact resume).
+        self.best_state = (
+            BestMetricState(best.METRIC, best.MODE, float(cfg.SOLVER.EARLY_STOP.MIN_DELTA))
+            if best.METRIC
+            else None
         )
         self.checkpointer = self._build_checkpointer()
         self.start_iter = 0
@@ -314,6 +336,8 @@ class Trainer:
         checkpointables: dict[str, Any] = {}
         if self.grad_scaler is not None:
             checkpointables["grad_scaler"] = self.grad_scaler
+        if self.best_state is not None:
+            checkpointables["best_metric"] = self.best_state
         return Checkpointer(
             self.model,
             save_dir=self.cfg.OUTPUT_DIR,
@@ -475,12 +499,26 @@ class Trainer:
             hooks_mod.PreemptionCheckpointer(self._stop_signals, checkpointer),
             hooks_mod.IterationTimer(),
             hooks_mod.LRScheduler(self.scheduler),
-            checkpointer,
         ]
+        # Evaluation comes before the checkpoint of the same iteration, so that the checkpoint
+        # holds what the evaluation decided (best value, early-stopping count): a run resumed
+        # from it neither repeats nor misses an evaluation.
         if cfg.DATASETS.TEST:
             out.append(
                 hooks_mod.EvalHook(int(cfg.TEST.EVAL_PERIOD), self._evaluate_during_training)
             )
+        if self.best_state is not None:
+            from atrous.checkpoint import Checkpointer
+
+            out.append(
+                BestCheckpointer(
+                    self.best_state,
+                    Checkpointer(self.model, save_dir=cfg.OUTPUT_DIR, rng_states=False),
+                    patience=int(cfg.SOLVER.EARLY_STOP.PATIENCE),
+                    save_final=lambda: checkpointer.save("model_final", self.max_iter - 1),
+                )
+            )
+        out.append(checkpointer)
         if comm.is_main_process():
             metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
             out.append(hooks_mod.PeriodicWriter(self.build_writers(), period=int(cfg.LOG_PERIOD)))
@@ -489,18 +527,29 @@ class Trainer:
                     metrics, os.path.join(cfg.OUTPUT_DIR, "training_curves.png")
                 )
             )
+            tracking = self.build_tracking_hook()
+            if tracking is not None:
+                out.append(tracking)  # last: it uploads what the hooks before it wrote
         return out
+
+    def build_tracking_hook(self) -> hooks_mod.HookBase | None:
+        """The MLflow / W&B hook of TRACKING.BACKENDS (rank 0 only), or None."""
+        from .tracking import build_tracking_hook
+
+        return build_tracking_hook(self.cfg, resumed=self._resumed, start_iter=self.start_iter)
 
     def build_writers(self) -> list[Any]:
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
-        return [
+        writers: list[Any] = [
             CommonMetricPrinter(self.max_iter),
             JSONWriter(
                 os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
                 start_iter=self.start_iter if self._resumed else None,
             ),
-            TensorboardWriter(self.cfg.OUTPUT_DIR),
         ]
+        if "tensorboard" in self.cfg.TRACKING.BACKENDS:
+            writers.append(TensorboardWriter(self.cfg.OUTPUT_DIR))
+        return writers
 
     # -- running ---------------------------------------------------------------------------
 
@@ -533,6 +582,19 @@ class Trainer:
                 self.cfg.OUTPUT_DIR,
                 self.start_iter,
                 self.max_iter,
+            )
+            return {}
+        patience = int(self.cfg.SOLVER.EARLY_STOP.PATIENCE)
+        if self._resumed and self.best_state is not None and self.best_state.exhausted(patience):
+            logger.info(
+                "The run in %s stopped early at iteration %d: %s has not improved for %d "
+                "evaluations (SOLVER.EARLY_STOP.PATIENCE %d); nothing to train. Pass a larger "
+                "SOLVER.EARLY_STOP.PATIENCE to continue it.",
+                self.cfg.OUTPUT_DIR,
+                self.start_iter - 1,
+                self.best_state.metric,
+                self.best_state.evaluations_without_improvement,
+                patience,
             )
             return {}
         data = self._data_iterator()
