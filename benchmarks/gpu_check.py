@@ -5,8 +5,9 @@
     python benchmarks/gpu_check.py --device cpu --tiny --json out.json   # how CI runs it
 
 Run from a checkout (the parity check reads tests/fixtures/detectron2/ and builds the reference
-model the way tests/conftest.py does). Prints one table, one row per check, status PASS, FAIL or
-SKIP (with the reason); exits 1 if any row FAILs, 2 if the run cannot start (no fixtures, no CUDA).
+model as the tests do, with tests/helpers.py). Prints one table, one row per check, status PASS,
+FAIL or SKIP (with the reason); exits 1 if any row FAILs, 2 if the run cannot start (no fixtures,
+no CUDA).
 
 1. fp32 logits of the detectron2 reference model on the device within 1e-3 of the CPU reference.
 2. A few training steps in fp32, AMP bf16 and AMP fp16 (GradScaler) in a 1-process group (NCCL on
@@ -36,6 +37,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import importlib.util
 import itertools
 import json
 import math
@@ -58,7 +60,12 @@ from torch import nn
 
 from atrous.config import get_config_file
 from atrous.deploy import count_model_flops, optimize_for_inference
-from atrous.deploy.benchmark import (
+from atrous.engine.launch import find_free_port
+from atrous.engine.trainer import SimpleTrainer
+from atrous.layers import convert_sync_batchnorm
+from atrous.modeling import build_model
+from atrous.solver import build_optimizer, check_optimizer_covers
+from atrous.utils.timing import (
     BenchmarkResult,
     hardware_name,
     peak_memory,
@@ -67,11 +74,6 @@ from atrous.deploy.benchmark import (
     time_iterations,
     write_json,
 )
-from atrous.engine.launch import find_free_port
-from atrous.engine.trainer import SimpleTrainer
-from atrous.layers import convert_sync_batchnorm
-from atrous.modeling import build_model
-from atrous.solver import build_optimizer, check_optimizer_covers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R103_CONFIG = "Cityscapes-SemanticSegmentation/deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
@@ -130,7 +132,7 @@ class Run:
     peak_tflops: float | None
     peak_tflops_fp32: float | None
     budget_s: float
-    reference: Any  # the tests.conftest module: reference configs and files
+    reference: Any  # tests/helpers.py, loaded by its path: reference configs and files
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -145,26 +147,29 @@ class CannotStart(Exception):
 
 
 def load_reference_helpers() -> Any:
-    """tests/conftest.py of this checkout: the reference model's config and fixture folder.
+    """tests/helpers.py of this checkout: the reference model's config and fixture folder.
 
     The reference overrides are defined once, next to the fixtures they produced; this script
-    uses them rather than a copy.
+    uses them rather than a copy. The file is loaded by its path: the checkout's folder is not
+    put on the import path, so nothing else of it (``tests``' conftest files) is imported.
     """
-    if not (REPO_ROOT / "tests" / "conftest.py").is_file():
+    path = REPO_ROOT / "tests" / "helpers.py"
+    if not path.is_file():
         raise CannotStart(
-            f"{REPO_ROOT / 'tests'} is missing: gpu_check.py runs from a git checkout of atrous "
+            f"{path} is missing: gpu_check.py runs from a git checkout of atrous "
             "(the reference fixtures are not part of the wheel)."
         )
-    sys.path.insert(0, str(REPO_ROOT))
+    spec = importlib.util.spec_from_file_location("atrous_test_helpers", path)
+    reference = importlib.util.module_from_spec(spec)
     try:
-        import tests.conftest as reference
+        spec.loader.exec_module(reference)
     except ImportError as error:
         raise CannotStart(
-            f"Cannot import tests/conftest.py ({error}); install the dev extra: "
+            f"Cannot import {path} ({error}); install atrous with its dev extra: "
             "pip install -e '.[dev]'."
         ) from error
     try:
-        reference._find_reference_dir()
+        reference.find_reference_dir()
     except FileNotFoundError as error:
         raise CannotStart(str(error)) from error
     return reference
@@ -248,7 +253,7 @@ def reference_model(run: Run) -> nn.Module:
     """The detectron2 reference model with its weights, in eval mode on the device."""
     from atrous.checkpoint import Checkpointer
 
-    directory = run.reference._find_reference_dir()
+    directory = run.reference.find_reference_dir()
     cfg = small_config(run.reference)
     model = build_model(cfg)
     report = Checkpointer(model).load(str(directory / "small_v3plus.pkl"), strict=True)
@@ -259,7 +264,7 @@ def reference_model(run: Run) -> nn.Module:
 
 def reference_image(run: Run) -> torch.Tensor:
     """(3, 128, 256) uint8 RGB, the image the reference logits were computed on."""
-    array = np.load(run.reference._find_reference_dir() / "input_128x256.npy")
+    array = np.load(run.reference.find_reference_dir() / "input_128x256.npy")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -275,7 +280,7 @@ PARITY_NAME = "1 fp32 logits vs detectron2 CPU reference"
 
 def check_parity(run: Run) -> Row:
     expected = np.load(
-        run.reference._find_reference_dir() / "small_v3plus_nocrop__128x256__logits.npy"
+        run.reference.find_reference_dir() / "small_v3plus_nocrop__128x256__logits.npy"
     )
     with strict_fp32():
         logits = logits_of(reference_model(run), [reference_image(run)], run.device)[0].numpy()
@@ -341,7 +346,7 @@ def labelled_batch(run: Run) -> list[dict[str, Any]]:
     """The reference image and its mirror, labelled with the reference model's argmax."""
     image = reference_image(run)
     labels = np.load(
-        run.reference._find_reference_dir() / "small_v3plus_nocrop__128x256__argmax.npy"
+        run.reference.find_reference_dir() / "small_v3plus_nocrop__128x256__argmax.npy"
     )
     labels = torch.from_numpy(labels.astype(np.int64))
     return to_device(
@@ -526,7 +531,7 @@ class TrainingCommand:
     """Runs ``python -m atrous.cli.train`` (what train_net.py runs) on a small synthetic set."""
 
     def __init__(self, run: Run, workdir: Path) -> None:
-        from atrous.data.synthetic import generate_dataset
+        from atrous.data.datasets.synthetic import generate_dataset
 
         self.run = run
         self.workdir = workdir

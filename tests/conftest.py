@@ -11,7 +11,15 @@ import pytest
 import torch
 from hypothesis import settings
 
-from atrous.config import CfgNode, get_cfg
+from atrous.config import CfgNode
+from tests.helpers import (
+    REPO_ROOT,
+    SMALL_REFERENCE_OVERRIDES,
+    V3PLUS_CONFIG,
+    find_reference_dir,
+    load_config,
+    reference_bundle_overrides,
+)
 
 # CI runs the property tests on a fixed sequence of examples so that a red build always reproduces;
 # locally every run explores new examples.
@@ -19,58 +27,11 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs" / "Cityscapes-SemanticSegmentation"
-V3_CONFIG = CONFIG_DIR / "deeplab_v3_R_103_os16_mg124_poly_90k_bs16.yaml"
-V3PLUS_CONFIG = CONFIG_DIR / "deeplab_v3_plus_R_103_os16_mg124_poly_90k_bs16.yaml"
-
-# The overrides under which the reference outputs of the original were produced
-# (tests/fixtures/detectron2/README.md), applied on top of the V3+ R103 config.
-SMALL_REFERENCE_OVERRIDES = [
-    "MODEL.RESNETS.DEPTH", "50",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19",
-    "INPUT.CROP.ENABLED", "False",
-    "MODEL.RESNETS.NORM", "BN",
-    "MODEL.SEM_SEG_HEAD.NORM", "BN",
-    "MODEL.WEIGHTS", "",
-]  # fmt: skip
-
-
-FIXTURE_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "detectron2"
-# Outputs of torchvision's own classes (tests/fixtures/torchvision/README.md).
-TORCHVISION_REFERENCE_DIR = REPO_ROOT / "tests" / "fixtures" / "torchvision"
-
-
-def _find_reference_dir() -> Path:
-    # The suite carries its own copy of the original's outputs, so a clone anywhere runs it;
-    # ATROUS_REFERENCE_DIR points it at another copy of the same files.
-    override = os.environ.get("ATROUS_REFERENCE_DIR", "")
-    directory = Path(override) if override else FIXTURE_REFERENCE_DIR
-    if not (directory / "small_v3plus.pkl").is_file():
-        raise FileNotFoundError(
-            f"The detectron2 reference outputs are missing from {directory}"
-            + (" (ATROUS_REFERENCE_DIR)" if override else "; restore tests/fixtures/ from git")
-        )
-    return directory
-
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """Directory with the original implementation's reference outputs."""
-    return _find_reference_dir()
-
-
-def load_config(path: Path | str, overrides: list[str] | None = None) -> CfgNode:
-    cfg = get_cfg()
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(overrides or [])
-    return cfg
+    return find_reference_dir()
 
 
 @pytest.fixture
@@ -93,14 +54,14 @@ def synthetic_cityscapes_root(tmp_path_factory) -> Path:
     setting ATROUS_DATASETS to its parent makes synthetic_sem_seg_{train,val} resolve to it.
     Read-only: tests that modify files must copy it first.
     """
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("datasets") / "synthetic"
     return generate_dataset(root, num_train=8, num_val=4, size=(128, 256), seed=0)
 
 
 _HOLD_LOCK = (
-    "import sys; from atrous.utils.output_dir import OutputDirLock; "
+    "import sys; from atrous.utils.folders import OutputDirLock; "
     "lock = OutputDirLock(sys.argv[1], command=sys.argv[2]); lock.acquire(); "
     "print('locked', flush=True); sys.stdin.read(); lock.release()"
 )
@@ -135,41 +96,12 @@ def lock_holder():
         proc.wait(timeout=30)
 
 
-def run_cli_without(module: str, args: list[str]):
-    """``atrous ARGS`` in a fresh process where `module` cannot be imported, as on an install
-    without the extra that brings it. Returns the `subprocess.CompletedProcess` (text)."""
-    import os
-    import subprocess
-    import sys
-
-    script = (
-        f"import sys; sys.modules[{module!r}] = None\n"
-        f"from atrous.cli.main import main; sys.exit(main({args!r}))"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
-        timeout=120,
-    )
-
-
-def reference_bundle_overrides(reference_dir: Path) -> list[str]:
-    """The reference model with its detectron2 weights, predicting at the input size."""
-    return [
-        *SMALL_REFERENCE_OVERRIDES,
-        "MODEL.WEIGHTS", str(reference_dir / "small_v3plus.pkl"),
-        "INPUT.MIN_SIZE_TEST", "0",
-    ]  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory, reference_dir) -> Path:
     """A model bundle of the reference model (`reference_bundle_overrides`); read-only: tests
     that change files work on a copy."""
     from atrous.checkpoint import Checkpointer
-    from atrous.deploy.bundle import write_bundle
+    from atrous.deploy.bundle_writer import write_bundle
     from atrous.modeling import build_model
 
     cfg = load_config(V3PLUS_CONFIG, reference_bundle_overrides(reference_dir))

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from .conftest import FIXTURE_REFERENCE_DIR, TORCHVISION_REFERENCE_DIR
+from tests.helpers import FIXTURE_REFERENCE_DIR, TORCHVISION_REFERENCE_DIR
 
 
 @pytest.mark.parametrize("directory", [FIXTURE_REFERENCE_DIR, TORCHVISION_REFERENCE_DIR])

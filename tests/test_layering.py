@@ -263,3 +263,62 @@ def test_commands_share_their_flag_declarations() -> None:
             ):
                 flag = node.args[0].value
                 raise AssertionError(f"{path.name} declares {flag!r}: use common.{shared[flag]}")
+
+
+def command_copies(source: str) -> list[str]:
+    """What a command module does that belongs to `cli.main.dispatch`: lines of ``source``.
+
+    `dispatch` turns every anticipated error into one ``error: ...`` line and its exit status
+    (and logs the traceback, prints it with ``--verbose``). A command that prints such a line
+    itself, or re-raises an error as ``SystemExit(str(error))`` or from an ``except`` clause, is
+    a second copy of that table: its exit status and ``--verbose`` drift from the others'.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            first = node.args[0] if node.args else None
+            if (
+                node.func.id == "SystemExit"
+                and isinstance(first, ast.Call)
+                and isinstance(first.func, ast.Name)
+                and first.func.id == "str"
+            ):
+                found.append(f"line {node.lineno}: SystemExit(str(...))")
+            text = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
+            if (
+                node.func.id == "print"
+                and isinstance(text, ast.Constant)
+                and str(text.value).startswith("error:")
+            ):
+                found.append(f"line {node.lineno}: print('error: ...')")
+        elif isinstance(node, ast.ExceptHandler):
+            for inner in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+                exc = inner.exc if isinstance(inner, ast.Raise) else None
+                call = exc.func if isinstance(exc, ast.Call) else exc
+                if isinstance(call, ast.Name) and call.id == "SystemExit":
+                    found.append(f"line {inner.lineno}: raise SystemExit in an except clause")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("raise SystemExit(str(error)) from error\n", 1),
+        ("try:\n    f()\nexcept ConfigError as e:\n    raise SystemExit(f'bad: {e}')\n", 1),
+        ("print(f'error: {e}', file=sys.stderr)\n", 1),
+        ("print('error: --workers must be 0 or more')\n", 1),
+        # A usage check of the command's own flags is its job; dispatch prints it.
+        ("if args.batch < 1:\n    raise SystemExit('--batch must be at least 1')\n", 0),
+        ("try:\n    f()\nexcept ValueError as e:\n    raise ConfigError(str(e)) from None\n", 0),
+    ],
+)
+def test_checker_sees_command_copies(source: str, expected: int) -> None:
+    assert len(command_copies(source)) == expected
+
+
+def test_commands_leave_error_messages_to_dispatch() -> None:
+    bad = []
+    for path in sorted((SRC / "atrous" / "cli").glob("*.py")):
+        if path.name != "main.py":
+            bad += [f"cli/{path.name} {line}" for line in command_copies(path.read_text("utf-8"))]
+    assert not bad, "let the error reach cli.main.dispatch instead:\n" + "\n".join(bad)

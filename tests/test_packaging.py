@@ -18,8 +18,15 @@ import pytest
 from atrous.config import list_config_files
 
 REPO = Path(__file__).resolve().parents[1]
-# What a source tree holds that a wheel build has no business reading.
-_NOT_SOURCES = (".git", ".venv", "datasets", "output", "build", "dist", "*.egg-info", "__pycache__")
+# What a source tree holds that a wheel build has no business reading: anywhere, and at its top
+# (the data and run folders; atrous.data.datasets is a package of the same name).
+_NOT_SOURCES = (".git", ".venv", "*.egg-info", "__pycache__")
+_NOT_SOURCES_AT_TOP = {"datasets", "output", "build", "dist"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    ignored = set(shutil.ignore_patterns(*_NOT_SOURCES)(folder, names))
+    return ignored | (_NOT_SOURCES_AT_TOP & set(names) if Path(folder) == REPO else set())
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +34,7 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
     """(wheel file, folder the wheel was installed into with `pip install --target`)."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*_NOT_SOURCES), symlinks=True)
+    shutil.copytree(REPO, source, ignore=_not_sources, symlinks=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # The build runs against this interpreter's setuptools, so the test needs no network.
     subprocess.run(

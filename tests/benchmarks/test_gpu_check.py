@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURE_REFERENCE_DIR, REPO_ROOT
+from tests.helpers import FIXTURE_REFERENCE_DIR, REPO_ROOT
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 
@@ -166,3 +166,21 @@ def test_a_failing_check_makes_the_exit_status_1(tmp_path):
     others = [line for line in proc.stdout.splitlines() if line[:2] in ("2 ", "3 ", "4 ", "5 ")]
     assert len(others) == len(EXPECTED_ROWS) - 1
     assert all("SKIP" in line and "--budget-s" in line for line in others)
+
+
+def test_reference_helpers_load_without_the_test_suite(tmp_path):
+    # The script reads tests/helpers.py by its path: the checkout is not put on sys.path, so no
+    # conftest (with its fixtures and their imports) comes along.
+    code = (
+        "import runpy, sys\n"
+        f"script = runpy.run_path({str(SCRIPT)!r}, run_name='gpu_check_module')\n"
+        "before = list(sys.path)\n"
+        "helpers = script['load_reference_helpers']()\n"
+        "assert helpers.V3PLUS_CONFIG.is_file() and helpers.SMALL_REFERENCE_OVERRIDES\n"
+        "assert sys.path == before, sys.path\n"
+        "assert not [m for m in sys.modules if m == 'tests' or m.startswith('tests.')]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

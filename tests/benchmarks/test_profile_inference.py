@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_profile_prints_the_convolutions_of_the_mobilenet_model(capsys):

@@ -15,8 +15,8 @@ from atrous.checkpoint.model_zoo import MODEL_ZOO
 from atrous.cli.common import load_weights
 from atrous.config import get_cfg
 from atrous.modeling import build_model
+from tests.helpers import REPO_ROOT, TORCHVISION_REFERENCE_DIR
 
-from ..conftest import REPO_ROOT, TORCHVISION_REFERENCE_DIR
 from ..modeling.test_torchvision_parity import narrow_torchvision_config
 
 SEGMENTATION_FILE = TORCHVISION_REFERENCE_DIR / "deeplabv3_mobilenet_v3.safetensors"

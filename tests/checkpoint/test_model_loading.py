@@ -10,8 +10,8 @@ import torch
 
 from atrous.checkpoint import Checkpointer, CheckpointError, load_pickle
 from atrous.modeling import build_model
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3_CONFIG, load_config
 
-from ..conftest import SMALL_REFERENCE_OVERRIDES, V3_CONFIG, load_config
 from .toy import d2_pickle
 
 

@@ -19,8 +19,7 @@ from atrous.checkpoint.torchvision import (
 )
 from atrous.config import get_cfg
 from atrous.modeling import build_model
-
-from ..conftest import REPO_ROOT, TORCHVISION_REFERENCE_DIR
+from tests.helpers import REPO_ROOT, TORCHVISION_REFERENCE_DIR
 
 # published model -> (shipped config it initialises, keys that have no place in it)
 PUBLISHED = {

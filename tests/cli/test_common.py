@@ -10,7 +10,7 @@ import torch
 from atrous.checkpoint.errors import CheckpointError
 from atrous.cli.common import build_model_and_load, load_config, parse_size
 from atrous.cli.main import main
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
 
 @pytest.mark.parametrize("text", ["512x1024", " 512 X 1024 ", "512,1024"])

@@ -11,7 +11,7 @@ import torch
 from atrous.checkpoint import Checkpointer, read_safetensors
 from atrous.cli.main import main
 from atrous.modeling import build_model
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 
 @pytest.fixture(scope="module")

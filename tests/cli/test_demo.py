@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from atrous.cli.main import main
-from tests.conftest import REPO_ROOT, SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import REPO_ROOT, SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

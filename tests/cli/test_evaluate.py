@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from atrous.cli.main import main
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, reference_bundle_overrides
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, reference_bundle_overrides
 
 
 def test_evaluate_writes_metrics_and_report(
@@ -192,9 +192,9 @@ def test_evaluate_a_model_without_output_never_writes_where_its_config_points(
     tmp_path, reference_dir, synthetic_cityscapes_root, monkeypatch
 ):
     from atrous.checkpoint import Checkpointer
-    from atrous.deploy.bundle import write_bundle
+    from atrous.deploy.bundle_writer import write_bundle
     from atrous.modeling import build_model
-    from tests.conftest import load_config
+    from tests.helpers import load_config
 
     # A bundle whose config.yaml names another folder: an unmodified bundle names the
     # exporter's training folder, a hostile one any folder.

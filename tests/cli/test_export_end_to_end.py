@@ -15,7 +15,7 @@ from atrous.cli.main import main
 from atrous.deploy.export import TORCHSCRIPT_METADATA
 from atrous.inference import Predictor
 from atrous.modeling import build_model
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 
 def test_end_to_end_bundle_export_is_refused(tmp_path, reference_bundle):

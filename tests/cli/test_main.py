@@ -22,8 +22,7 @@ from PIL import Image
 
 from atrous.cli.main import EXIT_FAILURE, EXIT_USAGE, dispatch
 from atrous.utils.devices import DeviceError
-from tests.cli.test_train import QUICKSTART, TINY
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import QUICKSTART, SMALL_REFERENCE_OVERRIDES, TINY, V3PLUS_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,7 +73,7 @@ def _assert_error_line(
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("datasets")
     generate_dataset(base / "synthetic", num_train=4, num_val=2, size=(64, 128), seed=3)

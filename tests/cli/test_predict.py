@@ -14,7 +14,7 @@ from PIL import Image
 
 from atrous.cli.main import main
 from atrous.cli.predict import collect_inputs
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
 CITYSCAPES_LABEL_IDS = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from atrous.cli.main import main
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
 cv2 = pytest.importorskip("cv2")
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from atrous.cli.main import main
-from tests.cli.test_train import TINY
+from tests.helpers import TINY
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 

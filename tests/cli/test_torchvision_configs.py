@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from atrous.cli.main import main
-from tests.conftest import REPO_ROOT, TORCHVISION_REFERENCE_DIR
+from tests.helpers import REPO_ROOT, TORCHVISION_REFERENCE_DIR
 
 # The 21 Pascal VOC classes of torchvision's segmentation weights, in their order.
 # fmt: off

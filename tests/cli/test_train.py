@@ -26,39 +26,13 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import spoil_last_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "configs" / "Synthetic" / "deeplab_v3_plus_R_50_quickstart.yaml"
-
-# The quickstart config shrunk to seconds: reference-small widths, 64x128 images, 64x64 crops.
-TINY = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
-    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
-    "INPUT.MAX_SIZE_TRAIN", "256",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "256",
-    "INPUT.CROP.SIZE", "(64, 64)",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", "4",
-    "SOLVER.WARMUP_ITERS", "2",
-    "SOLVER.CHECKPOINT_PERIOD", "2",
-    "TEST.EVAL_PERIOD", "0",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SEED", "0",
-    "LOG_PERIOD", "1",
-]  # fmt: skip
+from tests.helpers import QUICKSTART, REPO_ROOT, TINY, spoil_last_checkpoint
 
 
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with ``synthetic/`` (Cityscapes layout, 64x128) for $ATROUS_DATASETS."""
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     base = tmp_path_factory.mktemp("datasets")
     generate_dataset(base / "synthetic", num_train=8, num_val=2, size=(64, 128), seed=3)
@@ -86,7 +60,7 @@ def _train(
     script: Path | None = None,
     config: Path = QUICKSTART,
 ) -> subprocess.CompletedProcess:
-    entry = [str(script)] if script else [str(REPO / "train_net.py")]
+    entry = [str(script)] if script else [str(REPO_ROOT / "train_net.py")]
     cmd = [
         sys.executable,
         *entry,
@@ -99,7 +73,7 @@ def _train(
         *opts,
     ]
     return subprocess.run(
-        cmd, cwd=REPO, env=_env(datasets_dir), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO_ROOT, env=_env(datasets_dir), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -192,8 +166,8 @@ def test_eval_only_reproduces_final_evaluation(
 )
 def test_bad_command_lines_fail_clearly(tmp_path: Path, args: list[str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *args],
-        cwd=REPO,
+        [sys.executable, str(REPO_ROOT / "train_net.py"), *args],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -304,7 +278,7 @@ def test_kill_during_save_then_resume_is_bit_identical(
            "OUTPUT_DIR", str(out), *opts]  # fmt: skip
     env = _env(datasets_dir, SLOW_SAVE_OF="model_0000005.pth", SAVE_STARTED=str(started))
     victim = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 90
     while not started.exists():
@@ -354,7 +328,9 @@ def test_two_gloo_processes_match_one_process(
         env = _env(datasets_dir, DUMP_WEIGHTS=str(tmp_path / f"w{n}"), ATROUS_DIST_TIMEOUT="60")
         cmd = [sys.executable, str(wrapper), "--num-gpus", str(n), "--config-file",
                str(QUICKSTART), *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[n] = [r["total_loss"] for r in _metrics(out) if "total_loss" in r]
 
@@ -411,7 +387,7 @@ def test_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(
            "OUTPUT_DIR", str(out)]  # fmt: skip
     env = _env(datasets_dir, SLOW_SAVE_OF="model_0000001.pth", SAVE_STARTED=str(started))
     first = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 90
@@ -593,8 +569,8 @@ _NP2_OPTS = [*_STOP_OPTS, "SOLVER.IMS_PER_BATCH", "4"]
 
 
 def _command(out: Path, *flags: str, opts: list[str] = ()) -> list[str]:
-    return [sys.executable, str(REPO / "train_net.py"), *flags, "--config-file", str(QUICKSTART),
-            *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
+    return [sys.executable, str(REPO_ROOT / "train_net.py"), *flags, "--config-file",
+            str(QUICKSTART), *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
 
 
 def _wait_for_iteration(out: Path, iteration: int, procs: list[subprocess.Popen]) -> None:
@@ -639,7 +615,7 @@ def trained_np2(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("trained_np2") / "run"
     proc = subprocess.run(
         _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="60"),
         capture_output=True,
         text=True,
@@ -657,7 +633,7 @@ def test_stop_signal_saves_then_resume_is_bit_identical(
     out = tmp_path / "run"
     proc = subprocess.Popen(
         _command(out, opts=_STOP_OPTS),
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=_env(datasets_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -690,7 +666,7 @@ def test_sigterm_to_the_parent_of_two_gloo_processes_then_resume(
     env = _env(datasets_dir, ATROUS_DIST_TIMEOUT="60")
     parent = subprocess.Popen(
         _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -706,7 +682,7 @@ def test_sigterm_to_the_parent_of_two_gloo_processes_then_resume(
 
     resumed = subprocess.run(
         _command(out, "--num-gpus", "2", "--resume", opts=_NP2_OPTS),
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -741,7 +717,7 @@ def _slurm_tasks(datasets_dir: Path, out: Path, *flags: str) -> list[subprocess.
         procs.append(
             subprocess.Popen(
                 cmd,
-                cwd=REPO,
+                cwd=REPO_ROOT,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -786,7 +762,7 @@ def _torchrun_agents(datasets_dir: Path, out: Path, opts: list[str]) -> list[sub
         procs.append(
             subprocess.Popen(
                 cmd,
-                cwd=REPO,
+                cwd=REPO_ROOT,
                 env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="30"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -889,12 +865,12 @@ def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
         CONFIG=str(QUICKSTART),
         OUTPUT_DIR=str(out),
         PYTHON=sys.executable,
-        PYTHONPATH=str(REPO / "src"),
+        PYTHONPATH=str(REPO_ROOT / "src"),
         ATROUS_DIST_TIMEOUT="60",
     )
-    cmd = ["bash", str(REPO / "tools" / "slurm" / "train.sbatch"), *TINY, *_NP2_OPTS]
+    cmd = ["bash", str(REPO_ROOT / "tools" / "slurm" / "train.sbatch"), *TINY, *_NP2_OPTS]
     job = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     _wait_for_iteration(out, 2, [job])
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends the batch shell
@@ -905,7 +881,7 @@ def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
     _stopped_at(out, "SIGUSR1")
 
     # The requeued job runs the same script: it resumes and completes, with no further requeue.
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (bin_dir / "requeued").read_text() == "4343\n"
     _assert_same_weights(trained_np2 / "model_final.pth", out / "model_final.pth")

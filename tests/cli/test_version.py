@@ -12,7 +12,7 @@ import pytest
 
 import atrous
 from atrous.cli.main import COMMANDS, main
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def _env() -> dict[str, str]:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from atrous.config import ConfigError, get_cfg
-from tests.conftest import CONFIG_DIR, V3_CONFIG, V3PLUS_CONFIG, load_config
+from tests.helpers import CONFIG_DIR, V3_CONFIG, V3PLUS_CONFIG, load_config
 
 
 def test_defaults_match_detectron2_and_deeplab_project():
@@ -190,7 +190,7 @@ def _write(path, text):
 
 
 def test_alias_bomb_config_is_refused_in_one_line(tmp_path):
-    from tests.utils.test_safe_yaml import alias_bomb
+    from tests.helpers import alias_bomb
 
     cfg = get_cfg()
     with pytest.raises(ConfigError) as info:

@@ -9,6 +9,7 @@ import torch
 
 from atrous.config import ConfigError, get_cfg, get_config_file, list_config_files
 from atrous.config.validate import validate_config
+from tests.helpers import class_weights_cfg
 
 
 @pytest.mark.parametrize("name", list_config_files())
@@ -120,14 +121,6 @@ def test_cuda_device_index_must_exist() -> None:
     cfg.merge_from_list(["MODEL.DEVICE", f"cuda:{torch.cuda.device_count()}"])
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
         validate_config(cfg)
-
-
-def class_weights_cfg(weights, num_classes=3, loss_type="hard_pixel_mining"):
-    cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
-                         "MODEL.SEM_SEG_HEAD.LOSS_TYPE", loss_type,
-                         "MODEL.SEM_SEG_HEAD.CLASS_WEIGHTS", weights])  # fmt: skip
-    return cfg
 
 
 @pytest.mark.parametrize(

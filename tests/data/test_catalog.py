@@ -105,7 +105,7 @@ def test_register_dataset_and_errors(synthetic_cityscapes_root):
 
 
 def get_dataset_records_from(root):
-    from atrous.data.cityscapes import load_cityscapes_semantic
+    from atrous.data.datasets.cityscapes import load_cityscapes_semantic
 
     return load_cityscapes_semantic(
         root / "leftImg8bit" / "train", root / "gtFine" / "train", how_to_get=""

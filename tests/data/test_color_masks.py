@@ -20,11 +20,12 @@ from atrous.data import (
     DatasetError,
     UnknownColorError,
     get_dataset_records,
+    get_metadata,
     load_sem_seg,
     read_label,
     register_dataset,
 )
-from atrous.data.custom import load_dataset_yaml
+from atrous.data.datasets.custom import load_dataset_yaml
 
 COLORS = [(0, 0, 0), (255, 0, 0), (0, 200, 0)]
 IGNORE = (255, 255, 255)
@@ -188,9 +189,7 @@ def test_yaml_and_registered_colour_datasets_give_the_id_labels(tmp_path):
         [{"file_name": r["file_name"], "sem_seg_file_name": r["sem_seg_file_name"]}
          for r in rgb_records],
         stuff_classes=["bg", "red", "green"],
-        stuff_colors=COLORS,
-        mask_format="rgb",
-        ignore_colors=[IGNORE],
+        color_coding=ColorCoding(colors=COLORS, ignore_colors=(IGNORE,)),
         overwrite=True,
     )  # fmt: skip
     registered = get_dataset_records("test_colour_masks_registered")
@@ -200,11 +199,19 @@ def test_yaml_and_registered_colour_datasets_give_the_id_labels(tmp_path):
         assert np.array_equal(load_sem_seg(c), expected)
 
 
-def test_register_dataset_rgb_needs_colours():
-    with pytest.raises(DatasetError, match="mask_format='rgb' needs stuff_colors"):
-        register_dataset("x_rgb", [], stuff_classes=["a"], mask_format="rgb", overwrite=True)
-    with pytest.raises(DatasetError, match="pass mask_format='rgb'"):
-        register_dataset("x_rgb", [], stuff_classes=["a"], unknown_colors="ignore", overwrite=True)
+def test_register_dataset_colour_coding_must_fit_the_classes():
+    coding = ColorCoding(colors=COLORS, ignore_colors=(IGNORE,))
+    with pytest.raises(DatasetError, match="3 colours for 2 classes"):
+        register_dataset("x_rgb", [], stuff_classes=["a", "b"], color_coding=coding, overwrite=True)
+    with pytest.raises(DatasetError, match="stuff_colors differ from the colours of color_coding"):
+        register_dataset("x_rgb", [], stuff_classes=["a", "b", "c"], stuff_colors=COLORS[::-1],
+                         color_coding=coding, overwrite=True)  # fmt: skip
+    with pytest.raises(DatasetError, match="leave ignore_label at 255"):
+        register_dataset("x_rgb", [], stuff_classes=["a", "b", "c"], ignore_label=0,
+                         color_coding=coding, overwrite=True)  # fmt: skip
+    register_dataset("x_rgb", [], stuff_classes=["a", "b", "c"], color_coding=coding,
+                     overwrite=True)  # fmt: skip
+    assert get_metadata("x_rgb").stuff_colors == tuple(COLORS)
 
 
 @pytest.mark.slow
@@ -212,7 +219,7 @@ def test_rgb_dataset_trains_and_evaluates_exactly_like_its_id_masks(tmp_path, mo
     """A short training plus evaluation on each form of the same labels: identical numbers."""
     from atrous.config import get_cfg
     from atrous.engine import Trainer
-    from tests.cli.test_train import QUICKSTART, TINY
+    from tests.helpers import QUICKSTART, TINY
 
     _write_pair_sets(tmp_path, n=4)
     results = {}

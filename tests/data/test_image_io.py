@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from atrous.data.errors import ImageReadError, ImageTooLargeError
 from atrous.data.image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
-    ImageReadError,
-    ImageTooLargeError,
     LazyImage,
     check_image_size,
     image_size,
@@ -171,8 +170,9 @@ import resource, sys, warnings
 warnings.simplefilter("error")  # no Pillow DecompressionBombWarning may leak either
 import numpy as np
 from atrous.data import DatasetMapper, load_sem_seg
+from atrous.data.errors import ImageTooLargeError
 from atrous.data.image_io import (
-    ImageTooLargeError, LazyImage, check_image_size, image_size, read_image, read_label,
+    LazyImage, check_image_size, image_size, read_image, read_label,
 )
 from atrous.data.transforms import RandomCrop, ResizeShortestEdge
 

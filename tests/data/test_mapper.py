@@ -17,7 +17,7 @@ from atrous.data import (
     build_train_loader,
     get_dataset_records,
 )
-from atrous.data.image_io import ImageReadError
+from atrous.data.errors import ImageReadError
 from atrous.data.transforms import (
     RandomCropCategoryAreaConstraint,
     RandomFlip,

@@ -84,7 +84,7 @@ def test_prepare_synthetic_shrinking_its_own_folder_keeps_foreign_files(tmp_path
 
 
 def test_interrupted_generation_can_be_repeated(tmp_path, monkeypatch, capsys):
-    from atrous.data import synthetic
+    from atrous.data.datasets import synthetic
 
     out = tmp_path / "syn"
     args = ["prepare", "synthetic", "--output", str(out), "--size", "16x32", "--workers", "1"]

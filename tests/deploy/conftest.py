@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from atrous.checkpoint import Checkpointer
-from atrous.config import CfgNode
-from atrous.modeling import build_model
-
-
-def build_reference_model(cfg: CfgNode, reference_dir: Path) -> torch.nn.Module:
-    """The small V3+ of the reference outputs, with its detectron2 weights, in eval mode."""
-    model = build_model(cfg)
-    report = Checkpointer(model).load(str(reference_dir / "small_v3plus.pkl"))
-    assert not report.missing and not report.shape_mismatched
-    return model.eval()
+from tests.helpers import build_reference_model
 
 
 @pytest.fixture

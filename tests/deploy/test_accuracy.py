@@ -47,7 +47,7 @@ def test_a_different_model_is_detected(reference_model, reference_image):
 
 
 def test_command_line(synthetic_cfg, tmp_path, capsys):
-    from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
+    from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG
 
     weights = synthetic_cfg.MODEL.WEIGHTS
     report = tmp_path / "accuracy.json"

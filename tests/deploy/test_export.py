@@ -15,8 +15,7 @@ import atrous
 from atrous.deploy import export_onnx, export_torchscript
 from atrous.deploy.export import TORCHSCRIPT_METADATA, min_input_size
 from atrous.layers import ImagePooling
-
-from .conftest import build_reference_model
+from tests.helpers import build_reference_model
 
 
 def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

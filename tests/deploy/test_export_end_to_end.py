@@ -31,8 +31,7 @@ from atrous.deploy.export import (
     label_metadata,
 )
 from atrous.inference import Predictor
-
-from ..conftest import (
+from tests.helpers import (
     FIXTURE_REFERENCE_DIR,
     REPO_ROOT,
     V3PLUS_CONFIG,

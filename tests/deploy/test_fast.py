@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from atrous.data.synthetic import generate_scene, render_scene
+from atrous.data.datasets.synthetic import generate_scene, render_scene
 from atrous.deploy import fast_path_supported, optimize_for_inference
 from atrous.deploy.fast import FastInferenceModel, Float32Island, cpu_flags, parse_dtype
 from atrous.modeling import build_model

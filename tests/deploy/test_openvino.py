@@ -22,9 +22,7 @@ from atrous.deploy.openvino import (
     openvino_core,
     read_openvino_metadata,
 )
-from tests.conftest import run_cli_without
-
-from .conftest import build_reference_model
+from tests.helpers import build_reference_model, run_cli_without
 
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 import atrous
-from atrous.data.image_io import DatasetError
+from atrous.data.errors import DatasetError
 from atrous.deploy.openvino import import_openvino, openvino_core, read_openvino_metadata
 from atrous.deploy.quantize import (
     CalibrationImages,
@@ -19,7 +19,7 @@ from atrous.deploy.quantize import (
     onnx_nodes_of_modules,
     quantize_model,
 )
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3PLUS_CONFIG, load_config
 
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()
@@ -31,7 +31,7 @@ OVERRIDES = [*SMALL_REFERENCE_OVERRIDES, "INPUT.MIN_SIZE_TEST", "0"]
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """$ATROUS_DATASETS with a 4 + 2 image synthetic dataset of 64x128 street scenes."""
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     generate_dataset(root / "synthetic", num_train=4, num_val=2, size=(64, 128), seed=0)

@@ -20,9 +20,12 @@ from atrous.deploy.runtime import (
 )
 from atrous.inference import SemanticSegmentorWithTTA, SlidingWindowInference
 from atrous.modeling.segmentor import OutputTooLargeError
-from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_overrides
-
-from .conftest import build_reference_model
+from tests.helpers import (
+    V3PLUS_CONFIG,
+    build_reference_model,
+    load_config,
+    reference_bundle_overrides,
+)
 
 # OpenVINO imported as atrous imports it, so that the test run reports no telemetry either.
 ov = import_openvino()

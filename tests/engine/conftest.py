@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_train import QUICKSTART, TINY
+from tests.helpers import QUICKSTART, TINY
 
 
 @pytest.fixture

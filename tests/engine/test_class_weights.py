@@ -19,8 +19,7 @@ from PIL import Image
 from atrous.config import get_cfg
 from atrous.engine import Trainer, resolve_class_weights
 from atrous.engine.class_weights import CACHE_NAME
-from tests.cli.test_train import QUICKSTART, TINY
-from tests.conftest import REPO_ROOT
+from tests.helpers import QUICKSTART, REPO_ROOT, TINY
 
 
 def _dataset(root) -> str:

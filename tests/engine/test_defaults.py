@@ -18,7 +18,7 @@ import torch
 from atrous.config import get_cfg
 from atrous.engine import default_argument_parser, default_setup, seed_all_rng
 from atrous.engine.output_dir import release_output_dir
-from atrous.utils.output_dir import LOCK_NAME, OutputDirError, OutputDirLockedError
+from atrous.utils.folders import LOCK_NAME, OutputDirError, OutputDirLockedError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -176,7 +176,7 @@ def test_bad_launch_arguments_are_clear(
 _REPORT_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from atrous.data.image_io import DatasetError
+    from atrous.data.errors import DatasetError
     from atrous.engine import launch
     from atrous.utils import comm
 

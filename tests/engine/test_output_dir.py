@@ -16,7 +16,7 @@ from atrous.engine.output_dir import (
     previous_run_files,
     release_output_dir,
 )
-from atrous.utils.output_dir import LOCK_NAME, OutputDirError, OutputDirLock
+from atrous.utils.folders import LOCK_NAME, OutputDirError, OutputDirLock
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,10 @@ import pytest
 
 from atrous.engine.tracking import config_params
 from atrous.engine.tracking_backends import mlflow_metric_name
-from tests.cli.test_train import QUICKSTART, REPO, TINY, _env, _wait_for_iteration
+from tests.cli.test_train import _env, _wait_for_iteration
 from tests.engine.mlflow_server import MlflowServer, json_histories, metric_histories
+from tests.helpers import QUICKSTART, TINY
+from tests.helpers import REPO_ROOT as REPO
 
 pytestmark = pytest.mark.slow
 

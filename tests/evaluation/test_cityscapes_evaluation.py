@@ -234,7 +234,7 @@ def test_ground_truth_bomb_is_refused_before_the_library_decodes_it(tmp_path):
 
 
 def test_check_inputs_rejects_names_the_script_cannot_match_before_inference(tmp_path):
-    from atrous.data.image_io import DatasetError
+    from atrous.data.errors import DatasetError
 
     gt_dir = tmp_path / "gtFine" / "val"
     ev = CityscapesSemSegEvaluator(CITYSCAPES_META, gt_dir=gt_dir)

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from atrous.checkpoint import Checkpointer
 from atrous.layers import ImagePooling
 from atrous.modeling import build_model
-from tests.conftest import SMALL_REFERENCE_OVERRIDES, V3_CONFIG, load_config
+from tests.helpers import SMALL_REFERENCE_OVERRIDES, V3_CONFIG, load_config
 
 
 def _conv(conv, x):

@@ -8,7 +8,7 @@ import torch
 from atrous.config import ConfigError
 from atrous.modeling.build import build_loss
 from atrous.modeling.losses import DeepLabCE, UnresolvedClassWeights, build_sem_seg_loss
-from tests.config.test_validate import class_weights_cfg as _cfg
+from tests.helpers import class_weights_cfg as _cfg
 
 WEIGHTS = [0.5, 2.0, 1.25]
 

@@ -8,7 +8,7 @@ import pytest
 
 from atrous.layers import ImagePooling, NaiveSyncBatchNorm
 from atrous.modeling import build_model
-from tests.conftest import CONFIG_DIR, V3_CONFIG, V3PLUS_CONFIG, load_config
+from tests.helpers import CONFIG_DIR, V3_CONFIG, V3PLUS_CONFIG, load_config
 
 
 def _listing(model) -> list[str]:

@@ -15,9 +15,8 @@ from torch.nn import functional as F
 from atrous.checkpoint import Checkpointer
 from atrous.config import get_cfg
 from atrous.modeling import build_backbone, build_model
-
-from ..conftest import REPO_ROOT
-from ..conftest import TORCHVISION_REFERENCE_DIR as REF
+from tests.helpers import REPO_ROOT
+from tests.helpers import TORCHVISION_REFERENCE_DIR as REF
 
 ATOL = 1e-4
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from atrous.layers import FrozenBatchNorm2d
 from atrous.modeling import build_model
 from atrous.modeling.losses import DeepLabCE, build_sem_seg_loss
-from tests.conftest import V3_CONFIG, load_config
+from tests.helpers import V3_CONFIG, load_config
 
 
 def _batch(n=2, size=(64, 96), num_classes=19):

@@ -130,7 +130,7 @@ def test_seed_r103_syncbn_model_keeps_every_trainable_parameter_in_its_optimizer
     # 228 BatchNorm weights and biases that the optimizer did not know, never to be updated.
     from atrous.layers import NaiveSyncBatchNorm, convert_sync_batchnorm
     from atrous.modeling import build_model
-    from tests.conftest import V3PLUS_CONFIG, load_config
+    from tests.helpers import V3PLUS_CONFIG, load_config
 
     cfg = load_config(V3PLUS_CONFIG, ["MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.RESNETS.NORM == "SyncBN"

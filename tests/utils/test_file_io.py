@@ -63,3 +63,17 @@ def test_check_writable_dir_creates_and_probes(tmp_path, tmpfs):
         with pytest.raises(OSError) as info:
             check_writable_dir(path)
         assert info.value.errno == errno.EROFS and info.value.filename == str(path)
+
+
+def test_publish_folder_replaces_the_old_folder_whole(tmp_path):
+    from atrous.utils.file_io import current_umask, publish_folder, staging_dir
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "old.txt").write_text("old")
+    with staging_dir(tmp_path, prefix=".out.") as staging:
+        (staging / "new.txt").write_text("new")
+        assert publish_folder(staging, output) == output
+    assert [p.name for p in output.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing staged or set aside is left
+    assert output.stat().st_mode & 0o777 == 0o777 & ~current_umask()

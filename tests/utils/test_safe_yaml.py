@@ -7,15 +7,7 @@ import time
 import pytest
 
 from atrous.utils.safe_yaml import YAMLBudgetError, load_yaml
-
-
-def alias_bomb(key: str = "SEED", levels: int = 9) -> str:
-    """About 1 KB of YAML standing for 10**levels values, under a real key."""
-    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    for i in range(1, levels):
-        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
-    lines.append(f"{key}: *a{levels - 1}")
-    return "\n".join(lines) + "\n"
+from tests.helpers import alias_bomb
 
 
 def test_ordinary_yaml_and_modest_aliases_load() -> None:

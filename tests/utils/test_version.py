@@ -10,7 +10,7 @@ import torch
 
 import atrous
 from atrous.utils import version
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else None
 

@@ -7,8 +7,8 @@ Public entry points::
     report = Checkpointer(model).load("DeepLabV3+_R103")   # name, path or URL -> LoadReport
 """
 
-from .bundle import BundleMetadata, LoadedBundle, is_bundle, load_bundle
-from .checkpointer import Checkpointer, LoadReport, load_checkpoint_file
+from .bundle_reader import BundleMetadata, LoadedBundle, is_bundle, load_bundle
+from .checkpointer import Checkpointer, LoadReport
 from .detectron2 import MatchReport, align_and_update_state_dicts, convert_basic_c2_names
 from .download import cache_dir, cached_file_path, download, expected_sha256_prefix
 from .errors import (
@@ -21,6 +21,7 @@ from .errors import (
     UnsafePickleError,
 )
 from .model_zoo import MODEL_ZOO, get_checkpoint_url, list_models, resolve_url
+from .readers import load_checkpoint_file
 from .rng import capture_rng_state, restore_rng_state
 from .safe_pickle import SafeUnpickler, load_pickle, loads_pickle
 from .weights_io import is_safetensors_file, read_safetensors, save_weights

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpointer import Checkpointer, LoadReport, _to_tensor, load_checkpoint_file
+from .checkpointer import Checkpointer, LoadReport
 from .errors import CheckpointError, CorruptCheckpointError
+from .readers import load_checkpoint_file, weight_tensor
 from .weights_io import SAFETENSORS_SUFFIX, save_weights
 
 __all__ = ["ConversionResult", "check_output_suffix", "convert_as_stored", "convert_into_model"]
@@ -120,7 +121,7 @@ def convert_as_stored(
         # Entries that are not arrays (a note, a counter) have no place in a weights file; they
         # are reported as skipped rather than refused, as a model load would.
         if isinstance(value, torch.Tensor | np.ndarray | np.generic):
-            tensors[str(key)] = _to_tensor(value, str(key), os.fspath(source))
+            tensors[str(key)] = weight_tensor(value, str(key), os.fspath(source))
         else:
             skipped.append(str(key))
     if not tensors:

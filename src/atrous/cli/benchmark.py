@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import tempfile
@@ -115,15 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_cfg(args: argparse.Namespace):
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import load_model_source
-    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
 
-    try:
-        source = load_model_source(args, weights=False)
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    source = load_model_source(args, weights=False)
     cfg = source.cfg
     _set_backend(args, source.exported)
     # Random weights: speed does not depend on them and a benchmark must not download.
@@ -240,15 +236,12 @@ def _exported_step(args, cfg, model, inputs):
     precision = _runtime_precision(args)
     with tempfile.TemporaryDirectory(prefix="atrous-bench-") as tmp:
         path = args.exported or _export_graph(args, model, inputs, Path(tmp))
-        try:
-            runner = load_exported_model(
-                path,
-                threads=torch.get_num_threads(),
-                precision=precision,
-                pixel_mean=cfg.MODEL.PIXEL_MEAN,
-            )
-        except ImportError as error:
-            raise SystemExit(str(error)) from error
+        runner = load_exported_model(
+            path,
+            threads=torch.get_num_threads(),
+            precision=precision,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        )
     return lambda: runner(inputs), f"{runner.runtime} ({runner.precision})"
 
 
@@ -269,35 +262,29 @@ def _check_onnx_size(size: tuple[int, int], model) -> None:
 
 
 def _train_step(args, cfg, model, inputs, device):
+    """`SimpleTrainer.run_step` on one batch, over and over: the step `atrous train` takes
+    (forward under autocast, backward, gradient clipping as configured, optimizer step)."""
     from atrous.deploy.fast import parse_dtype
+    from atrous.engine.trainer import SimpleTrainer
+    from atrous.solver import build_gradient_clipper, build_optimizer
 
     dtype = parse_dtype(_DTYPE_NAMES[args.dtype])
-    model.train()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
         model.backbone.register_forward_pre_hook(_to_channels_last_hook)
     if args.compile:
         model.backbone.compile()
         model.sem_seg_head.compile()
-    try:
-        from atrous.solver import build_optimizer
-
-        optimizer = build_optimizer(cfg, model)
-    except ImportError:
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            losses = model(inputs)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return step, "pytorch"
+    trainer = SimpleTrainer(
+        model=model,
+        data_loader=itertools.repeat(inputs),
+        optimizer=build_optimizer(cfg, model),
+        grad_clipper=build_gradient_clipper(cfg),
+        amp_dtype=None if dtype == torch.float32 else dtype,
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        grad_scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+    )
+    return trainer.run_step, "pytorch"
 
 
 def _run_data(args, cfg) -> int:
@@ -308,7 +295,7 @@ def _run_data(args, cfg) -> int:
     )
     print(format_report(result))
     if args.json:
-        from atrous.deploy.benchmark import write_json
+        from atrous.utils.timing import write_json
 
         write_json(
             {"mode": "data", "config_file": args.config_file or args.model, **result}, args.json
@@ -319,16 +306,11 @@ def _run_data(args, cfg) -> int:
 
 def _run_accuracy(args: argparse.Namespace) -> int:
     """``--mode accuracy``: `compare_fast_path` of MODEL.WEIGHTS (or the bundle's weights)."""
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.cli.common import build_model_and_load, config_or_bundle
-    from atrous.config import ConfigError
     from atrous.config.validate import validate_config
     from atrous.deploy.accuracy import compare_fast_path
 
-    try:
-        cfg, bundle = config_or_bundle(args, device=args.device)
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
+    cfg, bundle = config_or_bundle(args, device=args.device)
     if args.device:
         cfg.MODEL.DEVICE = args.device
     cfg.freeze()
@@ -338,14 +320,11 @@ def _run_accuracy(args: argparse.Namespace) -> int:
     validate_config(cfg)
     model = bundle.model if bundle is not None else None
     if model is None:
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            raise SystemExit(str(error)) from error
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
     result = compare_fast_path(cfg, dataset, model=model)
     print(json.dumps(result, indent=2))
     if args.json:
-        from atrous.deploy.benchmark import write_json
+        from atrous.utils.timing import write_json
 
         write_json({"mode": "accuracy", **result}, args.json)
         print(f"wrote {args.json}")
@@ -391,7 +370,7 @@ def _speed_device(args: argparse.Namespace, cfg) -> torch.device:
     try:
         return resolve_device(requested)
     except DeviceError as error:
-        raise SystemExit(f"--device: {error}") from None
+        raise DeviceError(f"--device: {error}") from None
 
 
 def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int | None:
@@ -407,7 +386,8 @@ def _flops_or_none(model, inputs: list[dict[str, Any]], *, train: bool) -> int |
 
 def _run_speed(args: argparse.Namespace, cfg) -> int:
     """``--mode infer`` and ``--mode train``: time steps on a random batch, print and save."""
-    from atrous.deploy.benchmark import (
+    from atrous.modeling import build_model
+    from atrous.utils.timing import (
         BenchmarkResult,
         hardware_name,
         peak_memory,
@@ -416,7 +396,6 @@ def _run_speed(args: argparse.Namespace, cfg) -> int:
         time_iterations,
         write_json,
     )
-    from atrous.modeling import build_model
 
     args.size = args.size or (512, 1024)
     device = _speed_device(args, cfg)

@@ -68,6 +68,7 @@ def default_output(dataset: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atrous.config import ConfigError
     from atrous.data import DEFAULT_MAX_IMAGE_PIXELS, get_dataset_records, get_metadata
     from atrous.data.statistics import (
         WEIGHT_DEFINITIONS,
@@ -77,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.workers < 0:
-        print("error: --workers must be 0 or more", file=sys.stderr)
-        return 2
+        raise ConfigError("--workers must be 0 or more")
     with contextlib.suppress(Exception):  # the report names corrupt files; OpenCV's log repeats
         import cv2
 

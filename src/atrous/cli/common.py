@@ -4,10 +4,11 @@ build a model with its weights."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ __all__ = [
     "add_model_source_flags",
     "add_overrides_argument",
     "add_precision_flag",
+    "add_sample_size_flag",
     "build_model_and_load",
     "build_run_model",
     "config_or_bundle",
     "exported_model_file",
     "load_config",
+    "load_cpu_model",
     "load_model_source",
     "load_weights",
     "parse_size",
@@ -115,6 +118,16 @@ def add_overrides_argument(parser: argparse.ArgumentParser, *, example: str) -> 
         default=[],
         metavar="KEY VALUE",
         help=f"config overrides as KEY VALUE pairs at the end, e.g. {example}",
+    )
+
+
+def add_sample_size_flag(parser: argparse.ArgumentParser) -> None:
+    """``--sample-size HxW`` of the example input an exporter traces (``args.sample_size``)."""
+    parser.add_argument(
+        "--sample-size",
+        type=functools.partial(parse_size, flag="--sample-size"),
+        default=None,
+        help="HxW of the example input used for tracing (default: just above the minimum)",
     )
 
 
@@ -218,6 +231,45 @@ def build_model_and_load(cfg: Any, *, allow_partial: bool) -> Any:
     return model
 
 
+def load_cpu_model(
+    args: argparse.Namespace, *, check: Callable[[Any], None] | None = None
+) -> tuple[Any, Any, Any]:
+    """The float32 CPU model that export and quantize trace, from ``--config-file`` or ``--model``.
+
+    A bundle brings its model and weights; a config is checked by `validate_config` before its
+    model is built and MODEL.WEIGHTS is loaded (`build_model_and_load`, ``--allow-partial``).
+
+    Args:
+        args: the parsed command line (``config_file``, ``model``, ``opts``, ``allow_partial``).
+        check: called with the frozen config before any weights are read, so that a command's
+            own config check fails in a second instead of after the loading.
+
+    Returns:
+        ``(cfg, model, bundle)``: the frozen config (MODEL.DEVICE ``cpu`` for a config file), the
+        model in eval mode, and the `LoadedBundle` or None.
+
+    Raises:
+        ConfigError: see `config_or_bundle` and `validate_config`; CheckpointError: the weights
+            or the bundle cannot be read or do not fit.
+    """
+    from atrous.config.validate import validate_config
+
+    # Graphs are traced on the CPU in float32; the file runs on any device its runtime supports.
+    cfg, bundle = config_or_bundle(args, device="cpu")
+    if bundle is None:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    if check is not None:
+        check(cfg)
+    if bundle is None:
+        validate_config(cfg)  # before the model is built and its weights are read
+        model = build_model_and_load(cfg, allow_partial=args.allow_partial)
+    else:
+        model = bundle.model
+    model.eval()
+    return cfg, model, bundle
+
+
 @dataclass
 class ModelSource:
     """What ``--config-file`` / ``--model`` name.
@@ -243,7 +295,7 @@ def exported_model_file(model: str | os.PathLike[str] | None) -> Path | None:
     Raises:
         ConfigError: such a folder holds several graph files (name one) or none.
     """
-    from atrous.checkpoint.bundle import CONFIG_FILE, is_bundle
+    from atrous.checkpoint.bundle_reader import CONFIG_FILE, is_bundle
     from atrous.config import ConfigError
     from atrous.deploy.runtime import EXPORTED_SUFFIXES
 
@@ -269,7 +321,7 @@ def exported_model_file(model: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _exported_source(args: argparse.Namespace, graph: Path, opts: list[str]) -> ModelSource:
-    from atrous.checkpoint.bundle import CONFIG_FILE
+    from atrous.checkpoint.bundle_reader import CONFIG_FILE
     from atrous.config import ConfigError
 
     if any(key == "MODEL.WEIGHTS" and value for key, value in zip(opts[::2], opts[1::2])):
@@ -346,16 +398,12 @@ def build_run_model(source: ModelSource, *, allow_partial: bool, precision: str 
             f"--precision {precision} applies to OpenVINO .xml models; ONNX Runtime runs "
             f"{source.exported.name} as it is stored."
         )
-    try:
-        return build_exported_model(
-            source.cfg,
-            source.exported,
-            threads=torch.get_num_threads(),
-            precision=precision or "fp32",
-        )
-    except ImportError as error:
-        # The message names the extra to install; a traceback would add nothing.
-        raise SystemExit(str(error)) from error
+    return build_exported_model(
+        source.cfg,
+        source.exported,
+        threads=torch.get_num_threads(),
+        precision=precision or "fp32",
+    )
 
 
 def config_or_bundle(
@@ -415,7 +463,7 @@ def _config_or_bundle(
         raise ConfigError("Give either --config-file or --model DIR.")
     if not args.model:
         return load_config(args.config_file, opts), None
-    from atrous.checkpoint.bundle import bundle_config, load_bundle
+    from atrous.checkpoint.bundle_reader import bundle_config, load_bundle
     from atrous.config.validate import check_device_available
 
     if not weights:

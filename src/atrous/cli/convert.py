@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from atrous.cli.common import add_overrides_argument
 
@@ -54,35 +53,23 @@ def run(args: argparse.Namespace) -> int:
         convert_as_stored,
         convert_into_model,
     )
-    from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError
 
     try:
-        check_output_suffix(args.output)
+        check_output_suffix(args.output)  # before the input is read
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(error)) from None  # a usage error (exit status 2)
     if args.config_file is None:
         if args.opts or args.strict:
-            print(
-                "error: config overrides and --strict need --config-file (without it nothing "
-                "is built to match the weights against)",
-                file=sys.stderr,
+            raise ConfigError(
+                "config overrides and --strict need --config-file (without it nothing is built "
+                "to match the weights against)"
             )
-            return 2
-        try:
-            result = convert_as_stored(args.input, args.output)
-        except CheckpointError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        result = convert_as_stored(args.input, args.output)
         print(f"wrote {result.output}: {result.num_tensors} tensors, names as stored")
         return 0
 
-    try:
-        cfg = load_config(args.config_file, args.opts or [])
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config_file, args.opts or [])
     # Weights are saved from the CPU; the file loads onto any device.
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
@@ -91,11 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from atrous.modeling import build_model
 
     model = build_model(cfg)
-    try:
-        result = convert_into_model(args.input, args.output, model, strict=args.strict)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    result = convert_into_model(args.input, args.output, model, strict=args.strict)
     assert result.report is not None
     report = result.report
     total = (

@@ -114,10 +114,7 @@ def run(args: argparse.Namespace) -> int:
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch / "gradio"))
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        import_gradio()  # before loading a model: a missing extra is one line, at once
-    except ModuleNotFoundError as error:
-        raise ConfigError(str(error)) from error
+    import_gradio()  # before loading a model: a missing extra is one line, at once
     from atrous.utils.devices import resolve_device
 
     cfg, bundle = config_or_bundle(args, device=args.device)

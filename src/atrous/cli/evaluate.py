@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     validate_config(cfg)
 
     from atrous.data import check_datasets
-    from atrous.utils.output_dir import OutputDirLock, check_writable
+    from atrous.utils.folders import OutputDirLock, check_writable
 
     # Every name resolves before the model is built; a bad second dataset fails at once.
     check_datasets(

@@ -14,9 +14,10 @@ Example::
 The exported graph maps ``images`` float32 (N, 3, H, W) in INPUT.FORMAT order on the 0-255 scale
 to ``logits`` float32 (N, num_classes, H, W); see `atrous.deploy.export`. A bundle is a folder
 with the config, ``model.safetensors``, ``bundle.json`` and a README model card; see
-`atrous.deploy.bundle`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra ``atrous[openvino]``);
-see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--config-file`` + weights.
-``--end-to-end`` exports the one-file deployment graph instead (ONNX, OpenVINO or TorchScript):
+`atrous.deploy.bundle_writer`. OpenVINO IR is ``model.xml`` + ``model.bin`` (extra
+``atrous[openvino]``); see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of
+``--config-file`` + weights. ``--end-to-end`` exports the one-file deployment graph instead (ONNX,
+OpenVINO or TorchScript):
 ``image`` uint8 (N, H, W, 3) RGB -> ``labels`` int64 (N, H, W) and ``confidence`` float32
 (N, H, W), with the class names and colours in its metadata.
 """
@@ -24,14 +25,13 @@ see `atrous.deploy.openvino`. ``--model DIR`` reads a bundle instead of ``--conf
 from __future__ import annotations
 
 import argparse
-import functools
 
 from atrous.cli.common import (
     add_allow_partial_flag,
     add_model_source_flags,
     add_overrides_argument,
-    build_model_and_load,
-    parse_size,
+    add_sample_size_flag,
+    load_cpu_model,
     setup_logging,
 )
 
@@ -44,12 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", required=True, metavar="PATH", help="file to write (a folder for bundles)"
     )
-    parser.add_argument(
-        "--sample-size",
-        type=functools.partial(parse_size, flag="--sample-size"),
-        default=None,
-        help="HxW of the example input used for tracing (default: just above the minimum)",
-    )
+    add_sample_size_flag(parser)
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     parser.add_argument(
         "--end-to-end",
@@ -65,19 +60,12 @@ def _check_openvino(output: str) -> None:
     """Before the model is loaded: the extra is installed and the output is a .xml path."""
     from atrous.deploy.openvino import require_openvino
 
-    try:
-        require_openvino("openvino", "onnx", "onnxscript")
-    except ImportError as error:
-        raise SystemExit(str(error)) from error
+    require_openvino("openvino", "onnx", "onnxscript")
     if not output.lower().endswith(".xml"):
         raise SystemExit(f"--format openvino writes a .xml file (and its .bin), got {output!r}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from atrous.checkpoint.errors import CheckpointError
-    from atrous.cli.common import config_or_bundle
-    from atrous.config import ConfigError
-    from atrous.config.validate import validate_config
     from atrous.deploy.export import export_onnx, export_torchscript, min_input_size
 
     setup_logging()
@@ -88,33 +76,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format == "openvino":
         _check_openvino(args.output)
-    # Exports are made on the CPU in float32; the file runs on any device its runtime supports.
-    try:
-        cfg, bundle = config_or_bundle(args, device="cpu")
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
-    if bundle is None:
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.freeze()
-        validate_config(cfg)  # before the model is built and its weights are read
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            # The message already says what to do (local path, mirror); a traceback adds nothing.
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
-        bundle_metrics = None
-    else:
-        cfg.freeze()
-        model, bundle_metrics = bundle.model, bundle.metadata.metrics
-    model.eval()
-
+    cfg, model, bundle = load_cpu_model(args)
     if args.format == "bundle":
-        from atrous.deploy.bundle import write_bundle
+        from atrous.deploy.bundle_writer import write_bundle
 
-        try:
-            path = write_bundle(args.output, cfg=cfg, model=model, metrics=bundle_metrics)
-        except FileExistsError as error:
-            raise SystemExit(str(error)) from None
+        metrics = bundle.metadata.metrics if bundle is not None else None
+        path = write_bundle(args.output, cfg=cfg, model=model, metrics=metrics)
         print(f"wrote model bundle {path} (run it with: atrous predict --model {path} ...)")
         if bundle is None and cfg.MODEL.WEIGHTS:
             from atrous.checkpoint.best import describe_weights
@@ -127,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
             import onnx  # noqa: F401
             import onnxscript  # noqa: F401
         except ImportError as error:
-            raise SystemExit(
-                f"ONNX export needs {error.name}: pip install 'atrous[export]'."
+            from atrous.utils.extras import MissingExtraError
+
+            raise MissingExtraError(
+                f"ONNX export needs {error.name}: pip install 'atrous[export]'.", name=error.name
             ) from error
         path = export_onnx(
             model,

@@ -73,9 +73,10 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
     """(exception type, exit code), most specific first; imported lazily to keep startup fast."""
     from atrous.checkpoint.errors import CheckpointError
     from atrous.config import ConfigError
-    from atrous.data.image_io import DatasetError
+    from atrous.data.errors import DatasetError
     from atrous.utils.devices import DeviceError
-    from atrous.utils.output_dir import OutputDirError
+    from atrous.utils.extras import MissingExtraError
+    from atrous.utils.folders import OutputDirError
 
     table: list[tuple[type[BaseException], int]] = [
         (CheckpointError, EXIT_FAILURE),  # before FileNotFoundError: a missing checkpoint too
@@ -86,6 +87,7 @@ def _anticipated() -> list[tuple[type[BaseException], int]]:
         (DeviceError, EXIT_USAGE),
         (FileNotFoundError, EXIT_USAGE),  # a config file, an input named on the command line
         (FloatingPointError, EXIT_FAILURE),  # the trainer's NaN / infinite loss
+        (MissingExtraError, EXIT_USAGE),  # an optional package: the message says what to install
         (OutputDirError, EXIT_FAILURE),  # in use by another run, unwritable, full
         (OSError, EXIT_FAILURE),  # disk full, read-only, permissions, network
     ]

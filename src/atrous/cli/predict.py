@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--cityscapes-labelids is for Cityscapes images, not videos.")
     cfg.freeze()
 
-    from atrous.utils.output_dir import OutputDirLock, check_writable
+    from atrous.utils.folders import OutputDirLock, check_writable
 
     check_writable(args.output, label="--output")
     lock = OutputDirLock(args.output)

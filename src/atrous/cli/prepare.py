@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..data.catalog import dataset_root
+from ..data.errors import DatasetError
 from .common import parse_size
 
 __all__ = ["add_arguments", "convert_cityscapes", "run"]
@@ -194,12 +194,12 @@ def run(args: argparse.Namespace) -> int:
         root = Path(args.root) if args.root else dataset_root() / "cityscapes"
         try:
             n = convert_cityscapes(root, workers=max(1, args.workers), force=args.force)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        except FileNotFoundError as error:
+            # Missing polygons are a data problem (exit status 1), not a path typed wrong.
+            raise DatasetError(str(error)) from error
         print(f"wrote {n} *_gtFine_labelTrainIds.png files under {root / 'gtFine'}")
         return 0
-    from ..data.synthetic import generate_dataset
+    from ..data.datasets.synthetic import generate_dataset
 
     output = Path(args.output) if args.output else dataset_root() / "synthetic"
     size = args.size
@@ -213,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
             num_workers=max(0, args.workers) if args.workers > 1 else 0,
             progress=True,
         )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except ValueError as error:
+        # A folder it may not write or a size it cannot draw: the run fails (exit status 1).
+        raise DatasetError(str(error)) from error
     print(
         f"synthetic dataset in {output}: {args.num_train} train + {args.num_val} val images of "
         f"{size[0]}x{size[1]} (seed {args.seed})"

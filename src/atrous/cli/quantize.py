@@ -22,8 +22,8 @@ from atrous.cli.common import (
     add_allow_partial_flag,
     add_model_source_flags,
     add_overrides_argument,
-    build_model_and_load,
-    parse_size,
+    add_sample_size_flag,
+    load_cpu_model,
     setup_logging,
 )
 
@@ -92,21 +92,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="performance",
         help="NNCF quantization preset (openvino backend; default performance)",
     )
-    parser.add_argument(
-        "--sample-size",
-        type=functools.partial(parse_size, flag="--sample-size"),
-        default=None,
-        help="HxW of the example input used for tracing (default: just above the minimum)",
-    )
+    add_sample_size_flag(parser)
     add_allow_partial_flag(parser)
     add_overrides_argument(parser, example="MODEL.WEIGHTS model.pth")
 
 
-def run(args: argparse.Namespace) -> int:
-    from atrous.checkpoint.errors import CheckpointError
-    from atrous.cli.common import config_or_bundle
+def _calibration_dataset(args: argparse.Namespace, cfg) -> str:
     from atrous.config import ConfigError
-    from atrous.config.validate import validate_config
+
+    name = args.calib_dataset or next(iter(cfg.DATASETS.TRAIN), None)
+    if not name:
+        raise ConfigError("DATASETS.TRAIN is empty: name a calibration dataset (--calib-dataset).")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
     from atrous.deploy.export import min_input_size
     from atrous.deploy.quantize import (
         CalibrationImages,
@@ -117,33 +117,10 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     # What can fail in a second fails before minutes of loading and quantizing.
-    try:
-        require_backend(args.backend)
-    except ImportError as error:
-        raise SystemExit(str(error)) from error
-    try:
-        check_output_folder(args.output)
-    except FileExistsError as error:
-        raise SystemExit(str(error)) from error  # exit 1, as for `atrous export --format bundle`
-    try:
-        cfg, bundle = config_or_bundle(args, device="cpu")
-    except (ConfigError, FileNotFoundError, CheckpointError) as error:
-        raise SystemExit(str(error)) from error
-    if bundle is None:
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    calib_dataset = args.calib_dataset or next(iter(cfg.DATASETS.TRAIN), None)
-    if not calib_dataset:
-        raise ConfigError("DATASETS.TRAIN is empty: name a calibration dataset (--calib-dataset).")
-    if bundle is None:
-        validate_config(cfg)
-        try:
-            model = build_model_and_load(cfg, allow_partial=args.allow_partial)
-        except CheckpointError as error:
-            raise SystemExit(f"Cannot load MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}: {error}") from error
-    else:
-        model = bundle.model
-    model.eval()
+    require_backend(args.backend)
+    check_output_folder(args.output)
+    cfg, model, _ = load_cpu_model(args, check=lambda cfg: _calibration_dataset(args, cfg))
+    calib_dataset = _calibration_dataset(args, cfg)
     calibration = CalibrationImages(
         cfg, calib_dataset, args.calib_images, min_size=min_input_size(model)
     )

@@ -137,20 +137,15 @@ def run(args: argparse.Namespace) -> int:
     """``atrous quickstart``: synthetic dataset, training, validation mIoU, pictures."""
     from atrous.cli.train import load_config
     from atrous.cli.train import main as train_main
-    from atrous.config import ConfigError
     from atrous.data.catalog import dataset_root
-    from atrous.data.synthetic import generate_dataset
+    from atrous.data.datasets.synthetic import generate_dataset
     from atrous.engine.launch import default_backend, launch
     from atrous.engine.preemption import EXIT_PREEMPTED, TrainingPreempted
 
-    try:
-        config_file = args.config_file or str(find_config())
-        size = args.size
-        train_args = _train_args(config_file, args.num_gpus, list(args.opts or []))
-        cfg = load_config(train_args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config_file = args.config_file or str(find_config())
+    size = args.size
+    train_args = _train_args(config_file, args.num_gpus, list(args.opts or []))
+    cfg = load_config(train_args)
 
     root = Path(dataset_root()) / "synthetic"
     print(

@@ -1,7 +1,6 @@
 """Datasets, augmentations and loaders: from files on disk to the batches the model eats."""
 
 from .catalog import (
-    DatasetError,
     check_datasets,
     dataset_root,
     get_dataset_records,
@@ -9,12 +8,10 @@ from .catalog import (
     list_datasets,
     register_dataset,
 )
+from .errors import DatasetError, ImageReadError, ImageTooLargeError, UnknownColorError
 from .image_io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ColorCoding,
-    ImageReadError,
-    ImageTooLargeError,
-    UnknownColorError,
     check_image_size,
     read_image,
     read_label,

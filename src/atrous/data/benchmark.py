@@ -17,7 +17,6 @@ timed alternately in one process (one data-loader worker), so machine noise hits
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .catalog import DatasetError
-from .cityscapes import load_cityscapes_semantic
+from ..utils.timing import cpu_name
+from .datasets.cityscapes import load_cityscapes_semantic
+from .errors import DatasetError
 from .loader import sample_rng
 from .mapper import DatasetMapper, check_label_values
 from .transforms import (
@@ -97,16 +97,6 @@ def baseline_map(
         "width": width,
         "file_name": record["file_name"],
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time_both_pipelines(
@@ -185,7 +175,7 @@ def benchmark_train_pipeline(
     augs = augmentations if augmentations is not None else cityscapes_train_augmentations()
     tmp = None
     if root is None:
-        from .synthetic import generate_dataset
+        from .datasets.synthetic import generate_dataset
 
         tmp = tempfile.TemporaryDirectory(prefix="atrous-bench-")
         root = generate_dataset(
@@ -222,7 +212,7 @@ def benchmark_train_pipeline(
         "speedup": fast_ips / base_ips,
         "fast_ms_median": 1000 * statistics.median(fast_times),
         "baseline_ms_median": 1000 * statistics.median(base_times),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
     }
 

@@ -8,7 +8,7 @@ ignore label and evaluator type.
 
 Names resolve, in order, to: datasets registered with `register_dataset`, builtin datasets
 (Cityscapes, ADE20K, Pascal VOC, synthetic) under the dataset root, and dataset YAML files
-(``path/to/data.yaml`` or ``path/to/data.yaml:split``, see `atrous.data.custom`).
+(``path/to/data.yaml`` or ``path/to/data.yaml:split``, see `atrous.data.datasets.custom`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from .image_io import ColorCoding, DatasetError
+from .errors import DatasetError
+from .image_io import ColorCoding
 from .metadata import DatasetEntry, Metadata, check_colors, dataset_root, default_colors
 
 __all__ = [
@@ -50,9 +49,7 @@ def register_dataset(
     image_root: str | None = None,
     gt_root: str | None = None,
     overwrite: bool = False,
-    mask_format: str = "ids",
-    ignore_colors: Sequence[Sequence[int]] = (),
-    unknown_colors: str = "error",
+    color_coding: ColorCoding | None = None,
     **extra: Any,
 ) -> None:
     """Make a dataset available by name (in `DATASETS.TRAIN` / `DATASETS.TEST`).
@@ -71,12 +68,11 @@ def register_dataset(
         image_root: folder of the images, for tools that want it.
         gt_root: folder of the label files, for tools that want it.
         overwrite: replace an existing registration instead of failing.
-        mask_format: "ids" (the label files hold class indices, palette PNGs their indices)
-            or "rgb" (colour-coded masks: each pixel's colour is looked up in `stuff_colors`,
-            which is then required; see `atrous.data.custom` for the details).
-        ignore_colors: with "rgb", the colours of unlabelled pixels.
-        unknown_colors: with "rgb", "error" (a colour not listed stops with the file, the
-            colour and its pixel count) or "ignore" (such pixels are unlabelled).
+        color_coding: for colour-coded masks, how their colours map to classes (its class
+            colours, the colours of unlabelled pixels and what an unlisted colour means); its
+            colours are the class colours unless `stuff_colors` repeats them. None (default):
+            the label files hold class indices (palette PNGs their indices). See
+            `atrous.data.datasets.custom` for the YAML form.
         **extra: further metadata attributes.
 
     Raises:
@@ -89,41 +85,27 @@ def register_dataset(
     classes = tuple(str(c) for c in stuff_classes)
     if not classes:
         raise DatasetError(f"dataset {name!r}: stuff_classes is empty")
-    if mask_format not in ("ids", "rgb"):
-        raise DatasetError(
-            f"dataset {name!r}: mask_format {mask_format!r}; use 'ids' or 'rgb' (colour-coded)"
-        )
-    if mask_format == "rgb" and stuff_colors is None:
-        raise DatasetError(
-            f"dataset {name!r}: mask_format='rgb' needs stuff_colors, the colour of each class "
-            "in the masks"
-        )
-    if mask_format == "ids" and (ignore_colors or unknown_colors != "error"):
-        raise DatasetError(
-            f"dataset {name!r}: ignore_colors / unknown_colors apply to colour-coded masks; "
-            "pass mask_format='rgb'"
-        )
-    colors = default_colors(len(classes)) if stuff_colors is None else check_colors(stuff_colors)
+    coding = color_coding
+    if stuff_colors is not None:
+        colors = check_colors(stuff_colors)
+    else:
+        colors = default_colors(len(classes)) if coding is None else coding.colors
     if len(colors) != len(classes):
         raise DatasetError(
             f"dataset {name!r}: {len(colors)} colours for {len(classes)} classes; give one "
             "colour per class"
         )
-    coding = None
-    if mask_format == "rgb":
+    if coding is not None:
+        if coding.colors != colors:
+            raise DatasetError(
+                f"dataset {name!r}: stuff_colors differ from the colours of color_coding; the "
+                "masks paint each class in its colour, so give them once (in color_coding)"
+            )
         if int(ignore_label) != 255:
             raise DatasetError(
-                f"dataset {name!r}: with mask_format='rgb' unlabelled pixels are given by "
+                f"dataset {name!r}: with a color_coding unlabelled pixels are given by its "
                 "ignore_colors and become 255; leave ignore_label at 255"
             )
-        try:
-            coding = ColorCoding(
-                colors=colors,
-                ignore_colors=check_colors(ignore_colors),
-                unknown_colors=unknown_colors,
-            )
-        except DatasetError as e:
-            raise DatasetError(f"dataset {name!r}: {e}") from e
     meta = Metadata(
         name=name,
         stuff_classes=classes,
@@ -170,7 +152,7 @@ def _lookup(name: str) -> DatasetEntry:
     if name in _BUILTIN:
         return _BUILTIN[name]
     if _is_yaml_name(name):
-        from .custom import yaml_dataset_entry
+        from .datasets.custom import yaml_dataset_entry
 
         return yaml_dataset_entry(name)
     known = ", ".join(sorted(list(_BUILTIN) + list(_REGISTERED)))
@@ -260,10 +242,6 @@ def list_datasets() -> list[str]:
     return sorted(set(_BUILTIN) | set(_REGISTERED))
 
 
-def identity_lut() -> np.ndarray:
-    return np.arange(256, dtype=np.uint8)
-
-
 _BUILTINS_LOADED = False
 
 
@@ -272,7 +250,7 @@ def _ensure_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import ade20k, cityscapes, voc
+    from .datasets import ade20k, cityscapes, voc
 
     cityscapes.register_builtin(_register_builtin)
     ade20k.register_builtin(_register_builtin)

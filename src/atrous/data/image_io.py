@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import DatasetError, ImageReadError, ImageTooLargeError, UnknownColorError
+
 try:  # OpenCV is optional: Pillow alone gives identical results, only slower.
     import cv2
 except ImportError:  # pragma: no cover - exercised only without opencv installed
@@ -42,10 +44,6 @@ except ImportError:  # pragma: no cover - exercised only without opencv installe
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "ColorCoding",
-    "DatasetError",
-    "ImageReadError",
-    "ImageTooLargeError",
-    "UnknownColorError",
     "check_image_size",
     "check_pixel_budget",
     "image_size",
@@ -58,33 +56,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow's default `PIL.Image.MAX_IMAGE_PIXELS` (1 GiB of 4-byte pixels / 3); the default of
 # INPUT.MAX_IMAGE_PIXELS and of every reader's `max_pixels`.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-
-
-class DatasetError(ValueError):
-    """A dataset or one of its files cannot be used; the message says which and what to do."""
-
-
-class ImageReadError(DatasetError):
-    """An image or label file is missing, unreadable, truncated or of an unsupported kind."""
-
-
-class ImageTooLargeError(ImageReadError):
-    """An image or label file has more pixels than the budget (INPUT.MAX_IMAGE_PIXELS)."""
-
-
-class UnknownColorError(DatasetError):
-    """A colour-coded mask holds a colour that is neither a class's nor an ignored one.
-
-    Attributes:
-        colors: ``{(r, g, b): pixel count}`` of the unlisted colours.
-    """
-
-    def __init__(self, message: str, colors: dict[tuple[int, int, int], int]) -> None:
-        super().__init__(message)
-        self.colors = colors
-
-    def __reduce__(self):  # both arguments survive pickling (worker processes)
-        return type(self), (str(self), self.colors)
 
 
 def _pack_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from ..utils import comm
 from .catalog import get_dataset_records, get_metadata
-from .image_io import DatasetError
+from .errors import DatasetError
 from .mapper import DatasetMapper, build_mapper
 
 __all__ = [

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .image_io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, LazyImage, read_image, read_label
+from .errors import DatasetError
+from .image_io import DEFAULT_MAX_IMAGE_PIXELS, LazyImage, read_image, read_label
 from .transforms import (
     Augmentation,
     ColorJitter,

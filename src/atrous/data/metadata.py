@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .image_io import DatasetError
+from .errors import DatasetError
 
 __all__ = [
     "DatasetEntry",

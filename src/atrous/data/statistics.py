@@ -42,7 +42,8 @@ import numpy as np
 
 from ..config.validate import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
 from ..utils.file_io import atomic_write, atomic_write_json
-from .image_io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, UnknownColorError, read_image
+from .errors import DatasetError, UnknownColorError
+from .image_io import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from .mapper import load_sem_seg
 
 __all__ = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_io import DatasetError
+from .errors import DatasetError
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoReadError", "VideoReader", "is_video_file"]
 

@@ -3,8 +3,8 @@ INT8 quantization, bundles, exported-graph runtimes and benchmarking.
 
 The optional runtimes (onnx, onnxruntime, openvino, nncf) are imported only when used."""
 
-from .bundle import write_bundle
-from .export import ExportableSegmentor, export_onnx, export_torchscript
+from .bundle_writer import write_bundle
+from .export import TraceableSegmentor, export_onnx, export_torchscript
 from .fast import FastInferenceModel, fast_path_supported, optimize_for_inference
 from .flops import count_flops, count_model_flops
 from .fold_bn import fold_batchnorm
@@ -13,9 +13,9 @@ from .quantize import quantize_model
 from .runtime import ExportedSegmentor, load_exported_model
 
 __all__ = [
-    "ExportableSegmentor",
     "ExportedSegmentor",
     "FastInferenceModel",
+    "TraceableSegmentor",
     "count_flops",
     "count_model_flops",
     "export_onnx",

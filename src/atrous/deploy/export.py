@@ -43,13 +43,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..utils.file_io import current_umask
 from ..utils.version import version_metadata
 
 __all__ = [
     "END_TO_END_GRAPH",
     "TORCHSCRIPT_METADATA",
     "EndToEndSegmentor",
-    "ExportableSegmentor",
+    "TraceableSegmentor",
     "export_metadata",
     "export_onnx",
     "export_torchscript",
@@ -64,7 +65,7 @@ TORCHSCRIPT_METADATA = "atrous_metadata.json"
 END_TO_END_GRAPH = "end_to_end"
 
 
-class ExportableSegmentor(nn.Module):
+class TraceableSegmentor(nn.Module):
     """Tensor-in, tensor-out wrapper of a segmentor for tracing and export.
 
     Args:
@@ -101,7 +102,7 @@ class EndToEndSegmentor(nn.Module):
             raise ValueError(
                 f"input_format (INPUT.FORMAT) must be 'RGB' or 'BGR', got {input_format!r}"
             )
-        self.segmentor = ExportableSegmentor(model)
+        self.segmentor = TraceableSegmentor(model)
         self.input_format = input_format
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,17 +178,11 @@ def _atomic_path(output: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, output)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export_metadata(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -221,7 +216,7 @@ def _graph(
     """The module to export and the metadata entries saying what it is."""
     if not end_to_end:
         # Files of the logits graph carry no ``atrous_graph`` entry, as before it existed.
-        return ExportableSegmentor(model).eval(), {}
+        return TraceableSegmentor(model).eval(), {}
     if input_format is None:
         raise ValueError(
             "an end-to-end export needs input_format: the model's INPUT.FORMAT ('RGB' or 'BGR')"

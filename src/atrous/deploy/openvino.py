@@ -49,6 +49,7 @@ from typing import Any
 
 from torch import nn
 
+from ..utils.extras import MissingExtraError
 from ..utils.file_io import staging_dir
 from .export import export_metadata, export_onnx
 
@@ -154,13 +155,14 @@ def require_openvino(*modules: str) -> None:
     OpenVINO and NNCF are imported through `import_openvino`, so that they report nothing.
 
     Raises:
-        ImportError: a module is not installed; the message says ``pip install 'atrous[openvino]'``.
+        MissingExtraError: a module is not installed; the message says
+            ``pip install 'atrous[openvino]'``.
     """
     for name in modules or ("openvino",):
         try:
             import_openvino(name)
         except ImportError as error:
-            raise ImportError(
+            raise MissingExtraError(
                 f"OpenVINO export and INT8 quantization need the {name!r} package, which is not "
                 f"installed: pip install '{OPENVINO_EXTRA}'.",
                 name=name,
@@ -233,7 +235,7 @@ def export_openvino(
         The .xml path. Graph input ``images`` (N, 3, H, W) float32, output ``logits``.
 
     Raises:
-        ImportError: OpenVINO is not installed (the message names the extra).
+        MissingExtraError: OpenVINO is not installed (the message names the extra).
     """
     require_openvino()
     ov = import_openvino()

@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +52,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..utils.file_io import staging_dir
+from ..checkpoint.bundle_reader import CONFIG_FILE
+from ..utils.extras import MissingExtraError
+from ..utils.file_io import publish_folder, staging_dir
 from .export import export_metadata, export_onnx, min_input_size
 
 __all__ = [
@@ -80,7 +80,6 @@ DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("predictor",)
 DEFAULT_CALIBRATION_IMAGES = 100
 # What `write_quantized_folder` writes.
 MODEL_FILES = {"openvino": "model_int8.xml", "onnxruntime": "model_int8.onnx"}
-CONFIG_FILE = "config.yaml"
 INFO_FILE = "quantization.json"
 _EXTRA = {"openvino": "atrous[openvino]", "onnxruntime": "atrous[export]"}
 _MODULES = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnx", "onnxruntime")}
@@ -91,7 +90,7 @@ def require_backend(backend: str) -> None:
 
     Raises:
         ValueError: not one of `BACKENDS`.
-        ImportError: a package is missing; the message names the extra to install.
+        MissingExtraError: a package is missing; the message names the extra to install.
     """
     from .openvino import import_openvino
 
@@ -102,7 +101,7 @@ def require_backend(backend: str) -> None:
             # OpenVINO and NNCF without their telemetry (see atrous.deploy.openvino).
             import_openvino(name)
         except ImportError as error:
-            raise ImportError(
+            raise MissingExtraError(
                 f"INT8 quantization for {backend} needs the {name!r} package, which is not "
                 f"installed: pip install '{_EXTRA[backend]}'.",
                 name=name,
@@ -137,7 +136,7 @@ class CalibrationImages:
         min_size: tuple[int, int] = (1, 1),
     ) -> None:
         from atrous.data import get_dataset_records
-        from atrous.data.image_io import DatasetError
+        from atrous.data.errors import DatasetError
         from atrous.data.mapper import build_mapper
 
         if int(count) < 1:
@@ -171,7 +170,7 @@ class CalibrationImages:
         Raises:
             DatasetError: the file cannot be read, or it is smaller than the graph accepts.
         """
-        from atrous.data.image_io import DatasetError
+        from atrous.data.errors import DatasetError
 
         try:
             mapped = self._mapper({"file_name": file_name})
@@ -424,7 +423,7 @@ def quantize_model(
         A `QuantizationResult`.
 
     Raises:
-        ImportError: the backend's packages are missing (the message names the extra).
+        MissingExtraError: the backend's packages are missing (the message names the extra).
         ValueError: an empty calibration set, a bad backend / preset / keep_float entry.
         DatasetError: a calibration image cannot be read (named).
     """
@@ -498,21 +497,6 @@ def check_output_folder(output: str | os.PathLike) -> None:
         )
 
 
-def _replace_folder(staging: Path, output: Path) -> None:
-    """Move `staging` to `output`; an existing INT8 folder (or an empty one) is replaced."""
-    from atrous.utils.file_io import fsync_dir
-
-    check_output_folder(output)
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
-    fsync_dir(output.parent)
-
-
 def write_quantized_folder(
     output: str | os.PathLike,
     *,
@@ -552,9 +536,7 @@ def write_quantized_folder(
     output = Path(output)
     check_output_folder(output)
     require_backend(backend)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output.parent, prefix=f".{output.name}.") as staging:
         model_file = MODEL_FILES[backend]
         result = quantize_model(
             model,
@@ -600,15 +582,7 @@ def write_quantized_folder(
             "versions": _versions(backend),
         }
         atomic_write_json(staging / INFO_FILE, info)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
-        _replace_folder(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        check_output_folder(output)  # again: it may have changed while quantizing
+        publish_folder(staging, output)
     logger.info("Wrote INT8 %s model folder %s", backend, output)
     return output
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..checkpoint.errors import CheckpointError
 from ..modeling.segmentor import check_batch_output_sizes, sem_seg_postprocess
+from ..utils.extras import MissingExtraError
 
 __all__ = [
     "EXPORTED_SUFFIXES",
@@ -66,7 +67,7 @@ class ExportedModelError(CheckpointError):
     """An exported graph file is missing, unreadable, or not a graph atrous exported."""
 
 
-class MissingRuntimeError(ImportError):
+class MissingRuntimeError(MissingExtraError):
     """The runtime an exported file needs (onnxruntime, openvino) is not installed."""
 
 

@@ -29,7 +29,7 @@ from typing import TypeVar
 import torch
 
 from atrous.utils import comm
-from atrous.utils.output_dir import (
+from atrous.utils.folders import (
     LOCK_NAME,
     OutputDirError,
     OutputDirLock,

@@ -433,7 +433,7 @@ def _write_model_bundle(cfg: Any) -> str | None:
     can be read (a warning says why: the run's own files are unaffected)."""
     from atrous.checkpoint import Checkpointer
     from atrous.checkpoint.best import BEST_FILE
-    from atrous.deploy.bundle import write_bundle
+    from atrous.deploy.bundle_writer import write_bundle
     from atrous.modeling import build_model
 
     out = cfg.OUTPUT_DIR

@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from .evaluator import DatasetEvaluator, DatasetEvaluators
-from .metadata import EvalMetadata, resolve_metadata
+from .metadata import resolve_metadata
 from .sem_seg import SemSegEvaluator, mask_to_boundary, metrics_from_confusion
 
 __all__ = [
     "CityscapesSemSegEvaluator",
     "DatasetEvaluator",
     "DatasetEvaluators",
-    "EvalMetadata",
     "SemSegEvaluator",
     "build_evaluator",
     "evaluate_datasets",

@@ -307,7 +307,7 @@ class CityscapesSemSegEvaluator(DatasetEvaluator):
                 truth (``<city>_<seq>_<frame>``, the city in ASCII letters), or a record whose
                 labelIds ground truth cannot be located.
         """
-        from atrous.data.image_io import DatasetError
+        from atrous.data.errors import DatasetError
 
         for record in records:
             file_name = str(record.get("file_name", ""))

@@ -236,7 +236,7 @@ def evaluate_datasets(
         dicts on the processes that do not evaluate).
     """
     from atrous.data import build_test_loader
-    from atrous.utils.output_dir import safe_dataset_dirname
+    from atrous.utils.folders import safe_dataset_dirname
 
     evaluator_for = evaluator_for or build_evaluator
 

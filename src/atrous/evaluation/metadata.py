@@ -13,12 +13,9 @@ from typing import Any
 
 from atrous.data.metadata import Metadata, as_metadata
 
-__all__ = ["EvalMetadata", "model_metadata", "resolve_metadata"]
+__all__ = ["model_metadata", "resolve_metadata"]
 
 logger = logging.getLogger(__name__)
-
-# The name evaluators used for their metadata type; the same type as `atrous.data.Metadata`.
-EvalMetadata = Metadata
 
 
 def resolve_metadata(

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.extras import MissingExtraError
+
 __all__ = [
     "DemoResult",
     "area_table",
@@ -46,7 +48,7 @@ def import_gradio() -> Any:
     """The `gradio` module with its telemetry turned off before it is first imported.
 
     Raises:
-        ModuleNotFoundError: gradio is not installed; the message names the extra to install.
+        MissingExtraError: gradio is not installed; the message names the extra to install.
     """
     # Read by gradio at import and at Blocks creation: no analytics, no version check request.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -56,7 +58,7 @@ def import_gradio() -> Any:
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
-        raise ModuleNotFoundError(GRADIO_MISSING, name="gradio") from error
+        raise MissingExtraError(GRADIO_MISSING, name="gradio") from error
     return gradio
 
 

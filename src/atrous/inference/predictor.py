@@ -181,12 +181,12 @@ class Predictor:
         if isinstance(cfg, str | os.PathLike):
             if model is not None:
                 raise ValueError("a model bundle brings its own model; do not pass model=")
-            from atrous.checkpoint.bundle import load_bundle
+            from atrous.checkpoint.bundle_reader import load_bundle
 
             bundle = load_bundle(cfg)
             cfg, model, metadata = bundle.cfg, bundle.model, bundle.metadata
         self.cfg = cfg.clone()
-        # `atrous.checkpoint.bundle.BundleMetadata` for bundles (stuff_classes, stuff_colors, ...)
+        # `atrous.checkpoint.bundle_reader.BundleMetadata` for bundles (stuff_classes, ...)
         self.metadata = metadata
         if model is None:
             from atrous.checkpoint import Checkpointer
@@ -229,7 +229,7 @@ class Predictor:
         Raises:
             atrous.checkpoint.BundleError: the folder is not a valid bundle.
         """
-        from atrous.checkpoint.bundle import load_bundle
+        from atrous.checkpoint.bundle_reader import load_bundle
 
         bundle = load_bundle(path, opts=opts, device=device)
         return cls(bundle.cfg, model=bundle.model, metadata=bundle.metadata)

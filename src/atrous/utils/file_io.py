@@ -24,7 +24,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_writable_dir",
+    "current_umask",
     "fsync_dir",
+    "publish_folder",
     "sha256_file",
     "staging_dir",
     "temporary_name",
@@ -154,6 +156,35 @@ def staging_dir(parent: str | os.PathLike[str], *, prefix: str) -> Iterator[Path
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask (there is no call that only reads it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_folder(staging: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Put the finished folder `staging` (a `staging_dir`) at `output`, whole or not at all.
+
+    An existing `output` is renamed aside, replaced and then removed, so that readers see the
+    old folder or the new one, never a mix; the caller has checked that it may be replaced.
+
+    Returns:
+        `output` as a Path.
+    """
+    staging, output = Path(staging), Path(output)
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp creates 0700; give the usual mode
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+    fsync_dir(output.parent)
+    return output
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from atrous.data.custom import load_dataset_yaml
+from atrous.data.datasets.custom import load_dataset_yaml
 from atrous.data.importers import AnnotationError, import_export
 from atrous.data.importers.coco import rle_string_total
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from atrous.data.custom import load_dataset_yaml
-from atrous.data.image_io import UnknownColorError
+from atrous.data.datasets.custom import load_dataset_yaml
+from atrous.data.errors import UnknownColorError
 from atrous.data.importers import AnnotationError, import_export
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")

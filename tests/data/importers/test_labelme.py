@@ -12,7 +12,7 @@ from labelme import LabelFile
 from labelme.utils import shapes_to_label
 from PIL import Image
 
-from atrous.data.custom import load_dataset_yaml
+from atrous.data.datasets.custom import load_dataset_yaml
 from atrous.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from atrous.data.importers import AnnotationError, import_export, read_classes
 

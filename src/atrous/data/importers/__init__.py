@@ -2,8 +2,8 @@
 
 `import_export` reads an export with the importer of its format and writes
 ``output/dataset.yaml`` with ``images/<split>/`` and ``masks/<split>/`` (uint8 class ids, 255 for
-unlabelled pixels), the layout `atrous.data.custom.load_dataset_yaml` reads. ``atrous prepare
-coco|labelme|cvat`` is its command line.
+unlabelled pixels), the layout `atrous.data.datasets.custom.load_dataset_yaml` reads.
+``atrous prepare coco|labelme|cvat`` is its command line.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ..image_io import DatasetError, image_size
+from ..errors import DatasetError
+from ..image_io import image_size
 
 __all__ = [
     "IGNORE_VALUE",

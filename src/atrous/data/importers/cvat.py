@@ -33,7 +33,7 @@ from xml.etree import ElementTree
 import numpy as np
 from PIL import Image
 
-from ..custom import IMAGE_EXTS
+from ..datasets.custom import IMAGE_EXTS
 from ..image_io import ColorCoding
 from .common import IGNORE_VALUE, AnnotationError, Export, Sample, check_size, find_image
 

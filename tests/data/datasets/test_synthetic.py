@@ -6,7 +6,7 @@ from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image
 
-from atrous.data.synthetic import generate_dataset, generate_scene, render_scene
+from atrous.data.datasets.synthetic import generate_dataset, generate_scene, render_scene
 
 
 def _files(root):

@@ -12,11 +12,11 @@ import torch
 
 import atrous
 from atrous.checkpoint import BundleError, Checkpointer, is_bundle, load_bundle, save_weights
-from atrous.checkpoint.bundle import bundle_config, read_bundle_metadata
+from atrous.checkpoint.bundle_reader import bundle_config, read_bundle_metadata
 from atrous.config import ConfigError
 from atrous.modeling import build_model
 from atrous.utils.file_io import sha256_file
-from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_overrides
+from tests.helpers import V3PLUS_CONFIG, load_config, reference_bundle_overrides
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
-from .image_io import DatasetError
-from .metadata import Metadata, dataset_root
+from ..errors import DatasetError
+from ..metadata import Metadata, dataset_root
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -110,7 +110,7 @@ def load_cityscapes_semantic(
             f"{len(missing)} of {len(images)} images in {image_dir} have no label file "
             f"(first: image {image} expects {label}). {how_to_get}"
         )
-    from .image_io import image_size
+    from ..image_io import image_size
 
     for r in records:
         r["height"], r["width"] = image_size(r["file_name"])

@@ -1,6 +1,6 @@
 """Write a model bundle: config, safetensors weights, ``bundle.json`` and a README model card.
 
-The layout and the reader are in `atrous.checkpoint.bundle`; this module gathers what the
+The layout and the reader are in `atrous.checkpoint.bundle_reader`; this module gathers what the
 folder records (class names and colours from the dataset metadata, normalisation, test sizes,
 final metrics found next to the weights, parameter and FLOP counts) and writes it. The folder
 appears complete or not at all: it is assembled under a temporary name and renamed into place.
@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.best import BEST_FILE, BEST_RECORD, read_best_record
-from ..checkpoint.bundle import (
+from ..checkpoint.bundle_reader import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
     CONFIG_FILE,
@@ -32,7 +30,7 @@ from ..checkpoint.bundle import (
 )
 from ..checkpoint.weights_io import save_weights
 from ..evaluation.metadata import model_metadata
-from ..utils.file_io import fsync_dir, sha256_file
+from ..utils.file_io import publish_folder, sha256_file, staging_dir
 from ..utils.version import version_metadata
 
 __all__ = ["find_final_metrics", "flops_input_size", "write_bundle"]
@@ -333,22 +331,17 @@ def _dump_json(obj: Any) -> str:
 _NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]")
 
 
-def _replace_folder(tmp: Path, output: Path) -> None:
-    if output.exists():
-        if not output.is_dir():
-            raise FileExistsError(f"{output} exists and is not a folder; choose another --output.")
-        if any(output.iterdir()) and not is_bundle(output):
-            raise FileExistsError(
-                f"{output} is a non-empty folder that is not a model bundle; refusing to "
-                "replace it. Choose a new or empty --output folder."
-            )
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
-    fsync_dir(output.parent)
+def _check_replaceable(output: Path) -> None:
+    """Refuse an `output` that is not ours to replace: a file, a foreign non-empty folder."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a folder; choose another --output.")
+    if any(output.iterdir()) and not is_bundle(output):
+        raise FileExistsError(
+            f"{output} is a non-empty folder that is not a model bundle; refusing to "
+            "replace it. Choose a new or empty --output folder."
+        )
 
 
 def write_bundle(
@@ -410,8 +403,7 @@ def write_bundle(
     # A bundle must run on the machine it is given to, with or without a GPU.
     bundle_cfg.MODEL.DEVICE = "auto"
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output.parent, prefix=f".{output.name}.") as tmp:
         (tmp / CONFIG_FILE).write_text(bundle_cfg.dump(), encoding="utf-8")
         save_weights(tmp / WEIGHTS_FILE, model.state_dict(), metadata={"bundle": output.name})
         (tmp / README_FILE).write_text(model_card(meta, folder_name=output.name), encoding="utf-8")
@@ -423,15 +415,7 @@ def write_bundle(
         for name in (CONFIG_FILE, README_FILE, META_FILE):  # the weights were fsynced
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
-        _replace_folder(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _check_replaceable(output)
+        publish_folder(tmp, output)
     logger.info("Wrote model bundle %s", output)
     return output
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

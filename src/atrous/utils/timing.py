@@ -1,6 +1,7 @@
-"""Timing, memory and FLOP measurement of inference and training steps.
+"""Timing and memory measurement of inference and training steps, and the machine's name.
 
-Used by `atrous benchmark`; every figure in docs/benchmarks.md comes from here. Latencies are
+Used by `atrous benchmark` (all its modes, the data pipeline's included) and the GPU check;
+every figure in docs/benchmarks.md comes from here. Latencies are
 wall-clock per iteration after warm-up (CUDA work is synchronised before the clock is read), so
 they include everything a user waits for: preprocessing, the network, post-processing.
 """
@@ -23,6 +24,7 @@ from atrous.utils.file_io import atomic_write_text
 
 __all__ = [
     "BenchmarkResult",
+    "cpu_name",
     "hardware_name",
     "peak_memory",
     "percentile",
@@ -58,20 +60,23 @@ def random_batch(
     return items
 
 
-def hardware_name(device: torch.device) -> str:
-    """ "NVIDIA H100 80GB HBM3", "AMD EPYC (2 threads)" and the like."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC 9B45" (Linux' /proc/cpuinfo, else what `platform` knows)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    return platform.processor() or platform.machine()
+
+
+def hardware_name(device: torch.device) -> str:
+    """ "NVIDIA H100 80GB HBM3", "AMD EPYC (2 threads)" and the like."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def _read_status_kib(key: str) -> int | None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from atrous.deploy.benchmark import (
+from atrous.utils.timing import (
     BenchmarkResult,
     percentile,
     time_iterations,
@@ -37,7 +37,7 @@ def test_time_iterations_runs_warmup_then_timed_steps():
 
 _PEAK_RSS_WINDOW = """
 import torch
-from atrous.deploy.benchmark import peak_memory, reset_peak_memory
+from atrous.utils.timing import peak_memory, reset_peak_memory
 
 cpu = torch.device("cpu")
 reset_peak_memory(cpu)
@@ -81,3 +81,11 @@ def test_result_summary_and_atomic_json(tmp_path):
     assert json.loads(path.read_text())["size"] == [64, 128]
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
     assert stat.S_IMODE(path.stat().st_mode) & 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_the_machine_is_named_in_one_place():
+    from atrous.utils.timing import cpu_name, hardware_name
+
+    name = cpu_name()
+    assert name and "\n" not in name
+    assert hardware_name(torch.device("cpu")) == f"{name} ({torch.get_num_threads()} threads)"

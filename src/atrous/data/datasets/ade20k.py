@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError
+from ..metadata import Metadata, dataset_root, default_colors
 from .custom import pair_folders
-from .image_io import DatasetError
-from .metadata import Metadata, dataset_root, default_colors
 
 __all__ = ["ADE20K_CLASSES", "ade20k_lut"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .image_io import DatasetError
-from .metadata import Metadata, dataset_root, default_colors
+from ..errors import DatasetError
+from ..metadata import Metadata, dataset_root, default_colors
 
 __all__ = ["VOC_CLASSES"]
 

@@ -1,6 +1,6 @@
 """Model bundles: one folder holding everything needed to run a trained model.
 
-A bundle (written by ``atrous export --format bundle``, see `atrous.deploy.bundle`) is::
+A bundle (written by ``atrous export --format bundle``, see `atrous.deploy.bundle_writer`) is::
 
     DIR/
       config.yaml        the resolved config; MODEL.WEIGHTS names the bundled file

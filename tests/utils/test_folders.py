@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atrous.utils.output_dir import (
+from atrous.utils.folders import (
     LOCK_NAME,
     OutputDirError,
     OutputDirLock,

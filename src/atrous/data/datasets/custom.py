@@ -55,8 +55,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .image_io import ColorCoding, DatasetError
-from .metadata import DatasetEntry, Metadata, check_colors, default_colors
+from ..errors import DatasetError
+from ..image_io import ColorCoding
+from ..metadata import DatasetEntry, Metadata, check_colors, default_colors
 
 __all__ = ["load_dataset_yaml", "pair_folders", "pair_list", "yaml_dataset_entry"]
 

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from atrous.data import DatasetError, get_dataset_records
-from atrous.data.custom import load_dataset_yaml, pair_list
+from atrous.data.datasets.custom import load_dataset_yaml, pair_list
 
 
 def _pair(root, image: str, mask: str) -> None:
@@ -108,7 +108,7 @@ def test_a_dataset_yaml_with_a_quoted_list_trains_from_records(tmp_path):
 
 
 def test_dataset_yaml_alias_bomb_and_huge_class_names_are_refused(tmp_path):
-    from tests.utils.test_safe_yaml import alias_bomb
+    from tests.helpers import alias_bomb
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(alias_bomb("classes"))

@@ -10,11 +10,11 @@ from safetensors import safe_open
 
 import atrous
 from atrous.checkpoint import Checkpointer, load_bundle
-from atrous.deploy.bundle import find_final_metrics, flops_input_size, write_bundle
+from atrous.deploy.bundle_writer import find_final_metrics, flops_input_size, write_bundle
 from atrous.deploy.flops import count_model_flops
 from atrous.modeling import build_model
 from atrous.utils.file_io import sha256_file
-from tests.conftest import V3PLUS_CONFIG, load_config, reference_bundle_overrides
+from tests.helpers import V3PLUS_CONFIG, load_config, reference_bundle_overrides
 
 
 @pytest.fixture
