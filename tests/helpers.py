@@ -7,9 +7,11 @@ script outside it (benchmarks/gpu_check.py) can load this file by its path.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -170,3 +172,36 @@ def spoil_last_checkpoint(folder: Path, how: str) -> None:
         last.write_text("model_final.pth" + " " * 5000 + "x" * 100_000)
     elif how != "missing":
         raise ValueError(f"unknown kind of unusable record {how!r}")
+
+
+def training_env(datasets_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a training subprocess: datasets under `datasets_dir`, one thread."""
+    # Neither torchrun's nor SLURM's variables of a surrounding job may leak into the runs.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("SLURM_")
+    }
+    env.update(ATROUS_DATASETS=str(datasets_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_metrics(out: Path) -> list[dict]:
+    """The records of OUTPUT_DIR `out`'s metrics.json."""
+    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line]
+
+
+def wait_for_iteration(out: Path, iteration: int, procs: list[subprocess.Popen]) -> None:
+    """Until metrics.json (written every iteration, LOG_PERIOD 1) reaches `iteration`."""
+    deadline = time.monotonic() + 120
+    while True:
+        for proc in procs:
+            assert proc.poll() is None, f"training ended early ({proc.returncode})"
+        assert time.monotonic() < deadline, "training made no progress"
+        try:
+            if max((r["iteration"] for r in run_metrics(out)), default=-1) >= iteration:
+                return
+        except (FileNotFoundError, ValueError):  # not written yet, or a line half-written
+            pass
+        time.sleep(0.05)

@@ -26,7 +26,15 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import QUICKSTART, REPO_ROOT, TINY, spoil_last_checkpoint
+from tests.helpers import (
+    QUICKSTART,
+    REPO_ROOT,
+    TINY,
+    run_metrics,
+    spoil_last_checkpoint,
+    training_env,
+    wait_for_iteration,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +45,6 @@ def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("datasets")
     generate_dataset(base / "synthetic", num_train=8, num_val=2, size=(64, 128), seed=3)
     return base
-
-
-def _env(datasets_dir: Path, **extra: str) -> dict[str, str]:
-    # Neither torchrun's nor SLURM's variables of a surrounding job may leak into the runs.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK") and not k.startswith("SLURM_")
-    }
-    env.update(ATROUS_DATASETS=str(datasets_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def _train(
@@ -72,13 +68,10 @@ def _train(
         str(out),
         *opts,
     ]
+    env = training_env(datasets_dir)
     return subprocess.run(
-        cmd, cwd=REPO_ROOT, env=_env(datasets_dir), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -120,7 +113,7 @@ def test_short_training_run_writes_everything(trained: Path) -> None:
     cfg.merge_from_file(str(out / "config.yaml"))
     assert cfg.SOLVER.MAX_ITER == 8 and cfg.OUTPUT_DIR == str(out)
 
-    records = _metrics(out)
+    records = run_metrics(out)
     train = [r for r in records if "total_loss" in r]
     assert [r["iteration"] for r in train] == list(range(8))
     assert all(r["total_loss"] > 0 for r in train)
@@ -138,7 +131,7 @@ def test_eval_only_reproduces_final_evaluation(
     datasets_dir: Path, trained: Path, tmp_path: Path
 ) -> None:
     out = trained
-    trained_miou = [r for r in _metrics(out) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
+    trained_miou = [r for r in run_metrics(out) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
 
     ev = tmp_path / "eval"
     proc = _train(
@@ -276,7 +269,7 @@ def test_kill_during_save_then_resume_is_bit_identical(
     started = tmp_path / "save_started"
     cmd = [sys.executable, str(wrapper), "--config-file", str(QUICKSTART), *TINY,
            "OUTPUT_DIR", str(out), *opts]  # fmt: skip
-    env = _env(datasets_dir, SLOW_SAVE_OF="model_0000005.pth", SAVE_STARTED=str(started))
+    env = training_env(datasets_dir, SLOW_SAVE_OF="model_0000005.pth", SAVE_STARTED=str(started))
     victim = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -325,14 +318,16 @@ def test_two_gloo_processes_match_one_process(
     runs = {}
     for n in (1, 2):
         out = tmp_path / f"np{n}"
-        env = _env(datasets_dir, DUMP_WEIGHTS=str(tmp_path / f"w{n}"), ATROUS_DIST_TIMEOUT="60")
+        env = training_env(
+            datasets_dir, DUMP_WEIGHTS=str(tmp_path / f"w{n}"), ATROUS_DIST_TIMEOUT="60"
+        )
         cmd = [sys.executable, str(wrapper), "--num-gpus", str(n), "--config-file",
                str(QUICKSTART), *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
         proc = subprocess.run(
             cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs[n] = [r["total_loss"] for r in _metrics(out) if "total_loss" in r]
+        runs[n] = [r["total_loss"] for r in run_metrics(out) if "total_loss" in r]
 
     def load(n: int, tag: str, rank: int) -> dict[str, torch.Tensor]:
         return torch.load(f"{tmp_path / f'w{n}'}.{tag}.rank{rank}", weights_only=True)
@@ -374,7 +369,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def _train_iterations(out: Path) -> list[int]:
-    return [r["iteration"] for r in _metrics(out) if "total_loss" in r]
+    return [r["iteration"] for r in run_metrics(out) if "total_loss" in r]
 
 
 @pytest.mark.slow
@@ -385,7 +380,7 @@ def test_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(
     started = tmp_path / "save_started"
     cmd = [sys.executable, str(wrapper), "--config-file", str(QUICKSTART), *TINY,
            "OUTPUT_DIR", str(out)]  # fmt: skip
-    env = _env(datasets_dir, SLOW_SAVE_OF="model_0000001.pth", SAVE_STARTED=str(started))
+    env = training_env(datasets_dir, SLOW_SAVE_OF="model_0000001.pth", SAVE_STARTED=str(started))
     first = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -452,7 +447,7 @@ def test_resume_keeps_each_iteration_once_in_metrics(
                                                        "SOLVER.MAX_TO_KEEP", "2"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _train_iterations(out) == list(range(8))
-    assert [r["iteration"] for r in _metrics(out) if "sem_seg/mIoU" in r] == [8]
+    assert [r["iteration"] for r in run_metrics(out) if "sem_seg/mIoU" in r] == [8]
     a, b = _weights(trained / "model_final.pth"), _weights(out / "model_final.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -536,7 +531,7 @@ def test_bundle_of_a_training_run_records_its_final_metrics(
                  "--output", str(bundle), "MODEL.WEIGHTS", weights])  # fmt: skip
     assert code == 0
     meta = json.loads((bundle / "bundle.json").read_text())
-    final_miou = [r for r in _metrics(trained) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
+    final_miou = [r for r in run_metrics(trained) if "sem_seg/mIoU" in r][-1]["sem_seg/mIoU"]
     metrics = meta["metrics"]
     assert metrics["source"] == "inference/synthetic_sem_seg_val/sem_seg_evaluation.json"
     assert metrics["values"]["sem_seg/mIoU"] == pytest.approx(final_miou)
@@ -573,21 +568,6 @@ def _command(out: Path, *flags: str, opts: list[str] = ()) -> list[str]:
             str(QUICKSTART), *TINY, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
 
 
-def _wait_for_iteration(out: Path, iteration: int, procs: list[subprocess.Popen]) -> None:
-    """Until metrics.json (written every iteration, LOG_PERIOD 1) reaches `iteration`."""
-    deadline = time.monotonic() + 120
-    while True:
-        for proc in procs:
-            assert proc.poll() is None, f"training ended early ({proc.returncode})"
-        assert time.monotonic() < deadline, "training made no progress"
-        try:
-            if max((r["iteration"] for r in _metrics(out)), default=-1) >= iteration:
-                return
-        except (FileNotFoundError, ValueError):  # not written yet, or a line half-written
-            pass
-        time.sleep(0.05)
-
-
 def _assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
@@ -616,7 +596,7 @@ def trained_np2(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     proc = subprocess.run(
         _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
         cwd=REPO_ROOT,
-        env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="60"),
+        env=training_env(datasets_dir, ATROUS_DIST_TIMEOUT="60"),
         capture_output=True,
         text=True,
         timeout=180,
@@ -634,12 +614,12 @@ def test_stop_signal_saves_then_resume_is_bit_identical(
     proc = subprocess.Popen(
         _command(out, opts=_STOP_OPTS),
         cwd=REPO_ROOT,
-        env=_env(datasets_dir),
+        env=training_env(datasets_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_iteration(out, 2, [proc])
+    wait_for_iteration(out, 2, [proc])
     proc.send_signal(getattr(signal, sig))
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 75, stdout[-2000:] + stderr[-2000:]
@@ -649,7 +629,7 @@ def test_stop_signal_saves_then_resume_is_bit_identical(
     # Signalled once iteration 2 was written: the stop is at the boundary after 2 or a later one.
     assert 2 <= it < 7
     assert "s after the signal" in (out / "log.txt").read_text()
-    assert max(r["iteration"] for r in _metrics(out)) == it  # the writers flushed up to it
+    assert max(r["iteration"] for r in run_metrics(out)) == it  # the writers flushed up to it
 
     resumed = _train(datasets_dir, out, "--resume", opts=_STOP_OPTS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -663,7 +643,7 @@ def test_sigterm_to_the_parent_of_two_gloo_processes_then_resume(
 ) -> None:
     # `kill PID` / `docker stop` signal only the launching process: it relays the request.
     out = tmp_path / "run"
-    env = _env(datasets_dir, ATROUS_DIST_TIMEOUT="60")
+    env = training_env(datasets_dir, ATROUS_DIST_TIMEOUT="60")
     parent = subprocess.Popen(
         _command(out, "--num-gpus", "2", opts=_NP2_OPTS),
         cwd=REPO_ROOT,
@@ -672,7 +652,7 @@ def test_sigterm_to_the_parent_of_two_gloo_processes_then_resume(
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_iteration(out, 2, [parent])
+    wait_for_iteration(out, 2, [parent])
     parent.send_signal(signal.SIGTERM)
     stdout, stderr = parent.communicate(timeout=60)
     assert parent.returncode == 75, stdout[-2000:] + stderr[-2000:]
@@ -699,7 +679,7 @@ def _slurm_tasks(datasets_dir: Path, out: Path, *flags: str) -> list[subprocess.
     port = str(find_free_port())
     procs = []
     for rank in (0, 1):
-        env = _env(
+        env = training_env(
             datasets_dir,
             ATROUS_DIST_TIMEOUT="60",
             SLURM_JOB_ID="4242",
@@ -734,7 +714,7 @@ def test_slurm_tasks_stop_together_and_resume_like_num_gpus_2(
 ) -> None:
     out = tmp_path / "run"
     procs = _slurm_tasks(datasets_dir, out)
-    _wait_for_iteration(out, 2, procs)
+    wait_for_iteration(out, 2, procs)
     # Only rank 1's processes get it: rank 0 learns of it from the all-reduce and stops with it.
     os.killpg(procs[1].pid, signal.SIGUSR1)
     outs = [p.communicate(timeout=60) for p in procs]
@@ -763,7 +743,7 @@ def _torchrun_agents(datasets_dir: Path, out: Path, opts: list[str]) -> list[sub
             subprocess.Popen(
                 cmd,
                 cwd=REPO_ROOT,
-                env=_env(datasets_dir, ATROUS_DIST_TIMEOUT="30"),
+                env=training_env(datasets_dir, ATROUS_DIST_TIMEOUT="30"),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -791,7 +771,7 @@ def test_killed_torchrun_agent_ends_the_other(datasets_dir: Path, tmp_path: Path
     # checkpoint. The other agent reports its stopped worker as a failure.
     out = tmp_path / "run"
     procs = _torchrun_agents(datasets_dir, out, [*_NP2_OPTS, "SOLVER.MAX_ITER", "1000"])
-    _wait_for_iteration(out, 2, procs)
+    wait_for_iteration(out, 2, procs)
     killed_at = time.monotonic()
     procs[1].send_signal(signal.SIGKILL)
     _, stderr = procs[0].communicate(timeout=90)
@@ -855,7 +835,7 @@ def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     out = tmp_path / "run"
-    env = _env(
+    env = training_env(
         datasets_dir,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         SHIM_DIR=str(bin_dir),
@@ -872,7 +852,7 @@ def test_slurm_recipe_requeues_at_the_time_limit_and_resumes(
     job = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    _wait_for_iteration(out, 2, [job])
+    wait_for_iteration(out, 2, [job])
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends the batch shell
     stdout, _ = job.communicate(timeout=90)
     assert job.returncode == 75, stdout[-3000:]
@@ -918,7 +898,7 @@ def test_extending_a_finished_run_follows_the_new_schedule_to_its_final_evaluati
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "math domain error" not in proc.stderr + proc.stdout
     assert _train_iterations(out) == list(range(12))
-    assert [r["iteration"] for r in _metrics(out) if "sem_seg/mIoU" in r] == [8, 12]
+    assert [r["iteration"] for r in run_metrics(out) if "sem_seg/mIoU" in r] == [8, 12]
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 11
     warning = [line for line in proc.stdout.splitlines() if "config values are not used" in line]
     assert len(warning) == 1 and "SOLVER.BASE_LR 0.5 -> " in warning[0]

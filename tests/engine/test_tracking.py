@@ -18,9 +18,8 @@ import pytest
 
 from atrous.engine.tracking import config_params
 from atrous.engine.tracking_backends import mlflow_metric_name
-from tests.cli.test_train import _env, _wait_for_iteration
 from tests.engine.mlflow_server import MlflowServer, json_histories, metric_histories
-from tests.helpers import QUICKSTART, TINY
+from tests.helpers import QUICKSTART, TINY, training_env, wait_for_iteration
 from tests.helpers import REPO_ROOT as REPO
 
 pytestmark = pytest.mark.slow
@@ -56,7 +55,7 @@ def _command(out: Path, server: MlflowServer, project: str, *flags: str) -> list
 
 def _train(datasets_dir: Path, cmd: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        cmd, cwd=REPO, env=_env(datasets_dir), capture_output=True, text=True, timeout=300
+        cmd, cwd=REPO, env=training_env(datasets_dir), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -134,10 +133,10 @@ def test_sigterm_then_resume_continues_one_run_without_gaps_or_repeats(
     out = tmp_path / "run"
     cmd = _command(out, mlflow_server, "resumed")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(datasets_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        cmd, cwd=REPO, env=training_env(datasets_dir), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    _wait_for_iteration(out, 3, [proc])
+    wait_for_iteration(out, 3, [proc])
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stdout[-2000:] + stderr[-2000:]
@@ -214,7 +213,7 @@ def test_wandb_offline_run_files_hold_config_metrics_and_artifacts(
     cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(QUICKSTART), *TINY,
            "OUTPUT_DIR", str(out), *OPTS, "TRACKING.BACKENDS", "['wandb']",
            "TRACKING.WANDB_MODE", "offline", "TRACKING.PROJECT", "offline-test"]  # fmt: skip
-    env = _env(
+    env = training_env(
         datasets_dir,
         WANDB_CONFIG_DIR=str(home / "config"),
         WANDB_CACHE_DIR=str(home / "cache"),

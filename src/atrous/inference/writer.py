@@ -29,7 +29,13 @@ import numpy as np
 from PIL import Image
 
 from atrous.utils.file_io import atomic_write_bytes, temporary_name
-from atrous.utils.visualize import colorize, draw_legend, heatmap, overlay, palette_array
+from atrous.utils.visualize import (
+    colorize,
+    draw_legend,
+    heatmap,
+    overlay,
+    palette_image,
+)
 
 __all__ = [
     "LABELIDS_SUFFIX",
@@ -76,24 +82,12 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def label_png_bytes(labels: np.ndarray, colors: Sequence[Color]) -> bytes:
-    """A label map ``(H, W)`` as an indexed ("P" mode) PNG whose palette shows the class colours.
-
-    The pixel values stay the class ids, so the file is both a picture and a label map that
-    ``np.asarray(Image.open(f))`` reads back unchanged.
+    """A label map ``(H, W)`` as indexed PNG bytes (`atrous.utils.visualize.palette_image`).
 
     Raises:
         ValueError: not ``(H, W)``, or values outside [0, 255].
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"label map must be (H, W), got {labels.shape}")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-        raise ValueError("label values must lie in [0, 255] to be stored in an indexed PNG")
-    # Built from raw bytes: converting from "L" could remap indices.
-    img = Image.new("P", (labels.shape[1], labels.shape[0]))
-    img.frombytes(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-    img.putpalette(palette_array(colors).reshape(-1).tolist())
-    return _png_bytes(img)
+    return _png_bytes(palette_image(labels, colors))
 
 
 def rgb_png_bytes(picture: np.ndarray) -> bytes:

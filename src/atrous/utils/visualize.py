@@ -21,6 +21,7 @@ __all__ = [
     "heatmap",
     "overlay",
     "palette_array",
+    "palette_image",
     "save_palette_png",
 ]
 
@@ -55,23 +56,32 @@ def colorize(labels: np.ndarray, colors: Sequence[Color]) -> np.ndarray:
     return table[idx]
 
 
-def save_palette_png(
-    path: str | os.PathLike[str], labels: np.ndarray, colors: Sequence[Color]
-) -> None:
-    """Write a label map as an indexed ("P" mode) PNG whose palette shows the class colours.
+def palette_image(labels: np.ndarray, colors: Sequence[Color]) -> Image.Image:
+    """A label map ``(H, W)`` as an indexed ("P" mode) image whose palette shows the class colours.
 
-    The pixel values stay the class ids, so the file is both a picture and a valid label map
-    that tools reading the indices (and `np.asarray(Image.open(path))`) get back unchanged.
+    The pixel values stay the class ids, so a PNG of it is both a picture and a valid label map
+    that tools reading the indices (and ``np.asarray(Image.open(path))``) get back unchanged.
+
+    Raises:
+        ValueError: not ``(H, W)``, or values outside [0, 255].
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"label map must be (H, W), got {labels.shape}")
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError("label values must lie in [0, 255] to be stored in an indexed PNG")
-    # Build the "P" image from raw bytes: converting from "L" could remap indices.
+    # Built from raw bytes: converting from "L" could remap indices.
     img = Image.new("P", (labels.shape[1], labels.shape[0]))
     img.frombytes(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
     img.putpalette(palette_array(colors).reshape(-1).tolist())
+    return img
+
+
+def save_palette_png(
+    path: str | os.PathLike[str], labels: np.ndarray, colors: Sequence[Color]
+) -> None:
+    """Write `palette_image` of a label map as a PNG file."""
+    img = palette_image(labels, colors)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
 
