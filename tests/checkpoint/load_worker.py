@@ -38,6 +38,8 @@ def _cap_memory() -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    # Some tests crash the worker on purpose: no core file (160 MB, in the caller's folder).
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 
 def _peak_rss_mb() -> float:

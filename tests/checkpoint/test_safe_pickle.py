@@ -301,7 +301,13 @@ def _assert_clean(answer: dict, what: object = "") -> None:
 def test_the_crash_payloads_really_crash_an_unrestricted_load(tmp_path):
     # Without the restricted loader numpy builds the object array and the process dies on use;
     # this keeps the regression tests below honest.
-    script = "import pickle, sys; print(repr(pickle.loads(sys.stdin.buffer.read())))"
+    # No core file of the intended crash (RLIMIT_CORE 0 in the child).
+    script = (
+        "import pickle, resource, sys; "
+        "core = resource.RLIMIT_CORE; "
+        "resource.setrlimit(core, (0, resource.getrlimit(core)[1])); "
+        "print(repr(pickle.loads(sys.stdin.buffer.read())))"
+    )
     payload = pickle.dumps(hostile.object_array_via_reconstruct(), protocol=2)
     result = subprocess.run(
         [sys.executable, "-c", script], input=payload, capture_output=True, timeout=60
