@@ -735,10 +735,13 @@ def _torchrun_agents(datasets_dir: Path, out: Path, opts: list[str]) -> list[sub
 
     endpoint = f"127.0.0.1:{find_free_port()}"
     procs = []
-    for _ in range(2):
+    for host in ("true", "false"):
+        # The first agent hosts the rendezvous store, whichever binds first on a busy machine: the
+        # tests kill the other one.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
-               "--rdzv-id", out.name, *_command(out, opts=opts)[1:]]  # fmt: skip
+               "--rdzv-conf", f"is_host={host}", "--rdzv-id", out.name,
+               *_command(out, opts=opts)[1:]]  # fmt: skip
         procs.append(
             subprocess.Popen(
                 cmd,
@@ -749,7 +752,7 @@ def _torchrun_agents(datasets_dir: Path, out: Path, opts: list[str]) -> list[sub
                 text=True,
             )
         )
-        time.sleep(0.5)  # the first one hosts the rendezvous store
+        time.sleep(0.5)  # the host's store is up before its client knocks
     return procs
 
 
