@@ -477,17 +477,15 @@ TRAIN_RUN_OVERRIDES = [
     "LOG_PERIOD", "1",
     "SEED", "0",
 ]  # fmt: skip
-TINY_TRAIN_OVERRIDES = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "16",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", "[8]",
-    "INPUT.MIN_SIZE_TRAIN", "(64, 80)",
-    "INPUT.MAX_SIZE_TRAIN", "256",
-    "INPUT.CROP.SIZE", "(64, 128)",
-]  # fmt: skip
+# The tiny plan's training crop, on top of tests/helpers.py's TINY_WIDTHS_AND_TRAIN_SIZES.
+TINY_TRAIN_CROP = ["INPUT.CROP.SIZE", "(64, 128)"]
+
+
+def tiny_train_overrides(reference: Any) -> list[str]:
+    """The tiny plan's training runs: the tests' tiny widths and scales, a 64x128 crop."""
+    return [*reference.TINY_WIDTHS_AND_TRAIN_SIZES, *TINY_TRAIN_CROP]
+
+
 TRAIN_RUN_ITERS = {False: 24, True: 8}  # full plan, tiny plan
 # Largest relative difference of the (median-smoothed) logged losses allowed between a run on the
 # device and the same run on the CPU: float32 rounding of another kernel library grows over the
@@ -553,7 +551,7 @@ class TrainingCommand:
             "--config-file", QUICKSTART, "--num-gpus", str(num_gpus),
             *(["--resume"] if resume_from is not None else []),
             *TRAIN_RUN_OVERRIDES,
-            *(TINY_TRAIN_OVERRIDES if self.run.plan.tiny else []),
+            *(tiny_train_overrides(self.run.reference) if self.run.plan.tiny else []),
             "SOLVER.MAX_ITER", str(self.iters),
             "SOLVER.CHECKPOINT_PERIOD", str(self.iters // 2),
             "MODEL.DEVICE", device,
